@@ -1,0 +1,1 @@
+"""twots: the two-time-scale (2TS) recommender."""
