@@ -1,0 +1,270 @@
+"""The two-time-scale model family (paper section 3) behind one protocol (docs/design.md, docs/model.md).
+
+ItemEncoder       item vector [x_i, g(f_i)] of dimension D = item_dim + feature_dim
+Stage1Model       stage 1: transductive phi_u and items, offer-set softmax; also the CCF baseline
+TwoTimeScaleModel stage 2: frozen phi/items, learned psi, GRU Theta_1 (inactive) and Theta_2 (active);
+                  plus=True is 2TS-Plus, use_phi=False is 2-GRU, freeze_stage1=False is 2TS-SingleStage
+save_model / load_model, with a kind -> class registry that baselines extend with register_model_kind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from twots.losses import offer_softmax_loss
+
+DEFAULT_ITEM_DIM = 48
+DEFAULT_FEATURE_DIM = 16
+# Embeddings start small: with N(0, 1) a 64-d dot product has std 8 and the softmax saturates from step one.
+INIT_STD = 0.1
+
+State = tuple[torch.Tensor, ...]
+
+
+class SequentialRecommender(nn.Module):
+    """The protocol of docs/design.md. A State is a tuple of tensors whose first dimension is the batch of users.
+
+    Subclasses set `self.hparams` (their constructor kwargs, including n_items) and implement init_state, step,
+    user_vector and item_vectors; scores are dot products of the user vector with item vectors.
+    """
+
+    hparams: dict
+
+    def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        raise NotImplementedError(f"{type(self).__name__} must implement init_state")
+
+    def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        raise NotImplementedError(f"{type(self).__name__} must implement step")
+
+    def user_vector(self, state: State) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement user_vector")
+
+    def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement item_vectors")
+
+    def score(self, state: State, item_ids: torch.Tensor) -> torch.Tensor:
+        """[B, C] scores of the candidates item_ids [B, C]; higher is better."""
+        return torch.bmm(self.item_vectors(item_ids), self.user_vector(state).unsqueeze(-1)).squeeze(-1)
+
+    def score_all(self, state: State) -> torch.Tensor:
+        """[B, n_items] scores of every item (serving)."""
+        device = self.user_vector(state).device
+        all_items = self.item_vectors(torch.arange(self.hparams["n_items"], device=device))
+        return self.user_vector(state) @ all_items.T
+
+
+class ItemEncoder(nn.Module):
+    """Item vector [x_i, g(f_i)]: a transductive embedding x_i and the mean embedding of the item's features.
+
+    The item -> feature ids matrix ([n_items, max_features], -1 = padding) is a buffer, so it is saved with the model;
+    fill it with set_item_features. An item without features has g(f_i) = 0.
+    """
+
+    def __init__(self, n_items: int, n_features: int, max_features: int, item_dim: int, feature_dim: int):
+        super().__init__()
+        self.n_features = n_features
+        self.dim = item_dim + feature_dim
+        self.item = nn.Embedding(n_items, item_dim, sparse=True)
+        # Row n_features is the padding row: zero and never updated, so a plain sum over the row ignores padding.
+        self.feature = nn.Embedding(n_features + 1, feature_dim, sparse=True, padding_idx=n_features)
+        nn.init.normal_(self.item.weight, std=INIT_STD)
+        with torch.no_grad():
+            self.feature.weight[:n_features].normal_(std=INIT_STD)
+        self.register_buffer("item_features", torch.full((n_items, max(max_features, 1)), -1, dtype=torch.long))
+
+    def set_item_features(self, feature_ids: torch.Tensor) -> None:
+        """feature_ids [n_items, F]: each item's feature ids, padded with -1 (F <= max_features)."""
+        n_items, width = self.item_features.shape
+        feature_ids = torch.as_tensor(feature_ids, dtype=torch.long)
+        if feature_ids.dim() != 2 or feature_ids.shape[0] != n_items or feature_ids.shape[1] > width:
+            raise ValueError(f"item features: expected [n_items={n_items}, <= {width}], got {tuple(feature_ids.shape)}")
+        if feature_ids.numel() and (feature_ids.min() < -1 or feature_ids.max() >= self.n_features):
+            raise ValueError(f"item features: ids must be in [0, {self.n_features}) or -1 for padding")
+        self.item_features.fill_(-1)
+        self.item_features[:, :feature_ids.shape[1]] = feature_ids.to(self.item_features.device)
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """item_ids of any shape S (valid ids only) -> [*S, D]."""
+        feature_ids = self.item_features[item_ids]
+        valid = feature_ids >= 0
+        summed = self.feature(torch.where(valid, feature_ids, self.n_features)).sum(-2)
+        mean = summed / valid.sum(-1, keepdim=True).clamp(min=1)
+        return torch.cat([self.item(item_ids), mean], dim=-1)
+
+
+class Stage1Model(SequentialRecommender):
+    """Stage 1 (collaborative competitive filtering): score phi_u . [x_i, g(f_i)], offer-set softmax loss.
+
+    As a recommender (the CCF baseline) the state is static: phi_u for users seen in training, the mean phi of those
+    users for new users (set_known_users after training); step leaves the state unchanged.
+    """
+
+    def __init__(self, n_users: int, n_items: int, n_features: int = 0, max_features: int = 0,
+                 item_dim: int = DEFAULT_ITEM_DIM, feature_dim: int = DEFAULT_FEATURE_DIM):
+        super().__init__()
+        self.hparams = dict(n_users=n_users, n_items=n_items, n_features=n_features, max_features=max_features,
+                            item_dim=item_dim, feature_dim=feature_dim)
+        self.items = ItemEncoder(n_items, n_features, max_features, item_dim, feature_dim)
+        self.phi = nn.Embedding(n_users, self.items.dim, sparse=True)
+        nn.init.normal_(self.phi.weight, std=INIT_STD)
+        self.register_buffer("known_users", torch.zeros(n_users, dtype=torch.bool))
+
+    def set_known_users(self, known: torch.Tensor) -> None:
+        """known [n_users] bool: the users with training interactions (user_activity.n_train > 0)."""
+        known = torch.as_tensor(known, dtype=torch.bool)
+        if known.shape != self.known_users.shape:
+            raise ValueError(f"known users: expected [{self.known_users.shape[0]}] bools, got {tuple(known.shape)}")
+        self.known_users.copy_(known)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return offer_softmax_loss(self.phi(batch["user_id"]), self.items(batch["item_id"]),
+                                  self.items(batch["neg_item_ids"]))
+
+    def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        if not self.known_users.any():
+            raise RuntimeError("Stage1Model: no known users; call set_known_users after training")
+        mean_phi = self.phi.weight[self.known_users].mean(0)
+        return (torch.where(self.known_users[user_ids].unsqueeze(-1), self.phi(user_ids), mean_phi),)
+
+    def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        return state
+
+    def user_vector(self, state: State) -> torch.Tensor:
+        return state[0]
+
+    def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
+        return self.items(item_ids)
+
+
+class TwoTimeScaleModel(SequentialRecommender):
+    """2TS: inactive and new users run GRU Theta_1 from a learned psi, active users GRU Theta_2 from phi_u.
+
+    State = (h [B, D], prev_item [B], -1 = none). The user vector is h, or W [h, x_prev] with plus=True (2TS-Plus).
+    Ablations: use_phi=False (2-GRU: active users start from their own learned common start, no phi table);
+    freeze_stage1=False (2TS-SingleStage: phi and items are trained with the GRUs).
+    """
+
+    def __init__(self, n_users: int, n_items: int, n_features: int = 0, max_features: int = 0,
+                 item_dim: int = DEFAULT_ITEM_DIM, feature_dim: int = DEFAULT_FEATURE_DIM,
+                 plus: bool = False, use_phi: bool = True, freeze_stage1: bool = True):
+        super().__init__()
+        self.hparams = dict(n_users=n_users, n_items=n_items, n_features=n_features, max_features=max_features,
+                            item_dim=item_dim, feature_dim=feature_dim, plus=plus, use_phi=use_phi,
+                            freeze_stage1=freeze_stage1)
+        self.items = ItemEncoder(n_items, n_features, max_features, item_dim, feature_dim)
+        dim = self.items.dim
+        self.phi = nn.Embedding(n_users, dim, sparse=True) if use_phi else None
+        if self.phi is not None:
+            nn.init.normal_(self.phi.weight, std=INIT_STD)
+        self.psi = nn.Parameter(torch.zeros(dim))
+        self.psi_active = None if use_phi else nn.Parameter(torch.zeros(dim))
+        self.gru_inactive = nn.GRUCell(dim, dim)
+        self.gru_active = nn.GRUCell(dim, dim)
+        self.mix = nn.Linear(2 * dim, dim) if plus else None
+        if self.mix is not None:
+            # W = [I, 0] at start: 2TS-Plus begins as 2TS and learns how much of the previous item to mix in.
+            with torch.no_grad():
+                self.mix.weight.zero_()
+                self.mix.weight[:, :dim].copy_(torch.eye(dim))
+                self.mix.bias.zero_()
+        if freeze_stage1:
+            self.items.requires_grad_(False)
+            if self.phi is not None:
+                self.phi.requires_grad_(False)
+
+    @classmethod
+    def from_stage1(cls, stage1: Stage1Model, *, plus: bool = False, use_phi: bool = True,
+                    freeze_stage1: bool = True) -> TwoTimeScaleModel:
+        """A stage-2 model holding copies of a trained stage-1 model's phi and item encoder."""
+        model = cls(**stage1.hparams, plus=plus, use_phi=use_phi, freeze_stage1=freeze_stage1)
+        model.items.load_state_dict(stage1.items.state_dict())
+        if model.phi is not None:
+            model.phi.load_state_dict(stage1.phi.state_dict())
+        return model.to(stage1.phi.weight.device)
+
+    def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        batch = user_ids.shape[0]
+        active_start = self.phi(user_ids) if self.phi is not None else self.psi_active.expand(batch, -1)
+        h = torch.where(is_active.unsqueeze(-1), active_start, self.psi.expand(batch, -1))
+        return h, torch.full_like(user_ids, -1)
+
+    def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        """Feed one clicked item per user; rows with item -1 (padding) keep their state."""
+        h, prev = state
+        clicked = item_ids >= 0
+        x = self.items(item_ids.clamp(min=0))
+        # Both cells run on every row and torch.where picks: no data-dependent indexing, so no host sync on GPUs.
+        h_next = torch.where(is_active.unsqueeze(-1), self.gru_active(x, h), self.gru_inactive(x, h))
+        return torch.where(clicked.unsqueeze(-1), h_next, h), torch.where(clicked, item_ids, prev)
+
+    def user_vector(self, state: State) -> torch.Tensor:
+        h, prev = state
+        if self.mix is None:
+            return h
+        x_prev = self.items(prev.clamp(min=0)) * (prev >= 0).unsqueeze(-1)
+        return self.mix(torch.cat([h, x_prev], dim=-1))
+
+    def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
+        return self.items(item_ids)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Stage-2 loss: the state before each step scores that step's offer set, then the GRU takes the click."""
+        item_ids, neg_ids = batch["item_ids"], batch["neg_item_ids"]
+        is_active = batch["is_active"].bool()
+        batch_size, length = item_ids.shape
+        h, _ = self.init_state(batch["user_id"], is_active)
+        state = (h, batch["prev_item_id"])
+        users = []
+        for t in range(length):
+            users.append(self.user_vector(state))
+            if t + 1 < length:
+                state = self.step(state, item_ids[:, t], is_active)
+        users = torch.stack(users, dim=1).reshape(batch_size * length, -1)
+        pos = self.items(item_ids.clamp(min=0)).reshape(batch_size * length, -1)
+        neg = self.items(neg_ids.clamp(min=0)).reshape(batch_size * length, neg_ids.shape[2], -1)
+        return offer_softmax_loss(users, pos, neg, mask=(item_ids >= 0).reshape(-1))
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Trainable parameters of sparse embedding tables (for SparseAdam) and all other trainable ones (for Adam)."""
+    sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in trainable if id(p) in sparse_ids], [p for p in trainable if id(p) not in sparse_ids]
+
+
+_KINDS: dict[str, type[SequentialRecommender]] = {}
+
+
+def register_model_kind(kind: str, cls: type[SequentialRecommender]) -> None:
+    """Make save_model/load_model know a model class; its constructor must accept its own `hparams`."""
+    if _KINDS.get(kind, cls) is not cls:
+        raise ValueError(f"model kind {kind!r} is already registered to {_KINDS[kind].__name__}")
+    _KINDS[kind] = cls
+
+
+register_model_kind("ccf", Stage1Model)
+register_model_kind("2ts", TwoTimeScaleModel)
+
+
+def save_model(path: str | Path, model: SequentialRecommender) -> None:
+    """One torch.save file {"kind", "hparams", "state_dict"} (docs/design.md)."""
+    kind = next((k for k, cls in _KINDS.items() if cls is type(model)), None)
+    if kind is None:
+        raise ValueError(f"{type(model).__name__} is not a registered model kind; call register_model_kind first")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"kind": kind, "hparams": model.hparams, "state_dict": model.state_dict()}, path)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SequentialRecommender:
+    """Rebuild a saved model (in eval mode) from its kind and hparams, then load its weights and buffers."""
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    cls = _KINDS.get(saved["kind"])
+    if cls is None:
+        raise ValueError(f"{path}: unknown model kind {saved['kind']!r} (known: {sorted(_KINDS)}); "
+                         "import the module that registers it")
+    model = cls(**saved["hparams"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(map_location).eval()
