@@ -1,0 +1,184 @@
+"""Online evaluation (paper section 5): replay val/test events per user in time order, batched across users.
+
+Users are independent, so round r holds every user's r-th event. For each event: score its candidates with the
+user's current state, rank the positive (metrics.ranks_from_scores), then feed the true item with `step` (online
+adaptation) and record the 2-norm of the user-vector change (the paper's Fig. 4). Users start from `init_state`
+followed by `step` over their warm-up (training) items; users without warm-up items are new.
+
+Users are ordered by their number of events, most first, so the users of round r are a prefix of the state and a
+round is a few slices, not a gather. Candidate scoring runs in chunks of `batch_users` rows to bound memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from twots.metrics import ranks_from_scores
+from twots.models import SequentialRecommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Warmup:
+    """Per-user training items to run before the replay (rows of `sequences`): user_id [W], is_active [W],
+    item_ids [W, L] in time order, padded with -1 at the end."""
+
+    user_id: np.ndarray
+    is_active: np.ndarray
+    item_ids: np.ndarray
+
+    def __post_init__(self):
+        self.user_id = np.asarray(self.user_id, dtype=np.int64)
+        self.is_active = np.asarray(self.is_active, dtype=bool)
+        self.item_ids = np.asarray(self.item_ids, dtype=np.int64)
+        if self.is_active.shape != self.user_id.shape or self.item_ids.ndim != 2 \
+                or self.item_ids.shape[0] != len(self.user_id):
+            raise ValueError("Warmup: user_id [W], is_active [W] and item_ids [W, L] must have one row per user")
+        if len(np.unique(self.user_id)) != len(self.user_id):
+            raise ValueError("Warmup: a user appears twice")
+        valid = self.item_ids >= 0
+        if (valid[:, 1:] & ~valid[:, :-1]).any():
+            raise ValueError("Warmup: item_ids must be padded with -1 at the end only")
+
+    @classmethod
+    def from_lists(cls, user_id, is_active, item_lists) -> Warmup:
+        """From variable-length item lists (e.g. the `item_ids` array column of `sequences`)."""
+        width = max((len(items) for items in item_lists), default=0)
+        padded = np.full((len(item_lists), width), -1, dtype=np.int64)
+        for row, items in enumerate(item_lists):
+            padded[row, :len(items)] = items
+        return cls(user_id, is_active, padded)
+
+
+@dataclass
+class Events:
+    """The events to replay (rows of `eval_candidates`): user_id, ts, event_id, item_id (the positive) [N] and
+    neg_item_ids [N, C]. Any order: the replay sorts each user's events by (ts, event_id)."""
+
+    user_id: np.ndarray
+    ts: np.ndarray
+    event_id: np.ndarray
+    item_id: np.ndarray
+    neg_item_ids: np.ndarray
+
+    def __post_init__(self):
+        self.user_id, self.ts, self.event_id, self.item_id = (
+            np.asarray(a, dtype=np.int64) for a in (self.user_id, self.ts, self.event_id, self.item_id))
+        self.neg_item_ids = np.asarray(self.neg_item_ids, dtype=np.int64)
+        n = len(self.user_id)
+        if not (self.ts.shape == self.event_id.shape == self.item_id.shape == (n,)):
+            raise ValueError("Events: user_id, ts, event_id and item_id must be 1-d of one length")
+        if self.neg_item_ids.ndim != 2 or self.neg_item_ids.shape[0] != n:
+            raise ValueError(f"Events: neg_item_ids must be [{n}, C], got {self.neg_item_ids.shape}")
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+
+@dataclass
+class ReplayResult:
+    """Per event, aligned to the input events: rank of the positive, step (1 = the user's first replayed event),
+    change = ||user vector after feeding the event - before||_2, and the user's group."""
+
+    rank: np.ndarray
+    step: np.ndarray
+    change: np.ndarray
+    is_active: np.ndarray
+    is_new: np.ndarray
+
+    def change_records(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Columns is_active, step, change for twots.plots.plot_embedding_change (new users count as inactive)."""
+        keep = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        return {"is_active": self.is_active[keep], "step": self.step[keep], "change": self.change[keep]}
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+@torch.no_grad()
+def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batch_users: int = 1024,
+           log_every_s: float = 30.0) -> ReplayResult:
+    """Replay `events` through `model` online (see the module doc). `batch_users` bounds one scoring call to
+    batch_users x (1 + C) candidates."""
+    if batch_users < 1:
+        raise ValueError("replay: batch_users must be >= 1")
+    model.eval()
+    device = next(model.parameters()).device
+    n_events = len(events)
+
+    # Each user's events in (ts, event_id) order; users ordered by event count, most first.
+    order = np.lexsort((events.event_id, events.ts, events.user_id))
+    users, first, counts = np.unique(events.user_id[order], return_index=True, return_counts=True)
+    by_count = np.argsort(-counts, kind="stable")
+    users, first, counts = users[by_count], first[by_count], counts[by_count]
+
+    # Each replayed user's warm-up row (-1 = new user).
+    warm_row = np.full(len(users), -1, dtype=np.int64)
+    if len(warmup.user_id):
+        warm_sorted = np.argsort(warmup.user_id)
+        pos = np.minimum(np.searchsorted(warmup.user_id[warm_sorted], users), len(warm_sorted) - 1)
+        hit = warmup.user_id[warm_sorted[pos]] == users
+        warm_row[hit] = warm_sorted[pos[hit]]
+    found = warm_row >= 0
+    is_active = np.zeros(len(users), dtype=bool)
+    is_active[found] = warmup.is_active[warm_row[found]]
+    is_new = ~found
+
+    user_t = torch.from_numpy(users).to(device)
+    active_t = torch.from_numpy(is_active).to(device)
+    state = tuple(torch.cat(parts) for parts in zip(*(
+        model.init_state(user_t[a:b], active_t[a:b]) for a, b in _chunks(len(users), batch_users))))
+
+    # Warm-up: at column t only users with more than t items step, again a prefix once sorted by length.
+    warm_users = np.flatnonzero(found)
+    warm_len = (warmup.item_ids[warm_row[warm_users]] >= 0).sum(1)
+    by_len = np.argsort(-warm_len, kind="stable")
+    warm_users, warm_len = warm_users[by_len], warm_len[by_len]
+    for t in range(int(warm_len.max(initial=0))):
+        stepping = warm_users[:np.searchsorted(-warm_len, -t, side="left")]
+        for a, b in _chunks(len(stepping), batch_users):
+            rows = stepping[a:b]
+            idx = torch.from_numpy(rows).to(device)
+            items = torch.from_numpy(warmup.item_ids[warm_row[rows], t]).to(device)
+            new = model.step(tuple(s[idx] for s in state), items, active_t[idx])
+            for s, n in zip(state, new):
+                s[idx] = n
+
+    rank = np.empty(n_events, dtype=np.float64)
+    change = np.empty(n_events, dtype=np.float64)
+    step = np.empty(n_events, dtype=np.int64)
+    user_row = np.empty(n_events, dtype=np.int64)
+    started, last_log, done = time.monotonic(), time.monotonic(), 0
+    rounds = int(counts.max(initial=0))
+    for r in range(rounds):
+        n_users = np.searchsorted(-counts, -r, side="left")  # users with more than r events
+        for a, b in _chunks(n_users, batch_users):
+            ev = order[first[a:b] + r]
+            sub = tuple(s[a:b] for s in state)
+            pos_items = torch.from_numpy(events.item_id[ev]).to(device)
+            candidates = torch.cat([pos_items[:, None], torch.from_numpy(events.neg_item_ids[ev]).to(device)], 1)
+            scores = model.score(sub, candidates)
+            rank[ev] = ranks_from_scores(scores[:, 0], scores[:, 1:]).cpu().numpy()
+            before = model.user_vector(sub)
+            new = model.step(sub, pos_items, active_t[a:b])
+            change[ev] = torch.linalg.vector_norm(model.user_vector(new) - before, dim=1).cpu().numpy()
+            step[ev] = r + 1
+            user_row[ev] = np.arange(a, b)
+            for s, n in zip(state, new):
+                s[a:b] = n
+        done += n_users
+        if time.monotonic() - last_log > log_every_s:
+            last_log = time.monotonic()
+            log.info("replay: round %d/%d, %d/%d events, %.0f events/s", r + 1, rounds, done, n_events,
+                     done / (last_log - started))
+    log.info("replay: %d events of %d users in %.1fs", n_events, len(users), time.monotonic() - started)
+
+    return ReplayResult(rank=rank, step=step, change=change, is_active=is_active[user_row], is_new=is_new[user_row])
