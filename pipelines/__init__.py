@@ -1,1 +1,9 @@
-"""Spark to Delta data pipeline: raw logs in, validated time-split tables out."""
+"""Spark to Delta data pipeline: raw logs in, validated time-split tables out.
+
+`prepare(cfg, spark) -> manifest dict` runs the whole pipeline (see pipelines.prepare).
+"""
+
+from pipelines.config import PrepareConfig
+from pipelines.prepare import PrepareError, prepare
+
+__all__ = ["PrepareConfig", "PrepareError", "prepare"]

@@ -1,0 +1,25 @@
+"""Raw interaction logs to validated, time-split Delta tables with offer sets.
+
+    spark-submit jobs/prepare.py --source movielens --input ../shared/data/ml-latest-small --output /data/twots \
+        --threshold 20 --last-k 10 --negatives 10 --eval-negatives 499 --seed 7
+"""
+
+import sys
+
+from pipelines.config import PrepareConfig
+from pipelines.prepare import PrepareError, check_output, prepare
+from twots.config import load
+from twots.spark import get_spark
+
+
+def main() -> None:
+    cfg = load(PrepareConfig, "prepare", description=__doc__)
+    try:
+        check_output(cfg.output)
+        prepare(cfg, get_spark("twots-prepare"))
+    except PrepareError as err:
+        sys.exit(f"prepare failed: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Time split, user activity (active iff n_train > t*) and the stage-2 training sequences."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+
+def split_column(event_id: Column, n_events: int, train_fraction: float, val_fraction: float) -> Column:
+    """Global time order: the first 70% of events are train, the next 10% val, the rest test (by default)."""
+    train_end = int(n_events * train_fraction)
+    val_end = int(n_events * (train_fraction + val_fraction))
+    return F.when(event_id < train_end, "train").when(event_id < val_end, "val").otherwise("test")
+
+
+def user_activity(users: DataFrame, interactions: DataFrame, t_star: int) -> DataFrame:
+    """Every user with n_train (0 for users seen only in val/test) and is_active = n_train > t*."""
+    n_train = interactions.where(F.col("split") == "train").groupBy("user_id").agg(F.count("*").cast("int").alias("n_train"))
+    return (users.select("user_id").join(n_train, "user_id", "left")
+            .select("user_id", F.coalesce("n_train", F.lit(0)).alias("n_train"))
+            .withColumn("is_active", F.col("n_train") > t_star))
+
+
+def sequences(offers: DataFrame, activity: DataFrame, last_k: int) -> DataFrame:
+    """Last K training items of each active user, all of an inactive user's, with their offers' negatives.
+
+    `neg_item_ids` is flat (step s's negatives at [s*p, (s+1)*p)); `prev_item_id` is the training item just
+    before item_ids[0], -1 if none (an inactive user's sequence starts at the first item).
+    """
+    recent_first = Window.partitionBy("user_id").orderBy(F.col("event_id").desc())
+    ranked = (offers.join(activity.select("user_id", "is_active"), "user_id")
+              .withColumn("_back", F.row_number().over(recent_first)))
+    keep = ~F.col("is_active") | (F.col("_back") <= last_k)
+    prev = (ranked.where(F.col("is_active") & (F.col("_back") == last_k + 1))
+            .select("user_id", F.col("item_id").alias("prev_item_id")))
+    steps = F.array_sort(F.collect_list(F.struct("event_id", "item_id", "neg_item_ids")))
+    grouped = ranked.where(keep).groupBy("user_id", "is_active").agg(steps.alias("_steps"))
+    return (grouped.join(prev, "user_id", "left").select(
+        "user_id", "is_active",
+        F.transform("_steps", lambda s: s["item_id"]).alias("item_ids"),
+        F.flatten(F.transform("_steps", lambda s: s["neg_item_ids"])).alias("neg_item_ids"),
+        F.coalesce("prev_item_id", F.lit(-1)).alias("prev_item_id"),
+    ))

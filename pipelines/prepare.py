@@ -1,0 +1,210 @@
+"""The prepare job: raw log -> rejects, users, items, interactions, user_activity, stage1_offers, sequences,
+eval_candidates (Delta tables under `output`) and manifest.json beside them. See docs/design.md and docs/data.md.
+
+Every check that can fail (unreadable input, nothing accepted, p or eval_negatives too large for the items)
+runs before the first table is written, so a failed run leaves the previous tables as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from pipelines.activity import sequences, split_column, user_activity
+from pipelines.config import PrepareConfig
+from pipelines.delta import read_table, write_table
+from pipelines.indexing import with_global_index
+from pipelines.negatives import eval_candidates, stage1_offers
+from pipelines.readers import read_source
+
+TABLES = ("rejects", "users", "items", "interactions", "user_activity", "stage1_offers", "sequences",
+          "eval_candidates")
+
+
+class PrepareError(ValueError):
+    """The input or config cannot give valid tables; the message names the key or the cause."""
+
+
+def check_output(output: str) -> Path:
+    """Fail early (before Spark starts, when called from the job) if the output folder is not writable."""
+    path = Path(output)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".twots-write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PrepareError(f"output {output!r} is not writable: {err}") from None
+    return path
+
+
+def mark_duplicates(parsed: DataFrame) -> DataFrame:
+    """Reject repeats of an accepted (user, item, ts), keeping the first in input order."""
+    first = Window.partitionBy("raw_user_id", "raw_item_id", "ts").orderBy("source_file", "line")
+    accepted = parsed.where(F.col("reason").isNull())
+    marked = accepted.withColumn(
+        "reason", F.when(F.row_number().over(first) > 1, F.lit("duplicate")).cast("string"))
+    return parsed.where(F.col("reason").isNotNull()).unionByName(marked)
+
+
+class _Run:
+    """Timings and table facts of one prepare run, printed as progress."""
+
+    def __init__(self, output: Path):
+        self.output = output
+        self.timings: dict[str, float] = {}
+        self.tables: dict[str, dict] = {}
+
+    @contextmanager
+    def step(self, name: str):
+        start = time.perf_counter()
+        print(f"[prepare] {name} ...", flush=True)
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        print(f"[prepare] {name} done in {self.timings[name]:.1f}s", flush=True)
+
+    def write(self, spark: SparkSession, name: str, df: DataFrame) -> DataFrame:
+        path = str(self.output / name)
+        version = write_table(df, path)
+        table = read_table(spark, path)
+        self.tables[name] = {"path": path, "version": version, "rows": table.count()}
+        return table
+
+
+def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
+    """Run the whole pipeline; returns the manifest (also written to <output>/manifest.json)."""
+    output = check_output(cfg.output)
+    run = _Run(output)
+
+    with run.step("validate"):
+        parsed = read_source(spark, cfg)
+        if cfg.dedup:
+            parsed = mark_duplicates(parsed)
+        counts = parsed.groupBy("reason").agg(
+            F.count("*").alias("rows"), F.countDistinct("raw_item_id").alias("items")).collect()
+        rejected = {r["reason"]: r["rows"] for r in counts if r["reason"] is not None}
+        accepted = sum(r["rows"] for r in counts if r["reason"] is None)
+        n_items = sum(r["items"] for r in counts if r["reason"] is None)
+        input_rows = accepted + sum(rejected.values())
+        print(f"[prepare] input rows {input_rows}: accepted {accepted}, rejected {sum(rejected.values())} "
+              f"{dict(sorted(rejected.items()))}", flush=True)
+        _check_sizes(cfg, accepted, n_items, rejected)
+
+    with run.step("rejects"):
+        run.write(spark, "rejects", parsed.where(F.col("reason").isNotNull())
+                            .select("raw", "reason", "source_file"))
+    good = parsed.where(F.col("reason").isNull())
+
+    with run.step("users"):
+        users, _ = with_global_index(good.select("raw_user_id").distinct(), ["raw_user_id"], "user_id",
+                                     cfg.partitions)
+        users = run.write(spark, "users", users.select(F.col("user_id").cast("int"), "raw_user_id"))
+
+    with run.step("items"):
+        items = run.write(spark, "items", _items(good, cfg.partitions))
+
+    with run.step("interactions"):
+        interactions = run.write(spark, "interactions", _interactions(good, users, items, cfg))
+
+    with run.step("user_activity"):
+        activity = run.write(spark, "user_activity", user_activity(users, interactions, cfg.threshold))
+
+    with run.step("stage1_offers"):
+        offers = run.write(spark, "stage1_offers", stage1_offers(interactions, n_items, cfg.negatives, cfg.seed))
+
+    with run.step("sequences"):
+        run.write(spark, "sequences", sequences(offers, activity, cfg.last_k))
+
+    with run.step("eval_candidates"):
+        run.write(spark, "eval_candidates",
+                  eval_candidates(interactions, n_items, cfg.eval_negatives, cfg.seed, cfg.eval_sample))
+
+    with run.step("manifest"):
+        written = run.tables["interactions"]["rows"] + run.tables["rejects"]["rows"]
+        if written != input_rows or run.tables["interactions"]["rows"] != accepted:
+            raise PrepareError(f"row check failed: {input_rows} input rows, but interactions "
+                               f"{run.tables['interactions']['rows']} + rejects {run.tables['rejects']['rows']}")
+        manifest = _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interactions)
+        _write_json(output / "manifest.json", manifest)
+    print(f"[prepare] wrote {len(run.tables)} tables and manifest.json under {output} "
+          f"in {sum(run.timings.values()):.1f}s", flush=True)
+    return manifest
+
+
+def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict) -> None:
+    if accepted == 0:
+        raise PrepareError(f"no accepted interactions in {cfg.input!r} (rejected by reason: {rejected})")
+    for key in ("negatives", "eval_negatives"):
+        value = getattr(cfg, key)
+        if value > n_items - 1:
+            raise PrepareError(f"prepare.{key}={value} is larger than the {n_items - 1} items available as "
+                               f"negatives ({n_items} items in the accepted data)")
+
+
+def _items(good: DataFrame, partitions: int) -> DataFrame:
+    """Dense item ids by raw id; feature ids by raw feature name, so both arrays are in the same order."""
+    raw = good.groupBy("raw_item_id").agg(
+        F.array_sort(F.array_distinct(F.flatten(F.collect_list("raw_features")))).alias("raw_features"))
+    items, _ = with_global_index(raw, ["raw_item_id"], "item_id", partitions)
+    features, _ = with_global_index(raw.select(F.explode("raw_features").alias("raw_feature")).distinct(),
+                                    ["raw_feature"], "feature_id", partitions)
+    feature_ids = (items.select("item_id", F.explode("raw_features").alias("raw_feature"))
+                   .join(F.broadcast(features), "raw_feature")
+                   .groupBy("item_id").agg(F.array_sort(F.collect_list(F.col("feature_id").cast("int"))).alias("feature_ids")))
+    return items.join(feature_ids, "item_id").select(
+        F.col("item_id").cast("int"), "raw_item_id", "feature_ids", "raw_features")
+
+
+def _interactions(good: DataFrame, users: DataFrame, items: DataFrame, cfg: PrepareConfig) -> DataFrame:
+    """Accepted rows with dense ids, ranked by (ts, user, item, input order) into event_id, then split."""
+    # Dense ids follow the raw ids' sort order, so ordering by them is ordering by the raw ids.
+    rows = (good.join(users, "raw_user_id").join(items.select("raw_item_id", "item_id", "feature_ids"), "raw_item_id")
+            .select("ts", "user_id", "item_id", "feature_ids", "source_file", "line"))
+    ranked, n_events = with_global_index(rows, ["ts", "user_id", "item_id", "source_file", "line"], "event_id",
+                                         cfg.partitions)
+    return ranked.select(
+        "event_id", "user_id", "item_id", "ts",
+        split_column(F.col("event_id"), n_events, cfg.train_fraction, cfg.val_fraction).alias("split"),
+        "feature_ids",
+    )
+
+
+def _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interactions) -> dict:
+    item_stats = items.agg(F.max(F.size("feature_ids")).alias("max_features"),
+                           F.size(F.array_distinct(F.flatten(F.collect_list("feature_ids")))).alias("features")).first()
+    users = activity.agg(
+        F.count("*").alias("users"),
+        F.count_if(F.col("is_active")).alias("active"),
+        F.count_if(~F.col("is_active") & (F.col("n_train") > 0)).alias("inactive"),
+        F.count_if(F.col("n_train") == 0).alias("new")).first()
+    splits = {r["split"]: r["count"] for r in interactions.groupBy("split").count().collect()}
+    return {
+        "config": cfg.model_dump(),
+        "input_rows": input_rows,
+        "accepted": accepted,
+        "rejected": dict(sorted(rejected.items())),
+        "n_users": users["users"],
+        "n_items": run.tables["items"]["rows"],
+        "n_features": item_stats["features"],
+        "max_features_per_item": item_stats["max_features"],
+        "n_active": users["active"],
+        "n_inactive": users["inactive"],
+        "n_new": users["new"],
+        "splits": {s: splits.get(s, 0) for s in ("train", "val", "test")},
+        "eval_sample": {"fraction": cfg.eval_sample, "seed": cfg.seed, "unit": "user",
+                        "events": run.tables["eval_candidates"]["rows"]},
+        "tables": run.tables,
+        "timings_s": run.timings,
+    }
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,165 @@
+"""Readers of the three raw formats: every input line becomes one row, accepted or rejected with a reason.
+
+Each reader returns the same columns: `raw` (the line, without a trailing CR), `source_file`, `line` (input
+order within the read), `reason` (null when accepted), and the parsed `raw_user_id`, `raw_item_id`, `ts`
+(Unix seconds) and `raw_features` (array<string>, sorted, never empty). Parsing is Spark-native (no UDFs); every
+field access is null-safe so that a malformed line gets a reason instead of failing the job under ANSI mode.
+"""
+
+from __future__ import annotations
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines.config import BEHAVIORS, PrepareConfig
+
+# An item without any feature (e.g. a movie missing from movies.csv) gets this one, so g(f_i) is always defined.
+NO_FEATURE = "<none>"
+
+TAOBAO_COLUMNS = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
+MOVIELENS_COLUMNS = ["userId", "movieId", "rating", "timestamp"]
+LASTFM_COLUMNS = ["userid", "timestamp", "artid", "artname", "traid", "traname"]
+
+
+class InputError(ValueError):
+    """The input cannot be read at all (missing path, missing side file, missing columns)."""
+
+
+def read_lines(spark: SparkSession, path: str) -> DataFrame:
+    """Lines of a file, folder of part files or glob (gzip works); `line` is the input order."""
+    try:
+        df = spark.read.text(path)
+    except AnalysisException as err:
+        raise InputError(f"input {path!r} cannot be read: {err.getMessage() if hasattr(err, 'getMessage') else err}") from None
+    return df.select(
+        F.regexp_replace("value", "\r$", "").alias("raw"),
+        F.col("_metadata.file_path").alias("source_file"),
+        F.monotonically_increasing_id().alias("line"),
+    )
+
+
+def _field(fields: Column, i: int) -> Column:
+    return F.trim(F.get(fields, i))
+
+
+def _is_header(fields: Column, names: list[str]) -> Column:
+    return F.lower(F.array_join(fields, ",")) == ",".join(names).lower()
+
+
+def _unix_seconds(text: Column) -> Column:
+    return F.when(text.rlike(r"^[0-9]{1,12}$"), text.try_cast("long"))
+
+
+def _reason(checks: list[tuple[Column, str]]) -> Column:
+    """The first failing check names the reason; null when every check passes."""
+    reason = F.lit(None).cast("string")
+    for failed, name in reversed(checks):
+        reason = F.when(failed, F.lit(name)).otherwise(reason)
+    return reason
+
+
+def _window_checks(ts: Column, cfg: PrepareConfig) -> list[tuple[Column, str]]:
+    checks = [(ts.isNull(), "bad_timestamp")]
+    if cfg.min_ts is not None:
+        checks.append((ts < cfg.min_ts, "out_of_window"))
+    if cfg.max_ts is not None:
+        checks.append((ts > cfg.max_ts, "out_of_window"))
+    return checks
+
+
+def _common_checks(lines: DataFrame, fields: Column, names: list[str], required: list[Column]) -> list:
+    missing = F.lit(False)
+    for value in required:
+        missing = missing | F.coalesce(value == "", F.lit(True))
+    return [
+        (F.trim(lines.raw) == "", "empty_line"),
+        (_is_header(fields, names), "header"),
+        (F.size(fields) != len(names), "wrong_field_count"),
+        (missing, "missing_field"),
+    ]
+
+
+def _finish(df: DataFrame, reason: Column, user: Column, item: Column, ts: Column, features: Column) -> DataFrame:
+    return df.select(
+        "raw", "source_file", "line", reason.alias("reason"),
+        user.alias("raw_user_id"), item.alias("raw_item_id"), ts.alias("ts"),
+        F.array_sort(features).alias("raw_features"),
+    )
+
+
+def read_taobao(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
+    """UserBehavior CSV without header: user_id,item_id,category_id,behavior_type,timestamp."""
+    lines = read_lines(spark, cfg.input)
+    fields = F.split(lines.raw, ",", -1)
+    user, item, category, behavior, ts_text = (_field(fields, i) for i in range(5))
+    ts = _unix_seconds(ts_text)
+    checks = _common_checks(lines, fields, TAOBAO_COLUMNS, [user, item, category, behavior, ts_text])
+    checks += [
+        (~(user.rlike(r"^[0-9]+$") & item.rlike(r"^[0-9]+$") & category.rlike(r"^[0-9]+$")), "non_numeric_id"),
+        *_window_checks(ts, cfg),
+        (~behavior.isin(*BEHAVIORS), "unknown_behavior"),
+        (~behavior.isin(*cfg.behaviors), "excluded_behavior"),
+    ]
+    return _finish(lines, _reason(checks), user, item, ts, F.array(category))
+
+
+def read_movielens(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
+    """ML-25M layout: ratings.csv (userId,movieId,rating,timestamp; rating ignored) and movies.csv genres."""
+    lines = read_lines(spark, f"{cfg.input.rstrip('/')}/ratings*")
+    fields = F.split(lines.raw, ",", -1)
+    user, item, rating, ts_text = (_field(fields, i) for i in range(4))
+    ts = _unix_seconds(ts_text)
+    checks = _common_checks(lines, fields, MOVIELENS_COLUMNS, [user, item, rating, ts_text])
+    checks += [
+        (~(user.rlike(r"^[0-9]+$") & item.rlike(r"^[0-9]+$")), "non_numeric_id"),
+        *_window_checks(ts, cfg),
+    ]
+    genres = _movie_genres(spark, cfg.input)
+    parsed = lines.withColumn("_item", item).join(F.broadcast(genres), "_item", "left")
+    features = F.coalesce(F.col("_genres"), F.array(F.lit(NO_FEATURE)))
+    return _finish(parsed, _reason(checks), user, item, ts, features)
+
+
+def _movie_genres(spark: SparkSession, folder: str) -> DataFrame:
+    path = f"{folder.rstrip('/')}/movies*"
+    try:
+        movies = spark.read.csv(path, header=True, quote='"', escape='"')
+    except AnalysisException:
+        raise InputError(f"movielens input needs movies.csv beside ratings.csv: nothing matches {path!r}") from None
+    missing = {"movieId", "genres"} - set(movies.columns)
+    if missing:
+        raise InputError(f"{path}: missing columns {sorted(missing)} (have {movies.columns})")
+    genres = F.filter(F.split(F.trim("genres"), r"\|"), lambda g: g != "")
+    return (movies.select(F.trim("movieId").alias("_item"), genres.alias("_genres"))
+            .where(F.size("_genres") > 0)
+            .groupBy("_item").agg(F.min("_genres").alias("_genres")))
+
+
+def read_lastfm(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
+    """Last.fm-1K tsv: user, ISO time, artist MBID, artist name, track MBID, track name.
+
+    The item is the track MBID, or "artist - track" when the MBID is empty; the feature is the artist
+    (its MBID, or its name when the MBID is empty).
+    """
+    lines = read_lines(spark, cfg.input)
+    fields = F.split(lines.raw, "\t", -1)
+    user, ts_text, artist_id, artist, track_id, track = (_field(fields, i) for i in range(6))
+    ts = F.unix_timestamp(F.try_to_timestamp(ts_text, F.lit("yyyy-MM-dd'T'HH:mm:ss'Z'")))
+    item = F.when(track_id != "", track_id).otherwise(F.concat_ws(" - ", artist, track))
+    feature = F.when(artist_id != "", artist_id).otherwise(artist)
+    checks = _common_checks(lines, fields, LASTFM_COLUMNS, [user, ts_text])
+    checks += [
+        ((track_id == "") & ((artist == "") | (track == "")), "missing_field"),
+        ((artist_id == "") & (artist == ""), "missing_field"),
+        (ts < 0, "bad_timestamp"),
+        *_window_checks(ts, cfg),
+    ]
+    return _finish(lines, _reason(checks), user, item, ts, F.array(feature))
+
+
+READERS = {"taobao": read_taobao, "movielens": read_movielens, "lastfm": read_lastfm}
+
+
+def read_source(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
+    return READERS[cfg.source](spark, cfg)
