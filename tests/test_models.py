@@ -1,0 +1,252 @@
+import pytest
+import torch
+
+from twots.losses import offer_softmax_loss
+from twots.models import (ItemEncoder, SequentialRecommender, Stage1Model, TwoTimeScaleModel, load_model,
+                          register_model_kind, save_model, split_parameters)
+
+N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES = 12, 30, 5, 3
+DIMS = dict(item_dim=6, feature_dim=2)
+
+
+def stage1() -> Stage1Model:
+    torch.manual_seed(0)
+    model = Stage1Model(N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES, **DIMS)
+    features = torch.randint(-1, N_FEATURES, (N_ITEMS, MAX_FEATURES))
+    features[0] = -1  # an item without features
+    features[1] = torch.tensor([2, 4, -1])
+    model.items.set_item_features(features)
+    model.set_known_users(torch.arange(N_USERS) < 8)  # users 8.. are new
+    return model
+
+
+def stage2_batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return {
+        "user_id": torch.tensor([0, 1, 2, 3]),
+        "is_active": torch.tensor([True, False, True, False]),
+        "item_ids": torch.tensor([[3, 4, 5, 6], [7, 8, -1, -1], [9, 10, 11, -1], [12, -1, -1, -1]]),
+        "neg_item_ids": torch.randint(0, N_ITEMS, (4, 4, 5), generator=gen),
+        "prev_item_id": torch.tensor([2, -1, 1, -1]),
+    }
+
+
+def test_item_vector_is_item_embedding_then_mean_of_feature_embeddings():
+    model = stage1()
+    enc = model.items
+    vec = enc(torch.tensor([1, 0]))
+    assert vec.shape == (2, 8)
+    assert torch.equal(vec[0, :6], enc.item.weight[1])
+    assert torch.allclose(vec[0, 6:], (enc.feature.weight[2] + enc.feature.weight[4]) / 2)
+    assert torch.equal(vec[1, 6:], torch.zeros(2))  # no features: g(f) = 0
+    assert "items.item_features" in model.state_dict()
+
+
+def test_item_features_are_validated():
+    enc = ItemEncoder(4, 3, 2, 4, 2)
+    with pytest.raises(ValueError, match="ids must be in"):
+        enc.set_item_features(torch.tensor([[0, 3], [0, -1], [1, 2], [-1, -1]]))
+    with pytest.raises(ValueError, match="expected"):
+        enc.set_item_features(torch.zeros(4, 3, dtype=torch.long))
+
+
+def test_stage1_loss_scores_phi_against_the_offer_set():
+    model = stage1()
+    batch = {"user_id": torch.tensor([0, 5]), "item_id": torch.tensor([1, 2]),
+             "neg_item_ids": torch.tensor([[3, 4, 5], [6, 7, 8]])}
+    items = model.items(torch.arange(N_ITEMS))
+    logits = torch.stack([
+        model.phi.weight[0] @ items[[1, 3, 4, 5]].T,
+        model.phi.weight[5] @ items[[2, 6, 7, 8]].T,
+    ])
+    expected = (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
+    assert model(batch).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_ccf_state_is_phi_for_known_users_and_mean_phi_for_new_users():
+    model = stage1()
+    state = model.init_state(torch.tensor([3, 10]), torch.tensor([False, False]))
+    assert torch.equal(model.user_vector(state)[0], model.phi.weight[3])
+    assert torch.allclose(model.user_vector(state)[1], model.phi.weight[:8].mean(0))
+    assert model.step(state, torch.tensor([4, 5]), torch.tensor([False, False])) is state
+    scores = model.score(state, torch.tensor([[1, 2], [3, 4]]))
+    assert torch.allclose(scores, model.score_all(state)[:, [[1, 2], [3, 4]]].diagonal().T)
+    with pytest.raises(RuntimeError, match="set_known_users"):
+        Stage1Model(3, 4).init_state(torch.tensor([0]), torch.tensor([False]))
+
+
+def test_active_users_start_from_phi_and_inactive_from_psi():
+    model = TwoTimeScaleModel.from_stage1(stage1())
+    with torch.no_grad():
+        model.psi.normal_()
+    h, prev = model.init_state(torch.tensor([4, 5, 9]), torch.tensor([True, False, False]))
+    assert torch.equal(h[0], model.phi.weight[4])
+    assert torch.equal(h[1], model.psi) and torch.equal(h[2], model.psi)
+    assert torch.equal(prev, torch.tensor([-1, -1, -1]))
+    assert torch.equal(model.phi.weight, stage1().phi.weight)  # a copy of the trained stage-1 table
+
+
+def test_phi_of_inactive_users_is_not_used_but_phi_of_active_users_is():
+    model = TwoTimeScaleModel.from_stage1(stage1())
+    batch = stage2_batch()
+    base = model(batch).item()
+    with torch.no_grad():
+        model.phi.weight[1].add_(5.0)  # user 1 is inactive
+        model.phi.weight[3].add_(5.0)  # user 3 is inactive
+    assert model(batch).item() == base
+    with torch.no_grad():
+        model.phi.weight[0].add_(1.0)  # user 0 is active
+    assert model(batch).item() != pytest.approx(base, abs=1e-6)
+
+
+def test_stage2_loss_scores_each_step_with_the_state_before_it():
+    """Hand-unrolled GRUs: active rows from phi_u with Theta_2, inactive rows from psi with Theta_1, padding masked."""
+    model = TwoTimeScaleModel.from_stage1(stage1())
+    with torch.no_grad():
+        model.psi.normal_()
+    batch = stage2_batch()
+    users, pos, neg = [], [], []
+    for row in range(4):
+        active = bool(batch["is_active"][row])
+        h = model.phi.weight[batch["user_id"][row]] if active else model.psi
+        cell = model.gru_active if active else model.gru_inactive
+        for t, item in enumerate(batch["item_ids"][row].tolist()):
+            if item < 0:
+                break
+            users.append(h)
+            pos.append(model.items(torch.tensor(item)))
+            neg.append(model.items(batch["neg_item_ids"][row, t]))
+            h = cell(model.items(torch.tensor([item])), h.unsqueeze(0))[0]
+    expected = offer_softmax_loss(torch.stack(users), torch.stack(pos), torch.stack(neg))
+    assert len(users) == 10
+    assert model(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_padding_step_keeps_the_state():
+    model = TwoTimeScaleModel.from_stage1(stage1(), plus=True)
+    state = model.init_state(torch.tensor([0, 1]), torch.tensor([True, False]))
+    h, prev = model.step(state, torch.tensor([-1, 7]), torch.tensor([True, False]))
+    assert torch.equal(h[0], state[0][0]) and prev[0] == -1
+    assert not torch.equal(h[1], state[0][1]) and prev[1] == 7
+
+
+def test_stage2_step_leaves_frozen_stage1_parameters_bit_identical():
+    s1 = stage1()
+    model = TwoTimeScaleModel.from_stage1(s1, plus=True)
+    with torch.no_grad():
+        model.psi.normal_()  # from psi = 0 the inactive GRU's first step gives weight_hh no gradient
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("phi.", "items."))}
+    trained = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    assert set(trained) == {"psi", "mix.weight", "mix.bias"} | {
+        f"gru_{g}.{w}_{x}" for g in ("active", "inactive") for w in ("weight", "bias") for x in ("ih", "hh")}
+    sparse, dense = split_parameters(model)
+    assert sparse == []
+    optimizer = torch.optim.Adam(dense, lr=0.1)
+    model(stage2_batch()).backward()
+    optimizer.step()
+    for key, value in model.state_dict().items():
+        if key in frozen:
+            assert torch.equal(value, frozen[key]), key
+    for key, value in model.named_parameters():
+        if key in trained:
+            assert not torch.equal(value, trained[key]), key
+    assert all(p.grad is None for p in model.items.parameters()) and model.phi.weight.grad is None
+
+
+def test_single_stage_ablation_trains_phi_and_items_with_sparse_gradients():
+    model = TwoTimeScaleModel(N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES, **DIMS, freeze_stage1=False)
+    sparse, dense = split_parameters(model)
+    assert {id(p) for p in sparse} == {id(model.phi.weight), id(model.items.item.weight),
+                                       id(model.items.feature.weight)}
+    before = model.phi.weight.detach().clone()
+    model(stage2_batch()).backward()
+    assert model.phi.weight.grad.is_sparse
+    torch.optim.SparseAdam(sparse, lr=0.1).step()
+    changed = (model.phi.weight != before).any(1)
+    assert changed[[0, 2]].all()  # the active users of the batch
+    assert not changed[4:].any()  # users not in the batch
+
+
+def test_two_gru_ablation_has_no_phi_and_a_learned_active_start():
+    model = TwoTimeScaleModel.from_stage1(stage1(), use_phi=False)
+    assert model.phi is None
+    with torch.no_grad():
+        model.psi_active.fill_(0.5)
+    h, _ = model.init_state(torch.tensor([0, 1]), torch.tensor([True, False]))
+    assert torch.equal(h[0], torch.full((8,), 0.5)) and torch.equal(h[1], model.psi)
+    model(stage2_batch()).backward()
+    assert model.psi_active.grad.abs().sum() > 0
+
+
+def test_plus_user_vector_uses_the_previous_item():
+    model = TwoTimeScaleModel.from_stage1(stage1(), plus=True)
+    state = model.init_state(torch.tensor([0, 1]), torch.tensor([True, False]))
+    assert torch.equal(model.user_vector(state), state[0])  # W starts as [I, 0]
+    with torch.no_grad():
+        model.mix.weight.normal_()
+    h = state[0]
+    x_prev = model.items(torch.tensor([4]))
+    with_prev = model.user_vector((h, torch.tensor([4, -1])))
+    assert torch.allclose(with_prev[0], model.mix(torch.cat([h[0], x_prev[0]])), atol=1e-6)
+    assert torch.allclose(with_prev[1], model.mix(torch.cat([h[1], torch.zeros(8)])), atol=1e-6)
+    batch = stage2_batch()
+    base = model(batch).item()
+    batch["prev_item_id"] = torch.tensor([5, -1, 1, -1])  # row 0's previous item changes
+    assert model(batch).item() != pytest.approx(base, abs=1e-6)
+
+    plain = TwoTimeScaleModel.from_stage1(stage1())
+    assert plain(batch).item() == plain(stage2_batch()).item()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: stage1(),
+    lambda: TwoTimeScaleModel.from_stage1(stage1(), plus=True),
+    lambda: TwoTimeScaleModel.from_stage1(stage1(), use_phi=False),
+])
+def test_save_load_round_trip_gives_identical_scores(tmp_path, build):
+    model = build()
+    for p in model.parameters():
+        with torch.no_grad():
+            p.add_(torch.randn_like(p) * 0.1)
+    users, active = torch.tensor([0, 3, 9]), torch.tensor([True, False, False])
+    state = model.step(model.init_state(users, active), torch.tensor([1, 2, 3]), active)
+    save_model(tmp_path / "m" / "model.pt", model)
+    loaded = load_model(tmp_path / "m" / "model.pt")
+    assert type(loaded) is type(model) and loaded.hparams == model.hparams and not loaded.training
+    assert torch.equal(loaded.items.item_features, model.items.item_features)
+    loaded_state = loaded.step(loaded.init_state(users, active), torch.tensor([1, 2, 3]), active)
+    assert torch.equal(loaded.score_all(loaded_state), model.score_all(state))
+
+
+class _Popularity(SequentialRecommender):
+    def __init__(self, n_items: int):
+        super().__init__()
+        self.hparams = dict(n_items=n_items)
+        self.bias = torch.nn.Parameter(torch.randn(n_items, 1))
+
+    def init_state(self, user_ids, is_active):
+        return (torch.ones(len(user_ids), 1),)
+
+    def step(self, state, item_ids, is_active):
+        return state
+
+    def user_vector(self, state):
+        return state[0]
+
+    def item_vectors(self, item_ids):
+        return self.bias[item_ids]
+
+
+def test_other_kinds_register_and_unknown_kinds_fail(tmp_path):
+    model = _Popularity(5)
+    with pytest.raises(ValueError, match="not a registered model kind"):
+        save_model(tmp_path / "p.pt", model)
+    register_model_kind("test-popularity", _Popularity)
+    save_model(tmp_path / "p.pt", model)
+    state = model.init_state(torch.tensor([0]), torch.tensor([False]))
+    assert torch.equal(load_model(tmp_path / "p.pt").score_all(state), model.score_all(state))
+    with pytest.raises(ValueError, match="already registered"):
+        register_model_kind("test-popularity", Stage1Model)
+    torch.save({"kind": "nope", "hparams": {}, "state_dict": {}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="unknown model kind 'nope'"):
+        load_model(tmp_path / "x.pt")
