@@ -66,14 +66,13 @@ def summarize(ranks, n_train, is_active, is_new=None) -> dict:
 
 
 def flatten(summary: dict, prefix: str = "test") -> dict[str, float]:
-    """MLflow-safe flat names ('<' and '>' are not allowed there): test/mrr, test/active/mrr, test/bucket_lt51/mrr.
-
-    Groups without interactions are left out.
+    """MLflow-safe flat names (MLflow rejects '<', '>' and '@'): test/mrr, test/active/recall_at_10,
+    test/bucket_lt51/mrr. Groups without interactions are left out.
     """
     groups = {"": summary["overall"], "active/": summary["active"], "inactive/": summary["inactive"],
               "new/": summary["new"]}
     for label, metrics in summary["buckets"].items():
         safe = label.replace("<", "lt").replace(">", "gt")
         groups[f"bucket_{safe}/"] = metrics
-    return {f"{prefix}/{group}{name}": value for group, metrics in groups.items() if metrics["count"]
-            for name, value in metrics.items()}
+    return {f"{prefix}/{group}{name.replace('@', '_at_')}": value for group, metrics in groups.items()
+            if metrics["count"] for name, value in metrics.items()}
