@@ -11,6 +11,7 @@ round is a few slices, not a gather. Candidate scoring runs in chunks of `batch_
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
     if batch_users < 1:
         raise ValueError("replay: batch_users must be >= 1")
     model.eval()
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
     n_events = len(events)
 
     # Each user's events in (ts, event_id) order; users ordered by event count, most first.

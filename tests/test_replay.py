@@ -1,0 +1,199 @@
+import numpy as np
+import pytest
+import torch
+
+from twots.metrics import ranks_from_scores, summarize
+from twots.models import SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
+from twots.replay import Events, Warmup, replay
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny ops on a shared 2-core box: OpenMP threads spinning against other processes cost 100x here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class SeenItems(SequentialRecommender):
+    """State = the set of items the user has clicked; an item scores 1 once seen, else 0.
+
+    If the replay fed an event's item before scoring it, that event would rank first instead of tying."""
+
+    def __init__(self, n_items: int):
+        super().__init__()
+        self.hparams = dict(n_items=n_items)
+        self.register_buffer("one_hot", torch.eye(n_items))
+
+    def init_state(self, user_ids, is_active):
+        return (torch.zeros(len(user_ids), self.hparams["n_items"]),)
+
+    def step(self, state, item_ids, is_active):
+        seen = state[0].clone()
+        seen[torch.arange(len(item_ids)), item_ids] = 1.0
+        return (seen,)
+
+    def user_vector(self, state):
+        return state[0]
+
+    def item_vectors(self, item_ids):
+        return self.one_hot[item_ids]
+
+
+def events(rows) -> Events:
+    """rows of (user, ts, event_id, item); every event's negatives are the never-clicked items 10..19."""
+    user, ts, event_id, item = (np.array(c) for c in zip(*rows))
+    return Events(user, ts, event_id, item, np.tile(np.arange(10, 20), (len(rows), 1)))
+
+
+def test_each_event_is_scored_before_its_item_is_fed_in_time_order():
+    warm = Warmup.from_lists([0, 2], [True, False], [[1, 2], [5]])
+    evs = events([  # given out of order on purpose
+        (0, 20, 9, 4),
+        (0, 10, 6, 3),  # same ts as the next row: event_id 5 comes first
+        (0, 10, 5, 3),
+        (1, 30, 7, 1),  # new user: user 0's clicks are not its own
+        (0, 5, 3, 1),  # a warm-up item
+        (2, 50, 8, 6),
+    ])
+    got = replay(SeenItems(20), warm, evs, batch_users=1)
+    unseen = 1 + 10 / 2  # ties with all 10 negatives
+    assert got.rank.tolist() == [unseen, 1.0, unseen, unseen, 1.0, unseen]
+    assert got.step.tolist() == [4, 3, 2, 1, 1, 1]
+    assert got.change.tolist() == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # a repeated item changes nothing
+    assert got.is_new.tolist() == [False, False, False, True, False, False]
+    assert got.is_active.tolist() == [True, True, True, False, True, False]
+    records = got.change_records(got.is_active)
+    assert records["step"].tolist() == [4, 3, 2, 1] and records["change"].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def naive_replay(model, warm: Warmup, evs: Events):
+    """One user at a time, one event at a time: the definition the batched replay must match."""
+    rank, change, step = np.zeros(len(evs)), np.zeros(len(evs)), np.zeros(len(evs), dtype=int)
+    for user in np.unique(evs.user_id):
+        rows = np.flatnonzero(warm.user_id == user)
+        active = torch.tensor([bool(warm.is_active[rows[0]]) if len(rows) else False])
+        state = model.init_state(torch.tensor([user]), active)
+        for item in (warm.item_ids[rows[0]] if len(rows) else []):
+            if item >= 0:
+                state = model.step(state, torch.tensor([item]), active)
+        mine = np.flatnonzero(evs.user_id == user)
+        mine = mine[np.lexsort((evs.event_id[mine], evs.ts[mine]))]
+        for r, e in enumerate(mine):
+            candidates = torch.from_numpy(np.concatenate([[evs.item_id[e]], evs.neg_item_ids[e]]))[None]
+            scores = model.score(state, candidates)
+            rank[e] = ranks_from_scores(scores[:, 0], scores[:, 1:]).item()
+            before = model.user_vector(state)
+            state = model.step(state, torch.tensor([evs.item_id[e]]), active)
+            change[e] = torch.linalg.vector_norm(model.user_vector(state) - before).item()
+            step[e] = r + 1
+    return rank, change, step
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_batched_rounds_match_a_naive_per_user_loop(plus):
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    n_users, n_items = 9, 40
+    model = TwoTimeScaleModel(n_users, n_items, item_dim=6, feature_dim=2, plus=plus)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    warm = Warmup.from_lists([0, 1, 2, 3, 4, 8], [True, True, False, False, True, False],
+                             [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15], []])
+    n = 40
+    evs = Events(rng.integers(0, n_users, n), rng.integers(0, 6, n), rng.permutation(n),
+                 rng.integers(0, n_items, n), rng.integers(0, n_items, (n, 7)))
+    got = replay(model, warm, evs, batch_users=2)
+    with torch.no_grad():
+        rank, change, step = naive_replay(model, warm, evs)
+    assert np.array_equal(got.rank, rank)
+    assert np.allclose(got.change, change, atol=1e-6)
+    assert np.array_equal(got.step, step)
+    assert got.is_new.tolist() == [u in (5, 6, 7) for u in evs.user_id]
+
+
+def test_ccf_replay_is_static():
+    torch.manual_seed(0)
+    model = Stage1Model(5, 30, item_dim=6, feature_dim=2)
+    model.set_known_users(torch.tensor([True, True, True, False, False]))
+    evs = Events([0, 0, 3], [1, 2, 3], [0, 1, 2], [4, 5, 6], [[7, 8], [9, 10], [11, 12]])
+    got = replay(model, Warmup.from_lists([0], [True], [[1, 2]]), evs)
+    assert got.change.tolist() == [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        mean_phi = model.phi.weight[:3].mean(0)
+        expected = [1 + sum(float(model.items(torch.tensor(j)) @ u > model.items(torch.tensor(i)) @ u) for j in negs)
+                    for u, i, negs in zip([model.phi.weight[0], model.phi.weight[0], mean_phi], [4, 5, 6],
+                                          [[7, 8], [9, 10], [11, 12]])]
+    assert got.rank.tolist() == expected
+
+
+def test_bad_warmup_is_rejected():
+    with pytest.raises(ValueError, match="padded with -1 at the end"):
+        Warmup([0], [True], [[1, -1, 2]])
+    with pytest.raises(ValueError, match="appears twice"):
+        Warmup([0, 0], [True, True], [[1], [2]])
+    with pytest.raises(ValueError, match="neg_item_ids"):
+        Events([0], [1], [0], [2], [3, 4])
+
+
+def test_trained_2ts_ranks_far_above_random_for_every_user_group():
+    """Users click items of their own cluster. Stage 1 learns phi and items; stage 2 must learn to infer an
+    inactive or new user's cluster from the items it clicks (psi + GRU); the replay measures it."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n_clusters, per_cluster, negatives, t_star, last_k = 8, 12, 8, 10, 8
+    n_items = n_clusters * per_cluster
+    n_train = np.array([40] * 40 + [4] * 40 + [0] * 40)  # active, inactive, new
+    n_users = len(n_train)
+    cluster = rng.integers(0, n_clusters, n_users)
+
+    def clicks(user, n):
+        return cluster[user] * per_cluster + rng.integers(0, per_cluster, n)
+
+    def negs(items):
+        """Uniform negatives that are never the positive."""
+        out = rng.integers(0, n_items - 1, (len(items), negatives))
+        return torch.tensor(out + (out >= items[:, None]))
+
+    train = {u: clicks(u, n) for u, n in enumerate(n_train) if n}
+    users = np.concatenate([[u] * len(items) for u, items in train.items()])
+    items = np.concatenate(list(train.values()))
+
+    stage1 = Stage1Model(n_users, n_items, item_dim=12, feature_dim=4)
+    optimizer = torch.optim.SparseAdam(split_parameters(stage1)[0], lr=0.05)
+    for _ in range(300):
+        rows = rng.integers(0, len(users), 128)
+        optimizer.zero_grad()
+        stage1({"user_id": torch.tensor(users[rows]), "item_id": torch.tensor(items[rows]),
+                "neg_item_ids": negs(items[rows])}).backward()
+        optimizer.step()
+    stage1.set_known_users(torch.tensor(n_train > 0))
+
+    is_active = torch.tensor(n_train[list(train)] > t_star)
+    sequences = [seq[-last_k:] if n_train[u] > t_star else seq for u, seq in train.items()]
+    warm = Warmup.from_lists(list(train), is_active.numpy(), sequences)
+    item_ids = torch.tensor(warm.item_ids)
+    batch = {"user_id": torch.tensor(warm.user_id), "is_active": is_active, "item_ids": item_ids,
+             "prev_item_id": torch.tensor([train[u][-last_k - 1] if a else -1 for u, a in zip(train, is_active)])}
+    model = TwoTimeScaleModel.from_stage1(stage1, plus=True)
+    optimizer = torch.optim.Adam(split_parameters(model)[1], lr=0.02)
+    for _ in range(150):
+        batch["neg_item_ids"] = negs(item_ids.clamp(min=0).reshape(-1).numpy()).reshape(*item_ids.shape, -1)
+        optimizer.zero_grad()
+        model(batch).backward()
+        optimizer.step()
+
+    eval_users = np.repeat(np.arange(n_users), 5)
+    pos = np.concatenate([clicks(u, 5) for u in range(n_users)])
+    evs = Events(eval_users, np.tile(np.arange(5), n_users), np.arange(len(pos)), pos,
+                 rng.integers(0, n_items - 1, (len(pos), 49)))
+    evs.neg_item_ids += evs.neg_item_ids >= pos[:, None]
+    got = replay(model, warm, evs, batch_users=32)
+    summary = summarize(got.rank, n_train[eval_users], n_train[eval_users] > t_star)
+    random_mrr = np.mean(1 / np.arange(1, 51))  # about 0.09
+    for group in ("overall", "active", "inactive", "new"):
+        assert summary[group]["mrr"] > 3 * random_mrr, (group, summary[group])
+    # Fig. 4's shape: inactive users' (here new users') vectors move more per click than active users'.
+    assert got.change[got.is_new].mean() > got.change[got.is_active].mean()
