@@ -6,6 +6,8 @@ from psi; the model steps over the known recent items, then scores the whole cat
 the item matrix computed once at load, and returns the top k raw item ids with their scores. Unknown item ids are
 skipped and reported in `unknown_items`; a malformed request raises MlflowException(INVALID_PARAMETER_VALUE),
 which the scoring server answers with HTTP 400 and the message.
+
+`batch_recommend` runs the same pyfunc as a Spark UDF over every user's recent history (nightly batch).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from twots.config import Section, resolve
 from twots.models import load_model, save_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# A batch of requests is scored in chunks of at most this many (request, item) scores: 128 MiB of float32,
+# so a batch job's Arrow batch over a 4M-item catalogue still fits in memory (8 requests per chunk).
+SCORES_PER_CHUNK = 1 << 25
 
 
 class ServeConfig(Section):
@@ -36,12 +41,21 @@ class ServeConfig(Section):
     max_history: int = Field(500, ge=0, description="most recent_items a request may send")
     exclude_clicked: bool = Field(True, description="default for requests that do not say: drop recent_items from the top k")
     model_uri: str = Field("models:/twots@champion", description="recommend: the model to run")
-    tracking_uri: str | None = Field(None, description="recommend: MLflow tracking/registry URI (default sqlite:///<data>/mlflow.db)")
+    tracking_uri: str | None = Field(None, description="recommend: MLflow tracking URI (default sqlite:///<data>/mlflow.db)")
+    registry_uri: str | None = Field(None, description="recommend: MLflow registry URI (default: the tracking URI)")
     data: str | None = Field(None, description="recommend: folder of the prepared Delta tables")
     output: str | None = Field(None, description="recommend: Delta table written with the top k of each user")
     users: list[str] = Field([], description="recommend: raw user ids to score (empty: all users)")
     k: int = Field(10, ge=1, description="recommend: items per user")
     batch_size: int = Field(512, ge=1, description="recommend: users scored together in one forward pass")
+
+
+
+class RecommendConfig(ServeConfig):
+    """The batch-recommend job: like `serve:`, with the tables to read and the table to write required."""
+
+    data: str = Field(description="folder of the prepared Delta tables")
+    output: str = Field(description="Delta table written with the top k of each user")
 
 
 SIGNATURE = ModelSignature(
@@ -59,6 +73,9 @@ SIGNATURE = ModelSignature(
         ColSpec(Array(DataType.string), "unknown_items"),
     ]),
 )
+
+RESULT_TYPE = ("user_id string, start string, items array<string>, scores array<double>, "
+               "unknown_items array<string>")
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -99,9 +116,11 @@ class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
             self.item_matrix = self.model.item_vectors(torch.arange(self.model.hparams["n_items"])).contiguous()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        requests = self._parse(model_input)
+        requests = list(zip(*self._parse(model_input)))
+        rows = max(1, SCORES_PER_CHUNK // len(self.raw_items))
         with torch.no_grad():
-            return self._recommend(*requests)
+            return pd.concat([self._recommend(*zip(*requests[start:start + rows]))
+                              for start in range(0, len(requests), rows)], ignore_index=True)
 
     def _parse(self, frame: pd.DataFrame):
         if len(frame) == 0:
@@ -219,3 +238,54 @@ def log_model(model: torch.nn.Module, data_dir: str, *, spark=None, name: str = 
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                               f"pandas=={pd.__version__}", f"numpy=={np.__version__}", "pyarrow"],
         )
+
+
+def recent_histories(interactions, users, items, max_history: int):
+    """One request per user: raw user_id and their last `max_history` clicked raw item ids (any split), oldest first.
+
+    DataFrames in (the interactions, users and items tables), DataFrame out (user_id, recent_items).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    latest = Window.partitionBy("user_id").orderBy(F.col("event_id").desc())
+    last = (interactions.select("user_id", "item_id", "event_id")
+            .withColumn("recency", F.row_number().over(latest))
+            .where(F.col("recency") <= max_history)
+            .join(items.select("item_id", "raw_item_id"), "item_id"))
+    histories = last.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("event_id", "raw_item_id"))).alias("clicks"))
+    return (users.join(histories, "user_id", "left")
+            .select(F.col("raw_user_id").alias("user_id"),
+                    F.coalesce(F.transform("clicks", lambda click: click["raw_item_id"]),
+                               F.array().cast("array<string>")).alias("recent_items")))
+
+
+def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
+    """Top k of every user (or of cfg.users) with the model at cfg.model_uri, written to the Delta table cfg.output.
+
+    Returns the (table version, rows) written. Requested users unknown to the tables are scored too (from psi,
+    with no history) and counted in the log.
+    """
+    from pyspark.sql import functions as F
+
+    from pipelines.delta import read_table, write_table
+
+    read = lambda table: read_table(spark, f"{cfg.data}/{table}")  # noqa: E731
+    model_config = mlflow.models.get_model_info(cfg.model_uri).flavors["python_function"].get("model_config") or {}
+    max_history = model_config.get("max_history", cfg.max_history)
+    requests = recent_histories(read("interactions"), read("users"), read("items"), max_history)
+    if cfg.users:
+        wanted = spark.createDataFrame([(u,) for u in dict.fromkeys(cfg.users)], "user_id string")
+        requests = wanted.join(requests, "user_id", "left").select(
+            "user_id", F.coalesce("recent_items", F.array().cast("array<string>")).alias("recent_items"))
+        unknown = len(set(cfg.users)) - requests.join(read("users").select(F.col("raw_user_id").alias("user_id")),
+                                                      "user_id").count()
+        print(f"[recommend] {len(set(cfg.users))} users requested, {unknown} unknown (scored from psi)", flush=True)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
+    predict = mlflow.pyfunc.spark_udf(spark, cfg.model_uri, result_type=RESULT_TYPE, env_manager="local")
+    scored = (requests.withColumn("k", F.lit(cfg.k).cast("long"))
+              .select(predict(F.struct("user_id", "recent_items", "k")).alias("top")).select("top.*"))
+    version, rows = write_table(scored, cfg.output)
+    print(f"[recommend] wrote {rows} users' top {cfg.k} to {cfg.output} (Delta version {version})", flush=True)
+    return version, rows

@@ -1,0 +1,14 @@
+"""Move @champion to @challenger (the version validate passed); does nothing when there is no challenger."""
+
+from twots.config import load
+from twots.registry import RegistryConfig, connect, promote, publish
+
+
+def main() -> None:
+    cfg = load(RegistryConfig, "registry", description=__doc__)
+    champion = promote(connect(cfg), cfg.model_name, cfg.version)
+    publish("champion_version", champion)
+
+
+if __name__ == "__main__":
+    main()

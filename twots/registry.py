@@ -1,0 +1,176 @@
+"""Registry steps of the MLOps Stacks pattern, with aliases: register -> validate (@challenger) -> promote (@champion).
+
+Every step is safe to rerun: register reuses the version of a run already registered, validate re-scores and
+writes the same verdict, promote does nothing when there is no challenger. A version becomes @challenger only
+when its test MRR clears an absolute floor and beats @champion's (scored on the same candidates of the same Delta
+table version) by a relative margin; promote refuses a challenger validated against another champion than the
+current one, so a worse model is never promoted. Each step publishes its result as a Databricks task value
+(on Databricks) and prints it as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from pydantic import Field
+
+from twots.config import Section
+from twots.serving import id_maps_fingerprint, read_id_maps
+from twots.spark import on_databricks
+from twots.tracking import default_tracking_uri, table_versions
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+STATUS, REASON = "validation_status", "validation_reason"
+
+
+class RegistryConfig(Section):
+    """Register a training run's model, validate it against @champion, promote it (`registry:` section)."""
+
+    data: str = Field(description="folder of the prepared Delta tables (prepare's --output)")
+    model_name: str = Field("twots", description="registered model name (catalog.schema.name on Unity Catalog)")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///<data>/mlflow.db)")
+    registry_uri: str | None = Field(None, description="MLflow registry URI (default: the tracking URI)")
+    run_id: str | None = Field(None, description="register: the training run whose `model` is registered")
+    version: str | None = Field(None, description="validate/promote: the model version (default: validate the newest)")
+    split: str = Field("test", pattern="^(val|test)$", description="evaluation split scored by validate")
+    mrr_floor: float = Field(0.0, ge=0, le=1, description="validate: a version needs at least this MRR")
+    min_relative_gain: float = Field(0.0, ge=0, description="validate: and MRR >= champion's * (1 + this)")
+
+
+def use_registry(tracking_uri: str | None, registry_uri: str | None, data: str) -> MlflowClient:
+    """Point MLflow at the tracking store (default: the local sqlite store beside the tables) and registry."""
+    tracking = tracking_uri or default_tracking_uri(data)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry_uri or tracking)
+    return MlflowClient()
+
+
+def connect(cfg: RegistryConfig) -> MlflowClient:
+    return use_registry(cfg.tracking_uri, cfg.registry_uri, cfg.data)
+
+
+def publish(key: str, value) -> None:
+    """Hand a value to the next task: a Databricks task value there, a JSON line on stdout everywhere."""
+    if on_databricks():
+        from databricks.sdk.runtime import dbutils
+
+        dbutils.jobs.taskValues.set(key=key, value=value)
+    print(json.dumps({key: value}), flush=True)
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None
+
+
+def register(client: MlflowClient, name: str, run_id: str) -> str:
+    """The version of `run_id`'s `model` under `name`, registering it on the first call."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    if existing:
+        return min(existing, key=lambda v: int(v.version)).version
+    return mlflow.register_model(f"runs:/{run_id}/model", name).version
+
+
+def latest_version(client: MlflowClient, name: str) -> str:
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        raise RuntimeError(f"no version of {name} is registered; run register first")
+    return max(versions, key=lambda v: int(v.version)).version
+
+
+def score(name: str, version: str, data: str, spark, split: str, id_maps: str) -> float | None:
+    """The version's MRR on `split`, or None when it was trained on other raw-id maps than `data`'s."""
+    from twots.evaluate import evaluate
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    if pyfunc.metadata.metadata.get("id_maps") != id_maps:
+        return None
+    metrics = evaluate(pyfunc.unwrap_python_model().model, data, spark, splits=(split,))
+    return float(metrics[split]["overall"]["mrr"])
+
+
+def verdict(mrr: float, champion_mrr: float | None, floor: float, min_gain: float) -> str | None:
+    """None when a version with `mrr` may replace the champion, else why not."""
+    if mrr < floor:
+        return f"MRR {mrr:.4f} is below the floor {floor:.4f}"
+    if champion_mrr is not None and mrr < champion_mrr * (1 + min_gain):
+        return (f"MRR {mrr:.4f} does not beat the champion's {champion_mrr:.4f} by the required "
+                f"{min_gain:.1%} (needs >= {champion_mrr * (1 + min_gain):.4f})")
+    return None
+
+
+def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> bool:
+    """Score `version` and @champion on the same candidates; set @challenger on a pass, record why not otherwise."""
+    name = cfg.model_name
+    champion = _alias_version(client, name, CHAMPION)
+    if champion == version:
+        print(f"validate: {name} v{version} is already @{CHAMPION}", flush=True)
+        return True
+    table_version = table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"]
+    id_maps = id_maps_fingerprint(*read_id_maps(spark, cfg.data))
+    mrr = score(name, version, cfg.data, spark, cfg.split, id_maps)
+    if mrr is None:
+        raise RuntimeError(f"{name} v{version} was trained on other users/items tables than {cfg.data}")
+    champion_mrr = score(name, champion, cfg.data, spark, cfg.split, id_maps) if champion else None
+    if table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"] != table_version:
+        raise RuntimeError(f"{cfg.data}/eval_candidates changed while validating; rerun validate")
+    if champion and champion_mrr is None:
+        reason = (f"@{CHAMPION} v{champion} was trained on other users/items tables than {cfg.data}, so the two "
+                  f"cannot be scored on the same candidates; promote by hand after checking")
+    else:
+        reason = verdict(mrr, champion_mrr, cfg.mrr_floor, cfg.min_relative_gain)
+    tags = {
+        STATUS: "passed" if reason is None else "failed",
+        REASON: reason or "",
+        f"validation_{cfg.split}_mrr": f"{mrr:.6f}",
+        "validation_champion_version": champion or "",
+        "validation_champion_mrr": "" if champion_mrr is None else f"{champion_mrr:.6f}",
+        "validation_eval_candidates_version": str(table_version),
+        "validation_data": cfg.data,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    against = f"@{CHAMPION} v{champion}" if champion else f"no @{CHAMPION}"
+    if champion_mrr is not None:
+        against += f" (MRR {champion_mrr:.4f})"
+    summary = (f"Validation {tags[STATUS]} on {cfg.split} of {cfg.data}/eval_candidates v{table_version}: "
+               f"MRR {mrr:.4f} against {against}" + (f"; {reason}" if reason else "") + ".")
+    client.update_model_version(name, version, description=summary)
+    if reason is None:
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    elif _alias_version(client, name, CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    print(f"validate: {name} v{version}: {summary}", flush=True)
+    return reason is None
+
+
+def promote(client: MlflowClient, name: str, version: str | None = None) -> str | None:
+    """Move @champion to @challenger (if it is `version`, when given); return the champion's version."""
+    challenger = _alias_version(client, name, CHALLENGER)
+    champion = _alias_version(client, name, CHAMPION)
+    if challenger is None or (version is not None and challenger != version):
+        print(f"promote: no @{CHALLENGER}" + (f" at v{version}" if version else "")
+              + f"; @{CHAMPION} stays at {champion and 'v' + champion}", flush=True)
+        return champion
+    tags = client.get_model_version(name, challenger).tags
+    if tags.get(STATUS) != "passed":
+        raise RuntimeError(f"{name} v{challenger} is @{CHALLENGER} but not marked passed by validate")
+    if tags.get("validation_champion_version", "") != (champion or ""):
+        raise RuntimeError(f"{name} v{challenger} was validated against @{CHAMPION} "
+                           f"v{tags.get('validation_champion_version') or 'none'}, but @{CHAMPION} is now "
+                           f"v{champion}; rerun validate")
+    client.set_registered_model_alias(name, CHAMPION, challenger)
+    client.delete_registered_model_alias(name, CHALLENGER)
+    client.set_model_version_tag(name, challenger, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    print(f"promote: {name} @{CHAMPION} moved from {champion and 'v' + champion} to v{challenger}", flush=True)
+    return challenger
