@@ -1,0 +1,205 @@
+"""How training rows reach the ranks: a small `Loader` interface and two backends.
+
+A `Source` is made on the driver, pickled into the train function and opened on each rank as a `Loader`:
+- `PetastormSource`: petastorm's `make_spark_converter` over a Delta table (the product path under Spark);
+- `ParquetSource`: plain Parquet files read with pyarrow (for a box without Spark, and proof the interface holds).
+
+Both give every rank exactly `steps_per_epoch` full batches per epoch (equal step counts keep the collectives in
+lock step) in an order fixed by (seed, epoch, rank), so a run resumed from an epoch checkpoint sees the same
+batches as an uninterrupted one. Batches are dicts of tensors with the keys of docs/design.md.
+
+Petastorm cannot collate ragged arrays, so `fixed_shape` pads the `sequences` arrays in Spark first. Nothing from
+Spark or petastorm is imported at module level: the rank side must run where only torch and pyarrow exist.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+STAGE1_COLUMNS = ("user_id", "item_id", "neg_item_ids")
+STAGE2_COLUMNS = ("user_id", "is_active", "item_ids", "neg_item_ids", "prev_item_id")
+PAD_ITEM = -1        # padding in item_ids (docs/design.md)
+PAD_NEGATIVE = 0     # padding in the negatives of padded steps: any valid id, those steps are masked out
+
+
+class Loader(Protocol):
+    steps_per_epoch: int
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield exactly `steps_per_epoch` batches for this rank."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shape of one training table: its columns and, for padded sequences, the step count L and negatives p."""
+
+    columns: tuple[str, ...]
+    rows: int
+    seq_len: int = 0
+    negatives: int = 0
+
+    def to_batch(self, columns: dict[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for name in self.columns:
+            t = torch.as_tensor(columns[name])
+            batch[name] = t.bool() if name == "is_active" else t.long()
+        if self.seq_len and batch["neg_item_ids"].dim() == 2:
+            batch["neg_item_ids"] = batch["neg_item_ids"].view(-1, self.seq_len, self.negatives)
+        return batch
+
+
+def steps_per_epoch(rows: int, batch_size: int, world: int) -> int:
+    steps = rows // (batch_size * world)
+    if steps == 0:
+        raise ValueError(f"{rows} rows are fewer than one batch of {batch_size} per rank on {world} ranks: "
+                         f"lower the batch size")
+    return steps
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed per (run seed, epoch, rank); never 0, which petastorm treats as 'no seed' (random order)."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % (2**31 - 1) + 1
+
+
+# ---- driver side: fixed-shape DataFrames -------------------------------------------------------------------------
+
+def fixed_shape(df, table: str):
+    """DataFrame of a training table -> (DataFrame with fixed-length arrays, Layout)."""
+    from pyspark.sql import functions as F
+
+    if table == "stage1_offers":
+        df = df.select(*STAGE1_COLUMNS)
+        return df, Layout(STAGE1_COLUMNS, df.count())
+    if table != "sequences":
+        raise ValueError(f"no training layout for table {table!r}")
+    stats = df.agg(F.max(F.size("item_ids")).alias("L"), F.count("*").alias("rows"),
+                   F.max(F.size("neg_item_ids") / F.greatest(F.size("item_ids"), F.lit(1))).alias("p")).first()
+    seq_len, rows, p = int(stats["L"] or 0), int(stats["rows"]), int(stats["p"] or 0)
+
+    def pad(col: str, length: int, value: int):
+        return F.concat(F.col(col), F.array_repeat(F.lit(value), F.lit(length) - F.size(col))).alias(col)
+
+    df = df.select("user_id", "is_active", pad("item_ids", seq_len, PAD_ITEM),
+                   pad("neg_item_ids", seq_len * p, PAD_NEGATIVE), "prev_item_id")
+    return df, Layout(STAGE2_COLUMNS, rows, seq_len, p)
+
+
+# ---- backend 1: petastorm over Spark -----------------------------------------------------------------------------
+
+@dataclass
+class PetastormSource:
+    """A petastorm converter of a fixed-shape DataFrame. Make it with `petastorm_source` on the driver."""
+
+    converter: object
+    layout: Layout
+    reader_threads: int = 1   # one reader thread keeps the row-group order, hence the batches, deterministic
+
+    def open(self, rank: int, world: int, batch_size: int, seed: int) -> Loader:
+        return _PetastormLoader(self, rank, world, batch_size, seed)
+
+
+def petastorm_source(spark, df, table: str, cache_dir: Path, world: int) -> PetastormSource:
+    from petastorm.spark import SparkDatasetConverter, make_spark_converter
+
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, Path(cache_dir).resolve().as_uri())
+    fixed, layout = fixed_shape(df, table)
+    # Shards are row groups: enough files that every rank gets some, few enough to stay sequential reads.
+    fixed = fixed.repartition(max(4 * world, fixed.rdd.getNumPartitions()))
+    return PetastormSource(make_spark_converter(fixed), layout)
+
+
+class _PetastormLoader:
+    def __init__(self, source: PetastormSource, rank: int, world: int, batch_size: int, seed: int):
+        self.source, self.rank, self.world, self.batch_size, self.seed = source, rank, world, batch_size, seed
+        self.steps_per_epoch = steps_per_epoch(source.layout.rows, batch_size, world)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        from petastorm.pytorch import BatchedDataLoader
+
+        s = epoch_seed(self.seed, epoch, self.rank)
+        torch.manual_seed(s)  # BatchedDataLoader's shuffling buffer draws from torch's global generator
+        # num_epochs=None: shards are uneven, so a short shard wraps around instead of ending early.
+        # `seed` orders the row groups of this rank and epoch; `shard_seed` (the same on every rank and epoch,
+        # else petastorm shards with `seed`) splits the row groups into disjoint shards.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="shard_seed was deprecated")
+            context = self.source.converter.make_torch_dataloader(
+                batch_size=self.batch_size, num_epochs=None, workers_count=self.source.reader_threads,
+                shuffling_queue_capacity=4 * self.batch_size, data_loader_fn=BatchedDataLoader,
+                cur_shard=self.rank, shard_count=self.world, shard_seed=epoch_seed(self.seed, 0, 0), seed=s,
+                shuffle_row_groups=True)
+        with context as loader:
+            batches = iter(loader)
+            for _ in range(self.steps_per_epoch):
+                yield self.source.layout.to_batch(next(batches))
+
+    def close(self) -> None:
+        pass
+
+
+# ---- backend 2: plain Parquet ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ParquetSource:
+    """A folder of Parquet files with fixed-length arrays (see `export_parquet`)."""
+
+    path: str
+    layout: Layout
+
+    def open(self, rank: int, world: int, batch_size: int, seed: int) -> Loader:
+        return _ParquetLoader(self, rank, world, batch_size, seed)
+
+
+def export_parquet(df, table: str, path: Path) -> ParquetSource:
+    """Driver side: write a table's fixed-shape rows as plain Parquet for `ParquetSource`."""
+    fixed, layout = fixed_shape(df, table)
+    fixed.write.mode("overwrite").parquet(str(path))
+    return ParquetSource(str(path), layout)
+
+
+def read_columns(path: str, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Parquet folder -> numpy columns; fixed-length list columns become 2-D arrays."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=list(columns))
+    out = {}
+    for name in columns:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_list(col.type):
+            out[name] = col.flatten().to_numpy().reshape(len(col), -1)
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+class _ParquetLoader:
+    """Holds the whole table in memory; each epoch a seeded permutation is cut into equal per-rank slices."""
+
+    def __init__(self, source: ParquetSource, rank: int, world: int, batch_size: int, seed: int):
+        self.layout, self.rank, self.world, self.batch_size, self.seed = source.layout, rank, world, batch_size, seed
+        self.columns = {k: torch.as_tensor(v) for k, v in read_columns(source.path, source.layout.columns).items()}
+        self.rows = len(self.columns["user_id"])
+        self.steps_per_epoch = steps_per_epoch(self.rows, batch_size, world)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        # The same permutation on every rank (seeded without the rank), each rank takes its own slice.
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 0))
+        order = torch.randperm(self.rows, generator=g)
+        per_rank = self.steps_per_epoch * self.batch_size
+        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        for step in range(self.steps_per_epoch):
+            idx = mine[step * self.batch_size:(step + 1) * self.batch_size]
+            yield self.layout.to_batch({k: v[idx] for k, v in self.columns.items()})
+
+    def close(self) -> None:
+        self.columns = {}
