@@ -7,7 +7,7 @@
 import sys
 
 from pipelines.config import PrepareConfig
-from pipelines.prepare import PrepareError, check_output, prepare
+from pipelines.pipeline import PrepareError, check_output, prepare
 from twots.config import load
 from twots.spark import get_spark
 

@@ -4,6 +4,6 @@
 """
 
 from pipelines.config import PrepareConfig
-from pipelines.prepare import PrepareError, prepare
+from pipelines.pipeline import PrepareError, prepare
 
 __all__ = ["PrepareConfig", "PrepareError", "prepare"]

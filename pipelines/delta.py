@@ -5,16 +5,13 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 
 
-def write_table(df: DataFrame, path: str) -> int:
-    """Overwrite the Delta table at `path` (schema included) and return the version written."""
-    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
-    return table_version(df.sparkSession, path)
-
-
-def table_version(spark: SparkSession, path: str) -> int:
+def write_table(df: DataFrame, path: str) -> tuple[int, int]:
+    """Overwrite the Delta table at `path` (schema included); returns (version, rows written)."""
     from delta.tables import DeltaTable
 
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    commit = DeltaTable.forPath(df.sparkSession, path).history(1).select("version", "operationMetrics").first()
+    return int(commit["version"]), int(commit["operationMetrics"]["numOutputRows"])
 
 
 def read_table(spark: SparkSession, path: str) -> DataFrame:

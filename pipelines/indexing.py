@@ -1,6 +1,7 @@
-"""Dense 0-based ranks over a global sort order, without a window that runs in a single task.
+"""Dense 0-based ids and ranks over a global sort order.
 
-A window without `partitionBy` sorts everything in one task; at 10M+ rows that is the bottleneck. Instead we
+`dense_ids` numbers the distinct values of a key (users, items, features: at most a few million) with one
+sorted window. `with_global_index` ranks every event (10M+ rows), where a window without `partitionBy` sorts everything in one task; at 10M+ rows that is the bottleneck. Instead we
 range-partition on the sort keys, number rows within each partition, and add the sizes of the partitions before
 it. The numbered rows are checkpointed first, so the partition sizes and the numbers come from one computation
 (range bounds are sampled, and a recomputation is not guaranteed to sample the same ones).
@@ -10,6 +11,12 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+
+
+def dense_ids(df: DataFrame, key: str, name: str) -> DataFrame:
+    """Distinct values of `key` with `name`: int ids 0..n-1 in the sort order of `key`."""
+    order = Window.orderBy(key)
+    return df.select(key).distinct().select((F.row_number().over(order) - 1).cast("int").alias(name), key)
 
 
 def with_global_index(df: DataFrame, order: list[str], name: str, partitions: int) -> tuple[DataFrame, int]:

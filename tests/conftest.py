@@ -38,3 +38,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.fail(f"shared data not found at {SHARED_DATA}: tests need the checkout beside ../shared")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def prepared_movielens(spark, shared_data, tmp_path_factory) -> Path:
+    """ml-latest-small prepared once per session (all 610 users, 100,836 ratings): t*=20, K=10, p=10,
+    99 eval negatives, seed 7. Returns the output folder (Delta tables and manifest.json, see docs/design.md)."""
+    from pipelines import PrepareConfig, prepare
+
+    output = tmp_path_factory.mktemp("prepared_movielens")
+    prepare(PrepareConfig(source="movielens", input=str(shared_data / "ml-latest-small"), output=str(output),
+                          threshold=20, last_k=10, negatives=10, eval_negatives=99, seed=7), spark)
+    return output

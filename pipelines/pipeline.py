@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pipelines.activity import sequences, split_column, user_activity
 from pipelines.config import PrepareConfig
 from pipelines.delta import read_table, write_table
-from pipelines.indexing import with_global_index
+from pipelines.indexing import dense_ids, with_global_index
 from pipelines.negatives import eval_candidates, stage1_offers
 from pipelines.readers import read_source
 
@@ -71,10 +71,9 @@ class _Run:
 
     def write(self, spark: SparkSession, name: str, df: DataFrame) -> DataFrame:
         path = str(self.output / name)
-        version = write_table(df, path)
-        table = read_table(spark, path)
-        self.tables[name] = {"path": path, "version": version, "rows": table.count()}
-        return table
+        version, rows = write_table(df, path)
+        self.tables[name] = {"path": path, "version": version, "rows": rows}
+        return read_table(spark, path)
 
 
 def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
@@ -102,12 +101,10 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     good = parsed.where(F.col("reason").isNull())
 
     with run.step("users"):
-        users, _ = with_global_index(good.select("raw_user_id").distinct(), ["raw_user_id"], "user_id",
-                                     cfg.partitions)
-        users = run.write(spark, "users", users.select(F.col("user_id").cast("int"), "raw_user_id"))
+        users = run.write(spark, "users", dense_ids(good, "raw_user_id", "user_id"))
 
     with run.step("items"):
-        items = run.write(spark, "items", _items(good, cfg.partitions))
+        items = run.write(spark, "items", _items(good))
 
     with run.step("interactions"):
         interactions = run.write(spark, "interactions", _interactions(good, users, items, cfg))
@@ -147,18 +144,16 @@ def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict
                                f"negatives ({n_items} items in the accepted data)")
 
 
-def _items(good: DataFrame, partitions: int) -> DataFrame:
-    """Dense item ids by raw id; feature ids by raw feature name, so both arrays are in the same order."""
+def _items(good: DataFrame) -> DataFrame:
+    """Dense item ids by raw id; feature ids by raw feature name, so both sorted arrays are in the same order."""
     raw = good.groupBy("raw_item_id").agg(
         F.array_sort(F.array_distinct(F.flatten(F.collect_list("raw_features")))).alias("raw_features"))
-    items, _ = with_global_index(raw, ["raw_item_id"], "item_id", partitions)
-    features, _ = with_global_index(raw.select(F.explode("raw_features").alias("raw_feature")).distinct(),
-                                    ["raw_feature"], "feature_id", partitions)
+    items = dense_ids(raw, "raw_item_id", "item_id").join(raw, "raw_item_id")
+    features = dense_ids(raw.select(F.explode("raw_features").alias("raw_feature")), "raw_feature", "feature_id")
     feature_ids = (items.select("item_id", F.explode("raw_features").alias("raw_feature"))
                    .join(F.broadcast(features), "raw_feature")
-                   .groupBy("item_id").agg(F.array_sort(F.collect_list(F.col("feature_id").cast("int"))).alias("feature_ids")))
-    return items.join(feature_ids, "item_id").select(
-        F.col("item_id").cast("int"), "raw_item_id", "feature_ids", "raw_features")
+                   .groupBy("item_id").agg(F.array_sort(F.collect_list("feature_id")).alias("feature_ids")))
+    return items.join(feature_ids, "item_id").select("item_id", "raw_item_id", "feature_ids", "raw_features")
 
 
 def _interactions(good: DataFrame, users: DataFrame, items: DataFrame, cfg: PrepareConfig) -> DataFrame:
