@@ -1,0 +1,108 @@
+"""Choosing the activity threshold t*: the validation sweep and the paper's theoretical guide t** (Theorem 2.1).
+
+Theory (paper section 2): with T training interactions a user's estimated embedding phi(z[T]) is off from the
+truth phi* by E||phi(z[T]) - phi*||^2 <= Q / (T + 1), and true embeddings spread around their mean m with
+Var_m = E||phi* - m||^2. The expected excess risk is smallest at t** = Q / Var_m - 1: below it, starting from the
+common m (psi) beats starting from one's own noisy estimate.
+
+Our estimators (`theory_guide`), with the stage-1 item vectors held fixed:
+- phi_u(T) := argmin_phi mean offer-set softmax loss over the user's first T training interactions + l2/2 ||phi||^2
+  (the per-user convex problem of stage 1; fitted for every T of a geometric grid at once, by gradient descent);
+- phi*_u := phi_u(all of the user's interactions, up to `max_events`);
+- err(T) := mean over users of ||phi_u(T) - phi*_u||^2, and Q := the least-squares fit of err(T) = Q / (T + 1);
+- Var_m := mean over the users of ||phi*_u - mean phi*||^2.
+Users are a sample of active users (n_train > t*): only their histories are long enough to see the error decay,
+and their phi* is the least noisy stand-in for the truth. Assumptions, as in the paper: each user's clicks are
+i.i.d. given the user (time order ignored), T is independent of the user, and the 1/(T+1) rate holds. Both Q and
+Var_m shrink with l2, but their ratio, hence t**, much less so. t** is a guide; the sweep decides.
+
+The sweep (`sweep`) reuses one stage-1 model and, for each candidate t*, rebuilds `user_activity` and `sequences`
+with the pipeline's own transforms, retrains only stage 2 and keeps the best validation MRR.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TheoryGuide:
+    t_star: float                    # t** = Q / Var_m - 1 (not clipped: a negative value means "all active")
+    q: float
+    var_m: float
+    var_m_stage1: float              # the same spread measured on the stage-1 phi of the sampled users
+    error_curve: dict[int, float]    # T -> mean ||phi(T) - phi*||^2
+    users: int
+    l2: float
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_user_embeddings(offer_vecs: torch.Tensor, lengths: torch.Tensor, l2: float, steps: int = 300,
+                        lr: float = 0.05) -> torch.Tensor:
+    """Per-user regularised offer-set softmax fits on prefixes of their histories.
+
+    offer_vecs [U, N, 1 + P, D]: item vectors of each interaction's offer set, the clicked item first;
+    lengths [U, S]: for each user S prefix lengths (0 <= length <= N). Returns phi [U, S, D].
+    """
+    users, n, _, dim = offer_vecs.shape
+    steps_mask = torch.arange(n, device=offer_vecs.device).view(1, 1, n) < lengths.unsqueeze(-1)   # [U, S, N]
+    weight = steps_mask / lengths.clamp(min=1).unsqueeze(-1)
+    phi = torch.zeros(users, lengths.shape[1], dim, device=offer_vecs.device, requires_grad=True)
+    opt = torch.optim.Adam([phi], lr=lr)
+    for _ in range(steps):
+        logits = torch.einsum("unkd,usd->usnk", offer_vecs, phi)
+        per_step = torch.logsumexp(logits, dim=-1) - logits[..., 0]                 # [U, S, N]
+        loss = (per_step * weight).sum() + 0.5 * l2 * (phi ** 2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return phi.detach()
+
+
+def prefix_grid(max_events: int) -> list[int]:
+    """T = 0, 1, 2, 4, ... below max_events (T = 0 is the all-zero start, the 'prior' estimate)."""
+    grid, t = [0], 1
+    while t < max_events:
+        grid.append(t)
+        t *= 2
+    return grid
+
+
+def theory_guide(item_vectors: torch.Tensor, item_ids: np.ndarray, neg_item_ids: np.ndarray, lengths: np.ndarray,
+                 stage1_phi: torch.Tensor, *, l2: float = 0.1, steps: int = 300) -> TheoryGuide:
+    """t** = Q / Var_m - 1 from a sample of active users (see the module doc for the estimators).
+
+    item_vectors [n_items, D] (stage 1, fixed); item_ids [U, N] and neg_item_ids [U, N, P]: each user's first N
+    training offer sets in time order, padded past lengths[u]; stage1_phi [U, D] the same users' stage-1 phi.
+    """
+    item_ids = torch.as_tensor(item_ids, dtype=torch.long)
+    neg_item_ids = torch.as_tensor(neg_item_ids, dtype=torch.long)
+    lengths = torch.as_tensor(lengths, dtype=torch.long)
+    users, n = item_ids.shape
+    if users < 2:
+        raise ValueError(f"theory_guide: need at least 2 active users, got {users}")
+    if lengths.min() < 2:
+        raise ValueError("theory_guide: every sampled user needs at least 2 training interactions")
+    offers = torch.cat([item_ids.clamp(min=0).unsqueeze(-1), neg_item_ids.clamp(min=0)], dim=-1)
+    offer_vecs = item_vectors.detach()[offers]                                      # [U, N, 1 + P, D]
+    grid = [t for t in prefix_grid(int(lengths.max())) if t < int(lengths.min())]
+    prefix = torch.tensor(grid).expand(users, -1)
+    phi = fit_user_embeddings(offer_vecs, torch.cat([prefix, lengths.unsqueeze(1)], dim=1), l2, steps)
+    phi_star = phi[:, -1]
+    errors = ((phi[:, :-1] - phi_star.unsqueeze(1)) ** 2).sum(-1).mean(0)           # [len(grid)]
+    curve = {t: float(e) for t, e in zip(grid, errors)}
+    inv = 1.0 / (torch.tensor(grid, dtype=torch.float64) + 1)
+    q = float((errors.double() * inv).sum() / (inv ** 2).sum())
+    var_m = float(((phi_star - phi_star.mean(0)) ** 2).sum(-1).mean())
+    stage1_phi = torch.as_tensor(stage1_phi).detach().float()
+    var_m_stage1 = float(((stage1_phi - stage1_phi.mean(0)) ** 2).sum(-1).mean())
+    t_star = q / var_m - 1 if var_m > 0 else math.inf
+    return TheoryGuide(t_star=t_star, q=q, var_m=var_m, var_m_stage1=var_m_stage1, error_curve=curve,
+                       users=users, l2=l2)
