@@ -42,8 +42,17 @@ def test_item_vector_is_item_embedding_then_mean_of_feature_embeddings():
     assert "items.item_features" in model.state_dict()
 
 
-def test_item_features_are_validated():
+def test_item_features_are_required_validated_and_accepted_as_lists():
     enc = ItemEncoder(4, 3, 2, 4, 2)
+    with pytest.raises(RuntimeError, match="set_item_features"):
+        enc(torch.tensor([0]))
+    enc.set_item_features([[0, 2], [], [1], [2]])
+    assert enc.item_features.tolist() == [[0, 2], [-1, -1], [1, -1], [2, -1]]
+    assert torch.allclose(enc(torch.tensor([0]))[0, 4:], (enc.feature.weight[0] + enc.feature.weight[2]) / 2)
+    restored = ItemEncoder(4, 3, 2, 4, 2)
+    restored.load_state_dict(enc.state_dict())
+    assert torch.equal(restored(torch.arange(4)), enc(torch.arange(4)))
+    assert ItemEncoder(4, 0, 0, 4, 2)(torch.tensor([1])).shape == (1, 6)  # no features declared: nothing to set
     with pytest.raises(ValueError, match="ids must be in"):
         enc.set_item_features(torch.tensor([[0, 3], [0, -1], [1, 2], [-1, -1]]))
     with pytest.raises(ValueError, match="expected"):
@@ -155,6 +164,7 @@ def test_stage2_step_leaves_frozen_stage1_parameters_bit_identical():
 
 def test_single_stage_ablation_trains_phi_and_items_with_sparse_gradients():
     model = TwoTimeScaleModel(N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES, **DIMS, freeze_stage1=False)
+    model.items.set_item_features(stage1().items.item_features)
     sparse, dense = split_parameters(model)
     assert {id(p) for p in sparse} == {id(model.phi.weight), id(model.items.item.weight),
                                        id(model.items.feature.weight)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,12 +61,15 @@ class ItemEncoder(nn.Module):
     """Item vector [x_i, g(f_i)]: a transductive embedding x_i and the mean embedding of the item's features.
 
     The item -> feature ids matrix ([n_items, max_features], -1 = padding) is a buffer, so it is saved with the model;
-    fill it with set_item_features. An item without features has g(f_i) = 0.
+    fill it with set_item_features (or load a saved state). An item without features has g(f_i) = 0.
     """
 
     def __init__(self, n_items: int, n_features: int, max_features: int, item_dim: int, feature_dim: int):
         super().__init__()
         self.n_features = n_features
+        # With features declared but never given, every g(f_i) would silently be 0: forward refuses instead.
+        self.features_set = n_features == 0
+        self.register_load_state_dict_post_hook(_mark_features_set)
         self.dim = item_dim + feature_dim
         self.item = nn.Embedding(n_items, item_dim, sparse=True)
         # Row n_features is the padding row: zero and never updated, so a plain sum over the row ignores padding.
@@ -75,24 +79,44 @@ class ItemEncoder(nn.Module):
             self.feature.weight[:n_features].normal_(std=INIT_STD)
         self.register_buffer("item_features", torch.full((n_items, max(max_features, 1)), -1, dtype=torch.long))
 
-    def set_item_features(self, feature_ids: torch.Tensor) -> None:
-        """feature_ids [n_items, F]: each item's feature ids, padded with -1 (F <= max_features)."""
-        n_items, width = self.item_features.shape
+    def set_item_features(self, feature_ids) -> None:
+        """Each item's feature ids: an [n_items, F] array padded with -1, or one list per item (the `feature_ids`
+        column of the items table, in item_id order); F <= max_features."""
+        if not isinstance(feature_ids, (torch.Tensor, np.ndarray)):
+            feature_ids = pad_lists(feature_ids)
         feature_ids = torch.as_tensor(feature_ids, dtype=torch.long)
+        n_items, width = self.item_features.shape
         if feature_ids.dim() != 2 or feature_ids.shape[0] != n_items or feature_ids.shape[1] > width:
-            raise ValueError(f"item features: expected [n_items={n_items}, <= {width}], got {tuple(feature_ids.shape)}")
+            raise ValueError(f"item features: expected [n_items={n_items}, <= max_features={width}], got "
+                             f"{tuple(feature_ids.shape)}")
         if feature_ids.numel() and (feature_ids.min() < -1 or feature_ids.max() >= self.n_features):
             raise ValueError(f"item features: ids must be in [0, {self.n_features}) or -1 for padding")
         self.item_features.fill_(-1)
         self.item_features[:, :feature_ids.shape[1]] = feature_ids.to(self.item_features.device)
+        self.features_set = True
 
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         """item_ids of any shape S (valid ids only) -> [*S, D]."""
+        if not self.features_set:
+            raise RuntimeError(f"ItemEncoder has n_features={self.n_features} but no item features: call "
+                               "set_item_features with the items table's feature_ids first")
         feature_ids = self.item_features[item_ids]
         valid = feature_ids >= 0
         summed = self.feature(torch.where(valid, feature_ids, self.n_features)).sum(-2)
         mean = summed / valid.sum(-1, keepdim=True).clamp(min=1)
         return torch.cat([self.item(item_ids), mean], dim=-1)
+
+
+def _mark_features_set(module: ItemEncoder, incompatible_keys) -> None:
+    module.features_set = True
+
+
+def pad_lists(lists, fill: int = -1) -> np.ndarray:
+    """Variable-length id lists -> a [len(lists), longest] int64 array padded at the end with `fill`."""
+    out = np.full((len(lists), max((len(x) for x in lists), default=0)), fill, dtype=np.int64)
+    for row, values in enumerate(lists):
+        out[row, :len(values)] = values
+    return out
 
 
 class Stage1Model(SequentialRecommender):
@@ -230,7 +254,7 @@ class TwoTimeScaleModel(SequentialRecommender):
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Trainable parameters of sparse embedding tables (for SparseAdam) and all other trainable ones (for Adam)."""
-    sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+    sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse}
     trainable = [p for p in model.parameters() if p.requires_grad]
     return [p for p in trainable if id(p) in sparse_ids], [p for p in trainable if id(p) not in sparse_ids]
 

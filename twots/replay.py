@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from twots.metrics import ranks_from_scores
-from twots.models import SequentialRecommender
+from twots.models import SequentialRecommender, pad_lists
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,7 @@ class Warmup:
     @classmethod
     def from_lists(cls, user_id, is_active, item_lists) -> Warmup:
         """From variable-length item lists (e.g. the `item_ids` array column of `sequences`)."""
-        width = max((len(items) for items in item_lists), default=0)
-        padded = np.full((len(item_lists), width), -1, dtype=np.int64)
-        for row, items in enumerate(item_lists):
-            padded[row, :len(items)] = items
-        return cls(user_id, is_active, padded)
+        return cls(user_id, is_active, pad_lists(item_lists))
 
 
 @dataclass
