@@ -1,0 +1,128 @@
+"""The prepare job on real ml-latest-small (the session fixture): tables, columns and their invariants."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+DESIGN_COLUMNS = {
+    "interactions": ["event_id", "user_id", "item_id", "ts", "split", "feature_ids"],
+    "users": ["user_id", "raw_user_id"],
+    "items": ["item_id", "raw_item_id", "feature_ids", "raw_features"],
+    "rejects": ["raw", "reason", "source_file"],
+    "user_activity": ["user_id", "n_train", "is_active"],
+    "sequences": ["user_id", "is_active", "item_ids", "neg_item_ids", "prev_item_id"],
+    "stage1_offers": ["event_id", "user_id", "item_id", "neg_item_ids"],
+    "eval_candidates": ["event_id", "user_id", "item_id", "ts", "split", "neg_item_ids"],
+}
+N_RATINGS = 100_836  # ml-latest-small, SOURCE.md
+
+
+@pytest.fixture(scope="module")
+def tables(spark, prepared_movielens):
+    return {name: spark.read.format("delta").load(str(prepared_movielens / name)) for name in DESIGN_COLUMNS}
+
+
+@pytest.fixture(scope="module")
+def frames(tables):
+    return {name: df.toPandas() for name, df in tables.items()}
+
+
+@pytest.fixture(scope="module")
+def manifest(prepared_movielens):
+    return json.loads((prepared_movielens / "manifest.json").read_text())
+
+
+def test_tables_have_the_design_columns(tables):
+    for name, columns in DESIGN_COLUMNS.items():
+        assert tables[name].columns == columns, name
+
+
+def test_manifest_counts_match_the_data(manifest, frames):
+    assert manifest["input_rows"] == N_RATINGS + 1  # the header line is an input row, rejected as "header"
+    assert manifest["accepted"] == N_RATINGS
+    assert manifest["rejected"] == {"header": 1}
+    assert (manifest["n_users"], manifest["n_items"]) == (610, 9724)
+    assert manifest["splits"] == {"train": 70585, "val": 80668 - 70585, "test": N_RATINGS - 80668}
+    assert manifest["n_features"] == 20  # 19 genres and "(no genres listed)"
+    activity = frames["user_activity"]
+    assert manifest["n_active"] == int(activity.is_active.sum())
+    assert manifest["n_new"] == int((activity.n_train == 0).sum())
+    assert manifest["n_active"] + manifest["n_inactive"] + manifest["n_new"] == 610
+    for name, df in frames.items():
+        assert manifest["tables"][name]["rows"] == len(df), name
+        assert manifest["tables"][name]["version"] == 0
+    assert set(manifest["timings_s"]) >= {"validate", "interactions", "sequences"}
+
+
+def test_event_ids_are_a_global_time_order(frames):
+    events = frames["interactions"].sort_values("event_id")
+    assert events.event_id.tolist() == list(range(N_RATINGS))
+    assert (np.diff(events.ts.to_numpy()) >= 0).all()
+    first_val = events.split.tolist().index("val")
+    assert events.split.iloc[:first_val].eq("train").all() and first_val == 70585
+    assert events[events.split == "train"].ts.max() <= events[events.split == "val"].ts.min()
+    assert events[events.split == "val"].ts.max() <= events[events.split == "test"].ts.min()
+
+
+def test_ids_map_back_to_raw_ratings(frames, shared_data):
+    import pandas as pd
+
+    raw = pd.read_csv(shared_data / "ml-latest-small" / "ratings.csv")
+    events = (frames["interactions"].merge(frames["users"], on="user_id").merge(frames["items"], on="item_id"))
+    got = set(zip(events.raw_user_id.astype(int), events.raw_item_id.astype(int), events.ts))
+    assert got == set(zip(raw.userId, raw.movieId, raw.timestamp))
+    toy_story = frames["items"].set_index("raw_item_id").loc["1"]
+    assert list(toy_story.raw_features) == ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]
+
+
+def test_user_activity_counts_training_events(frames):
+    train = frames["interactions"].query("split == 'train'").groupby("user_id").size()
+    activity = frames["user_activity"].set_index("user_id")
+    assert (activity.n_train == train.reindex(activity.index, fill_value=0)).all()
+    assert (activity.is_active == (activity.n_train > 20)).all()
+
+
+def test_sequences_hold_last_k_for_active_and_all_for_inactive(frames):
+    train = frames["interactions"].query("split == 'train'").sort_values("event_id")
+    offers = frames["stage1_offers"].set_index("event_id")
+    history = train.groupby("user_id")
+    seqs = frames["sequences"].set_index("user_id")
+    assert set(seqs.index) == set(frames["user_activity"].query("n_train > 0").user_id)
+    for user, row in seqs.iterrows():
+        events = history.get_group(user)
+        kept = events.tail(10) if row.is_active else events
+        assert list(row.item_ids) == kept.item_id.tolist()
+        expected_negs = np.concatenate([offers.loc[e].neg_item_ids for e in kept.event_id])
+        assert list(row.neg_item_ids) == expected_negs.tolist()
+        before = events.item_id.iloc[-11] if row.is_active and len(events) > 10 else -1
+        assert row.prev_item_id == before
+
+
+def _check_negatives(df, p, n_items):
+    negs = np.stack(df.neg_item_ids.to_numpy())
+    assert negs.shape == (len(df), p)
+    assert (negs != df.item_id.to_numpy()[:, None]).all()
+    assert negs.min() >= 0 and negs.max() < n_items
+    return negs
+
+
+def test_offer_negatives_are_uniform_and_never_the_positive(frames):
+    offers = frames["stage1_offers"]
+    assert len(offers) == 70585
+    negs = _check_negatives(offers, 10, 9724)
+    counts = np.bincount(negs.ravel(), minlength=9724)
+    expected = negs.size / 9724
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 9723 + 6 * np.sqrt(2 * 9723)  # uniform: chi2 ~ dof +- sqrt(2 dof)
+
+
+def test_eval_candidates_cover_val_and_test(frames):
+    cands = frames["eval_candidates"]
+    events = frames["interactions"].query("split != 'train'")
+    assert sorted(cands.event_id) == sorted(events.event_id)
+    _check_negatives(cands, 99, 9724)
+    train_negs = set(map(tuple, frames["stage1_offers"].neg_item_ids.head(100)))
+    assert not train_negs & set(map(tuple, cands.neg_item_ids))
