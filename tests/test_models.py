@@ -42,6 +42,22 @@ def test_item_vector_is_item_embedding_then_mean_of_feature_embeddings():
     assert "items.item_features" in model.state_dict()
 
 
+def test_evaluation_gathers_from_a_catalogue_table_that_follows_weight_changes():
+    enc = stage1().items.eval()
+    ids = torch.tensor([[1, 0], [5, 5]])
+    encoded = enc(ids)  # grad enabled: encoded directly
+    with torch.no_grad():
+        assert torch.equal(enc(ids), encoded)
+        enc.item.weight[5].add_(1.0)
+        enc.feature.weight[2].add_(1.0)
+        changed = enc(ids)
+    assert torch.equal(changed, enc(ids))
+    assert not torch.equal(changed[1], encoded[1]) and not torch.equal(changed[0, 0, 6:], encoded[0, 0, 6:])
+    with torch.no_grad():
+        enc.set_item_features(torch.zeros(N_ITEMS, 1, dtype=torch.long))
+        assert torch.equal(enc(ids)[..., 6:], enc.feature.weight[0].expand(2, 2, 2))
+
+
 def test_item_features_are_required_validated_and_accepted_as_lists():
     enc = ItemEncoder(4, 3, 2, 4, 2)
     with pytest.raises(RuntimeError, match="set_item_features"):

@@ -22,6 +22,9 @@ DEFAULT_FEATURE_DIM = 16
 # Embeddings start small: with N(0, 1) a 64-d dot product has std 8 and the softmax saturates from step one.
 INIT_STD = 0.1
 
+# Items encoded per call when ItemEncoder.table() builds the whole catalogue (bounds its temporary memory).
+TABLE_CHUNK = 65536
+
 State = tuple[torch.Tensor, ...]
 
 
@@ -80,6 +83,7 @@ class ItemEncoder(nn.Module):
         with torch.no_grad():
             self.feature.weight[:n_features].normal_(std=INIT_STD)
         self.register_buffer("item_features", torch.full((n_items, max(max_features, 1)), -1, dtype=torch.long))
+        self._table: tuple[tuple, torch.Tensor] | None = None
 
     def set_item_features(self, feature_ids) -> None:
         """Each item's feature ids: an [n_items, F] array padded with -1, or one list per item (the `feature_ids`
@@ -102,6 +106,22 @@ class ItemEncoder(nn.Module):
         if not self.features_set:
             raise RuntimeError(f"ItemEncoder has n_features={self.n_features} but no item features: call "
                                "set_item_features with the items table's feature_ids first")
+        if self.training or torch.is_grad_enabled():
+            return self._encode(item_ids)
+        return nn.functional.embedding(item_ids, self.table())  # a row gather; much faster than table[ids] on CPU
+
+    def table(self) -> torch.Tensor:
+        """[n_items, D], every item's vector. Evaluation scores the same items again and again (500 candidates
+        per event): encoding the catalogue once and gathering rows is ~10x cheaper than the feature means.
+        Cached until a weight or the feature matrix changes (in-place updates bump a tensor's version)."""
+        key = tuple((t.data_ptr(), t._version) for t in (self.item.weight, self.feature.weight, self.item_features))
+        if self._table is None or self._table[0] != key:
+            with torch.no_grad():
+                ids = torch.arange(self.item_features.shape[0], device=self.item_features.device)
+                self._table = key, torch.cat([self._encode(chunk) for chunk in ids.split(TABLE_CHUNK)])
+        return self._table[1]
+
+    def _encode(self, item_ids: torch.Tensor) -> torch.Tensor:
         feature_ids = self.item_features[item_ids]
         valid = feature_ids >= 0
         summed = self.feature(torch.where(valid, feature_ids, self.n_features)).sum(-2)

@@ -101,7 +101,7 @@ def _chunks(n: int, size: int):
 
 
 @torch.no_grad()
-def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batch_users: int = 1024,
+def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batch_users: int = 256,
            log_every_s: float = 30.0) -> ReplayResult:
     """Replay `events` through `model` online (see the module doc). `batch_users` bounds one scoring call to
     batch_users x (1 + C) candidates."""
