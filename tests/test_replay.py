@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import twots.replay
 from twots.metrics import ranks_from_scores, summarize
 from twots.models import SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
 from twots.replay import Events, Warmup, replay
@@ -92,7 +93,8 @@ def naive_replay(model, warm: Warmup, evs: Events):
 
 
 @pytest.mark.parametrize("plus", [False, True])
-def test_batched_rounds_match_a_naive_per_user_loop(plus):
+def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
+    monkeypatch.setattr(twots.replay, "STATE_CHUNK", 2)  # chunk boundaries in the start states and warm-up too
     torch.manual_seed(3)
     rng = np.random.default_rng(3)
     n_users, n_items = 9, 40
@@ -105,7 +107,9 @@ def test_batched_rounds_match_a_naive_per_user_loop(plus):
     n = 40
     evs = Events(rng.integers(0, n_users, n), rng.integers(0, 6, n), rng.permutation(n),
                  rng.integers(0, n_items, n), rng.integers(0, n_items, (n, 7)))
+    model.train()
     got = replay(model, warm, evs, batch_users=2)
+    assert model.training  # the caller's mode is restored
     with torch.no_grad():
         rank, change, step = naive_replay(model, warm, evs)
     assert np.array_equal(got.rank, rank)

@@ -24,6 +24,9 @@ from twots.models import SequentialRecommender, pad_lists
 
 log = logging.getLogger(__name__)
 
+# Users per init_state / warm-up step call: these touch no candidates, so far more rows fit than in scoring.
+STATE_CHUNK = 65536
+
 
 @dataclass
 class Warmup:
@@ -103,10 +106,11 @@ def _chunks(n: int, size: int):
 @torch.no_grad()
 def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batch_users: int = 256,
            log_every_s: float = 30.0) -> ReplayResult:
-    """Replay `events` through `model` online (see the module doc). `batch_users` bounds one scoring call to
-    batch_users x (1 + C) candidates."""
+    """Replay `events` through `model` online (see the module doc), in eval mode (restored after).
+    `batch_users` bounds one scoring call to batch_users x (1 + C) candidates."""
     if batch_users < 1:
         raise ValueError("replay: batch_users must be >= 1")
+    was_training = model.training
     model.eval()
     device = next(itertools.chain(model.parameters(), model.buffers())).device
     n_events = len(events)
@@ -132,7 +136,7 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
     user_t = torch.from_numpy(users).to(device)
     active_t = torch.from_numpy(is_active).to(device)
     state = tuple(torch.cat(parts) for parts in zip(*(
-        model.init_state(user_t[a:b], active_t[a:b]) for a, b in _chunks(len(users), batch_users))))
+        model.init_state(user_t[a:b], active_t[a:b]) for a, b in _chunks(len(users), STATE_CHUNK))))
 
     # Warm-up: at column t only users with more than t items step, again a prefix once sorted by length.
     warm_users = np.flatnonzero(found)
@@ -141,7 +145,7 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
     warm_users, warm_len = warm_users[by_len], warm_len[by_len]
     for t in range(int(warm_len.max(initial=0))):
         stepping = warm_users[:np.searchsorted(-warm_len, -t, side="left")]
-        for a, b in _chunks(len(stepping), batch_users):
+        for a, b in _chunks(len(stepping), STATE_CHUNK):
             rows = stepping[a:b]
             idx = torch.from_numpy(rows).to(device)
             items = torch.from_numpy(warmup.item_ids[warm_row[rows], t]).to(device)
@@ -177,5 +181,6 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
             log.info("replay: round %d/%d, %d/%d events, %.0f events/s", r + 1, rounds, done, n_events,
                      done / (last_log - started))
     log.info("replay: %d events of %d users in %.1fs", n_events, len(users), time.monotonic() - started)
+    model.train(was_training)
 
     return ReplayResult(rank=rank, step=step, change=change, is_active=is_active[user_row], is_new=is_new[user_row])
