@@ -106,3 +106,37 @@ def theory_guide(item_vectors: torch.Tensor, item_ids: np.ndarray, neg_item_ids:
     t_star = q / var_m - 1 if var_m > 0 else math.inf
     return TheoryGuide(t_star=t_star, q=q, var_m=var_m, var_m_stage1=var_m_stage1, error_curve=curve,
                        users=users, l2=l2)
+
+
+def active_user_sample(spark, data_dir: str, t_star: int, users: int, max_events: int, seed: int = 0) -> dict:
+    """Up to `users` random active users (n_train > t*) with their last `max_events` training offer sets:
+    user_id [U], item_ids [U, N] (-1 padded), neg_item_ids [U, N, P], lengths [U]."""
+    from pyspark.sql import functions as F
+
+    from twots.baselines.sequences import full_sequences
+    from twots.evaluate import read_delta
+    from twots.loaders import arrow_columns, fixed_shape
+
+    activity = read_delta(spark, data_dir, "user_activity").where(F.col("n_train") > t_star)
+    sample = activity.orderBy(F.rand(seed)).limit(users)
+    rows, layout = fixed_shape(full_sequences(read_delta(spark, data_dir, "stage1_offers"), sample, max_events),
+                               "sequences")
+    cols = arrow_columns(rows.select("user_id", "item_ids", "neg_item_ids").toArrow())
+    if len(cols["user_id"]) == 0:
+        raise ValueError(f"no active users (n_train > {t_star}) in {data_dir} to estimate t** from")
+    item_ids = cols["item_ids"]
+    return {"user_id": cols["user_id"], "item_ids": item_ids,
+            "neg_item_ids": cols["neg_item_ids"].reshape(len(item_ids), layout.seq_len, layout.negatives),
+            "lengths": (item_ids >= 0).sum(1)}
+
+
+def sweep(candidates: list[int], val_mrr, log=print) -> tuple[int, dict[int, float]]:
+    """Score every candidate t* with `val_mrr(t) -> float` (retrain stage 2, replay val); best and the curve."""
+    if not candidates:
+        raise ValueError("threshold sweep: no candidate thresholds")
+    curve = {}
+    for t in sorted(set(candidates)):
+        curve[t] = float(val_mrr(t))
+        log(f"[threshold] t* = {t}: val MRR {curve[t]:.4f}")
+    best = max(curve, key=lambda t: (curve[t], -t))  # ties go to the smaller t*: fewer users need phi
+    return best, curve
