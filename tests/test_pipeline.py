@@ -1,0 +1,110 @@
+"""The prepare job end to end on the real Taobao sample: config errors, row accounting, reruns, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import PrepareConfig, PrepareError, prepare
+from pipelines.negatives import eval_candidates
+from twots.config import ConfigError, load, resolve
+
+TABLES = ["rejects", "users", "items", "interactions", "user_activity", "stage1_offers", "sequences",
+          "eval_candidates"]
+BASE = {"source": "taobao", "input": "x", "output": "y"}
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"threshold": "5", "last_k": "6"}, "prepare.last_k"),
+    ({"source": "criteo"}, "prepare.source"),
+    ({"behaviors": "pv,click"}, "prepare.behaviors"),
+    ({"eval_sample": "0"}, "prepare.eval_sample"),
+    ({"negatives": "0"}, "prepare.negatives"),
+    ({"min_ts": "-1"}, "prepare.min_ts"),
+])
+def test_bad_config_names_the_key(values, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        resolve(PrepareConfig, "prepare", {**BASE, **values})
+
+
+def test_k_above_t_star_says_why():
+    with pytest.raises(ConfigError, match=r"K <= t\*"):
+        resolve(PrepareConfig, "prepare", {**BASE, "threshold": "5", "last_k": "6"})
+    with pytest.raises(ConfigError, match="train_fraction"):
+        resolve(PrepareConfig, "prepare", {**BASE, "train_fraction": "0.8", "val_fraction": "0.2"})
+
+
+def test_source_yaml_sets_the_taobao_window():
+    cfg = load(PrepareConfig, "prepare", ["--source", "taobao", "--input", "x", "--output", "y", "--threshold", "30"])
+    assert (cfg.min_ts, cfg.max_ts, cfg.threshold, cfg.last_k) == (1511539200, 1512316799, 30, 10)
+
+
+def test_job_fails_before_spark_on_unwritable_output(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file, not a folder")
+    result = subprocess.run([sys.executable, "jobs/prepare.py", "--source", "taobao", "--input", "x",
+                             "--output", str(blocked / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "not writable" in result.stderr and "SparkContext" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def taobao_twice(spark, shared_data, tmp_path_factory):
+    """Taobao sample prepared twice into the same folder; the threshold is above every user's count."""
+    output = tmp_path_factory.mktemp("taobao")
+    cfg = PrepareConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv"),
+                        output=str(output), threshold=500, last_k=10, negatives=5, eval_negatives=50, seed=3,
+                        min_ts=1511539200, max_ts=1512316799)
+    return cfg, prepare(cfg, spark), prepare(cfg, spark)
+
+
+def test_rows_add_up_and_everyone_inactive_works(spark, taobao_twice):
+    cfg, first, _ = taobao_twice
+    assert (first["input_rows"], first["accepted"], first["rejected"]) == (10_000, 9996, {"out_of_window": 4})
+    assert first["n_active"] == 0 and first["n_inactive"] + first["n_new"] == first["n_users"]
+    seqs = spark.read.format("delta").load(f"{cfg.output}/sequences").toPandas()
+    activity = spark.read.format("delta").load(f"{cfg.output}/user_activity").toPandas().set_index("user_id")
+    assert not seqs.is_active.any()
+    assert (seqs.item_ids.map(len) == activity.n_train.loc[seqs.user_id].to_numpy()).all()
+    assert (seqs.neg_item_ids.map(len) == 5 * seqs.item_ids.map(len)).all() and (seqs.prev_item_id == -1).all()
+    manifest = json.loads((Path(cfg.output) / "manifest.json").read_text())
+    assert manifest["tables"]["users"]["version"] == 1
+
+
+def test_rerun_gives_identical_tables_as_a_new_version(spark, taobao_twice):
+    cfg, first, second = taobao_twice
+    for name in TABLES:
+        assert (first["tables"][name]["version"], second["tables"][name]["version"]) == (0, 1)
+        v0 = spark.read.format("delta").option("versionAsOf", 0).load(f"{cfg.output}/{name}")
+        v1 = spark.read.format("delta").option("versionAsOf", 1).load(f"{cfg.output}/{name}")
+        assert v0.count() == first["tables"][name]["rows"] and v0.exceptAll(v1).count() == 0, name
+        assert v1.exceptAll(v0).count() == 0, name
+
+
+def test_failed_run_leaves_the_previous_tables(spark, taobao_twice, tmp_path):
+    cfg, _, second = taobao_twice
+    too_many = cfg.model_copy(update={"eval_negatives": second["n_items"]})
+    with pytest.raises(PrepareError, match=r"prepare\.eval_negatives"):
+        prepare(too_many, spark)
+    from delta.tables import DeltaTable
+    for name in TABLES:
+        assert DeltaTable.forPath(spark, f"{cfg.output}/{name}").history(1).first()["version"] == 1
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(PrepareError, match="no accepted interactions"):
+        prepare(cfg.model_copy(update={"input": str(tmp_path / "empty.csv"), "output": str(tmp_path / "o")}), spark)
+
+
+def test_eval_sample_is_a_reproducible_user_sample(spark, taobao_twice):
+    cfg, first, _ = taobao_twice
+    interactions = spark.read.format("delta").load(f"{cfg.output}/interactions")
+    full = eval_candidates(interactions, first["n_items"], 5, cfg.seed, 1.0).toPandas()
+    half = eval_candidates(interactions, first["n_items"], 5, cfg.seed, 0.5).toPandas()
+    again = eval_candidates(interactions, first["n_items"], 5, cfg.seed, 0.5).toPandas()
+    assert half.event_id.tolist() == again.event_id.tolist()
+    kept = set(half.user_id)
+    assert 0.25 < len(kept) / full.user_id.nunique() < 0.75
+    assert sorted(half.event_id) == sorted(full[full.user_id.isin(kept)].event_id)  # whole users, all their events
