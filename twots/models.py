@@ -168,7 +168,8 @@ class Stage1Model(SequentialRecommender):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # One lookup for the whole offer set: one sparse gradient for the item table instead of two to add up.
         offers = self.items(torch.cat([batch["item_id"].unsqueeze(1), batch["neg_item_ids"]], dim=1))
-        return offer_softmax_loss(self.phi(batch["user_id"]), offers[:, 0], offers[:, 1:])
+        pos, neg = offers.split([1, offers.shape[1] - 1], dim=1)
+        return offer_softmax_loss(self.phi(batch["user_id"]), pos.squeeze(1), neg)
 
     def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         if not self.known_users.any():
