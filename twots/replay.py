@@ -12,7 +12,6 @@ round is a few slices, not a gather. Candidate scoring runs in chunks of `batch_
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from dataclasses import dataclass
 
@@ -21,8 +20,6 @@ import torch
 
 from twots.metrics import ranks_from_scores
 from twots.models import SequentialRecommender, pad_lists
-
-log = logging.getLogger(__name__)
 
 # Users per init_state / warm-up step call: these touch no candidates, so far more rows fit than in scoring.
 STATE_CHUNK = 65536
@@ -105,7 +102,7 @@ def _chunks(n: int, size: int):
 
 @torch.no_grad()
 def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batch_users: int = 256,
-           log_every_s: float = 30.0) -> ReplayResult:
+           progress_every_s: float = 30.0) -> ReplayResult:
     """Replay `events` through `model` online (see the module doc), in eval mode (restored after).
     `batch_users` bounds one scoring call to batch_users x (1 + C) candidates."""
     if batch_users < 1:
@@ -176,11 +173,10 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
             for s, n in zip(state, new):
                 s[a:b] = n
         done += n_users
-        if time.monotonic() - last_log > log_every_s:
+        if time.monotonic() - last_log > progress_every_s:
             last_log = time.monotonic()
-            log.info("replay: round %d/%d, %d/%d events, %.0f events/s", r + 1, rounds, done, n_events,
-                     done / (last_log - started))
-    log.info("replay: %d events of %d users in %.1fs", n_events, len(users), time.monotonic() - started)
+            print(f"[replay] round {r + 1}/{rounds}: {done:,}/{n_events:,} events, "
+                  f"{done / (last_log - started):,.0f} events/s", flush=True)
     model.train(was_training)
 
     return ReplayResult(rank=rank, step=step, change=change, is_active=is_active[user_row], is_new=is_new[user_row])
