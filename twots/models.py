@@ -106,13 +106,15 @@ class ItemEncoder(nn.Module):
         if not self.features_set:
             raise RuntimeError(f"ItemEncoder has n_features={self.n_features} but no item features: call "
                                "set_item_features with the items table's feature_ids first")
-        if self.training or torch.is_grad_enabled():
+        trained = self.item.weight.requires_grad or self.feature.weight.requires_grad
+        if trained and torch.is_grad_enabled():
             return self._encode(item_ids)
         return nn.functional.embedding(item_ids, self.table())  # a row gather; much faster than table[ids] on CPU
 
     def table(self) -> torch.Tensor:
-        """[n_items, D], every item's vector. Evaluation scores the same items again and again (500 candidates
-        per event): encoding the catalogue once and gathering rows is ~10x cheaper than the feature means.
+        """[n_items, D], every item's vector. Without gradients to the encoder (evaluation, or frozen in stage 2)
+        the same items are encoded again and again (500 candidates per event, p per step): encoding the catalogue
+        once and gathering rows is several times cheaper than the feature means.
         Cached until a weight or the feature matrix changes (in-place updates bump a tensor's version)."""
         key = tuple((t.data_ptr(), t._version) for t in (self.item.weight, self.feature.weight, self.item_features))
         if self._table is None or self._table[0] != key:
