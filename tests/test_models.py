@@ -58,6 +58,19 @@ def test_evaluation_gathers_from_a_catalogue_table_that_follows_weight_changes()
         assert torch.equal(enc(ids)[..., 6:], enc.feature.weight[0].expand(2, 2, 2))
 
 
+def test_training_lookup_encodes_distinct_items_once_with_the_same_values_and_gradients():
+    enc = stage1().items
+    ids = torch.tensor([[3, 1, 3], [1, 7, 3]])
+    weights = torch.randn(2, 3, 8)
+    (enc(ids) * weights).sum().backward()
+    got = enc.item.weight.grad.to_dense(), enc.feature.weight.grad.clone()
+    assert enc.item.weight.grad._nnz() == 3  # one sparse row per distinct item
+    enc.zero_grad()
+    (enc._encode(ids) * weights).sum().backward()
+    assert torch.allclose(got[0], enc.item.weight.grad.to_dense(), atol=1e-6)
+    assert torch.allclose(got[1], enc.feature.weight.grad, atol=1e-6)
+
+
 def test_item_features_are_required_validated_and_accepted_as_lists():
     enc = ItemEncoder(4, 3, 2, 4, 2)
     with pytest.raises(RuntimeError, match="set_item_features"):

@@ -108,7 +108,10 @@ class ItemEncoder(nn.Module):
                                "set_item_features with the items table's feature_ids first")
         trained = self.item.weight.requires_grad or self.feature.weight.requires_grad
         if trained and torch.is_grad_enabled():
-            return self._encode(item_ids)
+            # Offer sets repeat items: encode each distinct item once, for fewer feature lookups and a smaller
+            # sparse gradient (stage-1 steps 1.7x faster with 10k items, a little faster with 200k).
+            unique, inverse = item_ids.unique(return_inverse=True)
+            return nn.functional.embedding(inverse, self._encode(unique))
         return nn.functional.embedding(item_ids, self.table())  # a row gather; much faster than table[ids] on CPU
 
     def table(self) -> torch.Tensor:
