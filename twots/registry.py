@@ -90,13 +90,14 @@ def latest_version(client: MlflowClient, name: str) -> str:
 
 def score(name: str, version: str, data: str, spark, split: str, id_maps: str) -> float | None:
     """The version's MRR on `split`, or None when it was trained on other raw-id maps than `data`'s."""
-    from twots.evaluate import evaluate
+    from twots.evaluate import SPLITS, evaluate
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     if pyfunc.metadata.metadata.get("id_maps") != id_maps:
         return None
-    metrics = evaluate(pyfunc.unwrap_python_model().model, data, spark, splits=(split,))
-    return float(metrics[split]["overall"]["mrr"])
+    replayed = SPLITS[:SPLITS.index(split) + 1]  # test is replayed after val, as in training's evaluation
+    report = evaluate(pyfunc.unwrap_python_model().model, data, spark, splits=replayed)
+    return float(report["metrics"][split]["overall"]["mrr"])
 
 
 def verdict(mrr: float, champion_mrr: float | None, floor: float, min_gain: float) -> str | None:

@@ -26,7 +26,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 from pydantic import Field
 
 from twots.config import Section, resolve
-from twots.models import load_model, save_model
+from twots.models import load_model, pad_lists, save_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A batch of requests is scored in chunks of at most this many (request, item) scores: 128 MiB of float32,
@@ -148,15 +148,14 @@ class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
         active_t = torch.from_numpy(active)
         state = self.model.init_state(torch.from_numpy(np.where(active, user_ids, 0)), active_t)
 
-        flat = self.item_index.get_indexer([i for h in histories for i in h]) if any(histories) else np.array([], int)
+        flat = self.item_index.get_indexer([i for h in histories for i in h])
         offsets = np.cumsum([0] + [len(h) for h in histories])
         unknown, clicked = [], []
-        steps = torch.full((n, max(len(h) for h in histories)), -1, dtype=torch.long)
         for row in range(n):
             ids = flat[offsets[row]:offsets[row + 1]]
             unknown.append([histories[row][j] for j in np.flatnonzero(ids < 0)])
             clicked.append(ids[ids >= 0])
-            steps[row, :len(clicked[row])] = torch.from_numpy(clicked[row])
+        steps = torch.from_numpy(pad_lists(clicked))
         for t in range(steps.shape[1]):  # item -1 (a shorter history) leaves that row's state as it is
             state = self.model.step(state, steps[:, t], active_t)
 
@@ -272,8 +271,9 @@ def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
     from pipelines.delta import read_table, write_table
 
     read = lambda table: read_table(spark, f"{cfg.data}/{table}")  # noqa: E731
-    model_config = mlflow.models.get_model_info(cfg.model_uri).flavors["python_function"].get("model_config") or {}
-    max_history = model_config.get("max_history", cfg.max_history)
+    # The model's own request limits (MLmodel's python_function "config"), so no history exceeds its max_history.
+    limits = mlflow.models.get_model_info(cfg.model_uri).flavors["python_function"].get("config") or {}
+    max_history = limits.get("max_history", cfg.max_history)
     requests = recent_histories(read("interactions"), read("users"), read("items"), max_history)
     if cfg.users:
         wanted = spark.createDataFrame([(u,) for u in dict.fromkeys(cfg.users)], "user_id string")
