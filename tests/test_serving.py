@@ -1,0 +1,247 @@
+"""The served pyfunc against the torch model it wraps, the real `mlflow models serve` over HTTP, and batch recommend."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+
+from twots.models import TwoTimeScaleModel
+from twots.registry import use_registry
+from twots.serving import RecommendConfig, ServeConfig, batch_recommend, log_model
+from twots.train import write_side_data
+
+NAME = "twots-serving-test"
+URI = f"models:/{NAME}@champion"
+
+
+def random_model(spark, data, tmp_path) -> TwoTimeScaleModel:
+    """An untrained 2TS model over the prepared tables (item features set), with a non-zero psi so that psi users
+    get distinct scores."""
+    manifest = json.loads((data / "manifest.json").read_text())
+    side = np.load(write_side_data(spark, data, manifest, tmp_path / "side.npz"))
+    torch.manual_seed(3)
+    model = TwoTimeScaleModel(n_users=manifest["n_users"], n_items=manifest["n_items"],
+                              n_features=manifest["n_features"], max_features=manifest["max_features_per_item"])
+    model.items.set_item_features(torch.from_numpy(side["item_features"]))
+    with torch.no_grad():
+        model.psi.normal_(std=0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def served(spark, prepared_movielens, tmp_path_factory):
+    """A random model logged as the pyfunc, registered and set @champion; the tables' id maps as pandas."""
+    data = prepared_movielens
+    read = lambda t: spark.read.format("delta").load(str(data / t)).toPandas()  # noqa: E731
+    users = read("users").merge(read("user_activity"), on="user_id").set_index("user_id").sort_index()
+    items = read("items").set_index("item_id").sort_index()
+    root = tmp_path_factory.mktemp("serving-mlflow")
+    tracking = f"sqlite:///{root}/mlflow.db"
+    client = use_registry(tracking, None, str(data))
+    model = random_model(spark, data, root)
+    experiment = mlflow.create_experiment("serving-test", artifact_location=(root / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_model(model, str(data), spark=spark, registered_model_name=NAME,
+                         limits=ServeConfig(max_k=len(items), max_history=30))
+    client.set_registered_model_alias(NAME, "champion", info.registered_model_version)
+    return dict(data=data, tracking=tracking, model=model, users=users, items=items,
+                pyfunc=mlflow.pyfunc.load_model(URI))
+
+
+def expected(model, user: int | None, active: bool, history: list[int], k: int, exclude: bool):
+    """Top k (dense ids, scores) computed directly with the model's protocol: init_state, step, score_all."""
+    active_t = torch.tensor([active])
+    state = model.init_state(torch.tensor([user if active else 0]), active_t)
+    for item in history:
+        state = model.step(state, torch.tensor([item]), active_t)
+    with torch.no_grad():
+        scores = model.score_all(state)[0]
+        if exclude and history:
+            scores[history] = float("-inf")
+        top = scores.topk(k)
+    return top.indices.tolist(), top.values.tolist()
+
+
+def pick_user(users, active: bool) -> int:
+    return int(users.index[users["is_active"] == active][0])
+
+
+def test_pyfunc_matches_the_model_for_phi_and_psi_starts(served):
+    users, items, model = served["users"], served["items"], served["model"]
+    active_user, inactive_user = pick_user(users, True), pick_user(users, False)
+    history = [5, 17, 230]
+    request = pd.DataFrame({
+        "user_id": [users.raw_user_id[active_user], users.raw_user_id[inactive_user], None, "no-such-user"],
+        "recent_items": [[items.raw_item_id[i] for i in history]] * 4,
+        "k": [10, 7, 5, 3],
+        "exclude_clicked": [False] * 4,
+    })
+    answer = served["pyfunc"].predict(request)
+    assert answer["start"].tolist() == ["phi", "psi", "psi", "psi"]
+    for row, (user, active, k) in enumerate([(active_user, True, 10), (inactive_user, False, 7),
+                                             (None, False, 5), (None, False, 3)]):
+        ids, scores = expected(model, user, active, history, k, exclude=False)
+        assert answer["items"][row] == [items.raw_item_id[i] for i in ids]
+        assert answer["scores"][row] == pytest.approx(scores, rel=1e-5, abs=1e-6)
+        assert answer["unknown_items"][row] == []
+    # psi users with the same history get the same answer; the active user's phi start differs from psi.
+    assert answer["items"][2] == answer["items"][1][:5]
+    assert answer["items"][0][:5] != answer["items"][2]
+
+
+def test_exclude_clicked_and_unknown_items(served):
+    items, model, n_items = served["items"], served["model"], len(served["items"])
+    history = [int(i) for i in items.index[:4]]
+    raw = [items.raw_item_id[i] for i in history]
+    request = pd.DataFrame({
+        "recent_items": [raw[:2] + ["unknown-a"] + raw[2:] + ["unknown-b"]] * 2,
+        "k": [n_items, n_items],
+        "exclude_clicked": [False, True],
+    })
+    full, excluded = served["pyfunc"].predict(request).to_dict("records")
+    assert full["unknown_items"] == excluded["unknown_items"] == ["unknown-a", "unknown-b"]
+    assert sorted(full["items"]) == sorted(items.raw_item_id)  # the whole catalogue, ranked
+    assert excluded["scores"] == sorted(excluded["scores"], reverse=True)
+    full_scores = dict(zip(full["items"], full["scores"]))
+    assert dict(zip(excluded["items"], excluded["scores"])) == {i: v for i, v in full_scores.items() if i not in raw}
+    ids, _ = expected(model, None, False, history, 20, exclude=True)
+    assert excluded["items"][:20] == [items.raw_item_id[i] for i in ids]
+
+
+@pytest.mark.parametrize("request_rows, message", [
+    ({"k": [0]}, r"row 0: k must be an integer in \[1, "),
+    ({"k": [10**9]}, r"k must be an integer in \[1, "),
+    ({"k": [5], "recent_items": [["x"] * 31]}, "recent_items holds 31 ids, more than the limit max_history=30"),
+    ({"k": [5], "recent_items": [[1, 2]]}, "(?s)Failed to enforce schema.*Incompatible input types"),
+    ({"k": [5], "user_id": [3]}, "Incompatible input types for column user_id"),
+    ({"k": [5], "recent_items": ["abc"]}, "Expected data to be list"),
+    ({"k": ["ten"]}, "Failed to enforce schema"),
+    ({"user_id": ["a"]}, r"Model is missing inputs \['k'\]"),
+])
+def test_malformed_requests_raise_invalid_parameter(served, request_rows, message):
+    with pytest.raises(MlflowException, match=message) as err:
+        served["pyfunc"].predict(pd.DataFrame(request_rows))
+    assert err.value.get_http_status_code() == 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, payload) -> tuple[int, dict]:
+    body = json.dumps(payload).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    port = free_port()
+    # The server execs `uvicorn` by name: the venv's bin must be on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served["tracking"],
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{process.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("mlflow models serve did not answer /ping within 180 s")
+            time.sleep(1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_http_server_answers_good_and_bad_requests(served, server):
+    users, items = served["users"], served["items"]
+    user = pick_user(users, True)
+    history = [int(i) for i in items.index[10:13]]
+    good = {"dataframe_records": [
+        {"user_id": users.raw_user_id[user], "recent_items": [items.raw_item_id[i] for i in history] + ["nope"],
+         "k": 5, "exclude_clicked": True},
+        {"recent_items": [], "k": 2},
+    ]}
+    status, body = post(f"{server}/invocations", good)
+    assert status == 200, body
+    first, second = body["predictions"]
+    ids, scores = expected(served["model"], user, True, history, 5, exclude=True)
+    assert first["start"] == "phi" and first["items"] == [items.raw_item_id[i] for i in ids]
+    assert first["scores"] == pytest.approx(scores, rel=1e-5, abs=1e-6)
+    assert first["unknown_items"] == ["nope"]
+    assert second["start"] == "psi" and len(second["items"]) == 2
+
+    for payload, message in [
+        ({"dataframe_records": [{"k": 0}]}, "k must be an integer in [1, "),
+        ({"dataframe_records": [{"k": 3, "recent_items": ["x"] * 31}]}, "max_history=30"),
+        ({"dataframe_records": [{"k": "many"}]}, "Failed to convert column k"),
+        ({"dataframe_records": [{"user_id": "1"}]}, "Model is missing inputs ['k']"),
+        ({"dataframe_records": [{"k": 2, "user_id": 7}]}, "user_id must be a string or absent, got 7"),
+    ]:
+        status, body = post(f"{server}/invocations", payload)
+        assert status == 400, (payload, body)
+        assert body["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
+        assert message in body["message"], body["message"]
+
+
+def test_batch_recommend_writes_every_users_top_k(spark, served, tmp_path):
+    data, users, items = served["data"], served["users"], served["items"]
+    output = str(tmp_path / "recommendations")
+    cfg = RecommendConfig(data=str(data), output=output, model_uri=URI, k=4, batch_size=100)
+    version, rows = batch_recommend(spark, cfg)
+    table = spark.read.format("delta").load(output).toPandas().set_index("user_id")
+    assert rows == len(table) == len(users) and version == 0
+    assert set(table.index) == set(users.raw_user_id)
+    assert (table["items"].map(len) == 4).all() and (table["unknown_items"].map(len) == 0).all()
+    assert (table["start"] == users.set_index("raw_user_id")["is_active"].map({True: "phi", False: "psi"})
+            .reindex(table.index)).all()
+
+    # One user by hand: their last max_history=30 interactions, oldest first, through the model.
+    clicks = spark.read.format("delta").load(str(data / "interactions")).toPandas()
+    user = pick_user(users, True)
+    history = clicks[clicks.user_id == user].sort_values("event_id")["item_id"].tolist()[-30:]
+    ids, _ = expected(served["model"], user, True, history, 4, exclude=True)
+    assert list(table.loc[users.raw_user_id[user], "items"]) == [items.raw_item_id[i] for i in ids]
+
+    listed = RecommendConfig(data=str(data), output=output, model_uri=URI, k=2,
+                             users=[users.raw_user_id[user], "ghost"])
+    batch_recommend(spark, listed)
+    table = spark.read.format("delta").load(output).toPandas().set_index("user_id")
+    assert sorted(table.index) == sorted([users.raw_user_id[user], "ghost"])
+    assert table.loc["ghost", "start"] == "psi"
+    assert list(table.loc[users.raw_user_id[user], "items"]) == [items.raw_item_id[i] for i in ids[:2]]
