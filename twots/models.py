@@ -55,9 +55,8 @@ class SequentialRecommender(nn.Module):
 
     def score_all(self, state: State) -> torch.Tensor:
         """[B, n_items] scores of every item (serving)."""
-        device = self.user_vector(state).device
-        all_items = self.item_vectors(torch.arange(self.hparams["n_items"], device=device))
-        return self.user_vector(state) @ all_items.T
+        users = self.user_vector(state)
+        return users @ self.item_vectors(torch.arange(self.hparams["n_items"], device=users.device)).T
 
 
 class ItemEncoder(nn.Module):
