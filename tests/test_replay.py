@@ -133,13 +133,15 @@ def test_ccf_replay_is_static():
     assert got.rank.tolist() == expected
 
 
-def test_bad_warmup_is_rejected():
+def test_bad_warmup_and_events_are_rejected():
     with pytest.raises(ValueError, match="padded with -1 at the end"):
         Warmup([0], [True], [[1, -1, 2]])
     with pytest.raises(ValueError, match="appears twice"):
         Warmup([0, 0], [True, True], [[1], [2]])
     with pytest.raises(ValueError, match="neg_item_ids"):
         Events([0], [1], [0], [2], [3, 4])
+    with pytest.raises(ValueError, match="integer ids"):
+        Events([0], [1], [0], [2], [[3.0, 4.0]])
 
 
 def test_trained_2ts_ranks_far_above_random_for_every_user_group():

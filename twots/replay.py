@@ -67,8 +67,11 @@ class Events:
     def __post_init__(self):
         self.user_id, self.ts, self.event_id, self.item_id = (
             np.asarray(a, dtype=np.int64) for a in (self.user_id, self.ts, self.event_id, self.item_id))
-        self.neg_item_ids = np.asarray(self.neg_item_ids, dtype=np.int64)
+        # Kept in the caller's integer type: at 499 negatives per event this array dominates memory.
+        self.neg_item_ids = np.asarray(self.neg_item_ids)
         n = len(self.user_id)
+        if self.neg_item_ids.size and not np.issubdtype(self.neg_item_ids.dtype, np.integer):
+            raise ValueError(f"Events: neg_item_ids must hold integer ids, got {self.neg_item_ids.dtype}")
         if not (self.ts.shape == self.event_id.shape == self.item_id.shape == (n,)):
             raise ValueError("Events: user_id, ts, event_id and item_id must be 1-d of one length")
         if self.neg_item_ids.ndim != 2 or self.neg_item_ids.shape[0] != n:
@@ -162,7 +165,8 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
             ev = order[first[a:b] + r]
             sub = tuple(s[a:b] for s in state)
             pos_items = torch.from_numpy(events.item_id[ev]).to(device)
-            candidates = torch.cat([pos_items[:, None], torch.from_numpy(events.neg_item_ids[ev]).to(device)], 1)
+            negatives = torch.from_numpy(events.neg_item_ids[ev]).to(device, torch.long)
+            candidates = torch.cat([pos_items[:, None], negatives], 1)
             scores = model.score(sub, candidates)
             rank[ev] = ranks_from_scores(scores[:, 0], scores[:, 1:]).cpu().numpy()
             before = model.user_vector(sub)
