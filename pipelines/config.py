@@ -47,3 +47,30 @@ class PrepareConfig(Section):
         if self.min_ts is not None and self.max_ts is not None and self.min_ts > self.max_ts:
             raise ValueError(f"min_ts ({self.min_ts}) must be <= max_ts ({self.max_ts})")
         return self
+
+
+class GenerateConfig(Section):
+    """Taobao-format synthetic interaction log (see pipelines.generate for the generative process)."""
+
+    rows: int = Field(description="interactions to write", ge=1)
+    output: str = Field(description="folder of the CSV part files (replaced)")
+    seed: int = Field(7, description="same seed, same rows")
+    mean_events: float = Field(101.0, gt=1, description="mean events per user (real Taobao log: 101)")
+    median_events: float = Field(75.0, gt=1, description="median events per user (real Taobao log: 75)")
+    rows_per_item: float = Field(24.0, gt=0, description="rows / items (real log: 100M rows, 4.16M items)")
+    items_per_category: int = Field(440, ge=1, description="items per category (real log: about 440)")
+    taste_spread: float = Field(0.12, gt=0, le=0.5, description="sd of users' taste centres around the population's")
+    taste_width: float = Field(0.03, gt=0, le=0.5, description="sd of one event around its user's current taste")
+    drift: float = Field(0.02, ge=0, le=0.5, description="sd of a user's taste shift over the whole window")
+    population_share: float = Field(0.3, ge=0, le=1, description="share of events drawn from the population's taste")
+    item_skew: float = Field(3.0, ge=1, description="popularity skew of items within a category (1 = uniform)")
+    start_ts: int = Field(1511539200, ge=0, description="first second of the window (Taobao: 2017-11-25 Beijing)")
+    days: int = Field(9, ge=1, description="length of the window in days")
+    parts: int = Field(8, ge=1, description="CSV part files")
+    compress: bool = Field(False, description="gzip the parts")
+
+    @model_validator(mode="after")
+    def _mean_above_median(self):
+        if self.mean_events <= self.median_events:
+            raise ValueError("mean_events must exceed median_events (a right-skewed activity distribution)")
+        return self
