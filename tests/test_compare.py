@@ -1,0 +1,119 @@
+"""The comparison job end to end: synthetic Taobao-format log -> prepare -> every model trained with
+TorchDistributor (2 CPU ranks, gloo) -> online replay -> results table, MLflow runs, plots."""
+
+import json
+import struct
+
+import mlflow
+import numpy as np
+import pytest
+
+from twots.compare import MODEL_NAMES, CompareConfig, compare, results_table
+from twots.config import ConfigError, resolve
+
+START = 1511539200  # the Taobao window (conf/taobao.yaml)
+CLUSTERS, ITEMS_PER_CLUSTER = 6, 12
+
+
+def write_clustered_log(path, users=150, seed=0):
+    """Each user clicks only items of one category, at random times over the 9 days. History lengths are spread
+    from 6 to 80 so that there are active, inactive and new users; categories have equal traffic, so counts say
+    little, while any model that learns a user's category ranks about one candidate in six first."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for user in range(users):
+        cluster = user % CLUSTERS
+        n = int(rng.integers(6, 80))
+        for ts in np.sort(rng.integers(START, START + 9 * 86400 - 1, n)):
+            item = cluster * ITEMS_PER_CLUSTER + int(rng.integers(ITEMS_PER_CLUSTER))
+            lines.append(f"{1000 + user},{5000 + item},{cluster},pv,{ts}")
+    path.write_text("\n".join(lines) + "\n")
+    return len(lines)
+
+
+@pytest.fixture(scope="module")
+def prepared_clusters(spark, tmp_path_factory):
+    from pipelines import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("clusters")
+    write_clustered_log(root / "log.csv")
+    out = root / "data"
+    prepare(resolve(PrepareConfig, "prepare", {"source": "taobao", "input": str(root / "log.csv"),
+                                               "output": str(out), "threshold": 20, "last_k": 5, "negatives": 5,
+                                               "eval_negatives": 40}), spark)
+    return out
+
+
+def png_ok(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 300 and height > 200
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="compare.models"):
+        resolve(CompareConfig, "compare", {"data": "x", "models": "2ts,bert4rec"})
+    with pytest.raises(ConfigError, match="exactly one of --data"):
+        resolve(CompareConfig, "compare", {"data": "x", "input": "y", "source": "taobao"})
+    with pytest.raises(ConfigError, match="compare.lr_grid"):
+        resolve(CompareConfig, "compare", {"data": "x", "lr_grid": '{"popularity": [0.1]}'})
+    assert resolve(CompareConfig, "compare", {"data": "x", "models": "2ts,ccf"}).models == ["ccf", "2ts"]
+    assert resolve(CompareConfig, "compare", {"data": "x", "threshold": "auto"}).threshold == "auto"
+
+
+def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_path):
+    out = tmp_path / "compare"
+    cfg = resolve(CompareConfig, "compare", {
+        "data": str(prepared_clusters), "output": str(out), "models": "all", "default_lrs": "[0.03]",
+        "lr_grid": "{}", "epochs": '{"ccf": 2}', "default_epochs": "1", "max_len": "60", "sasrec_window": "16",
+        "threshold": "auto", "threshold_candidates": "[10, 20]",
+        "train": '{"item_dim": 16, "feature_dim": 4, "stage1_batch_size": 256, "stage2_batch_size": 16, '
+                 '"loader": "parquet"}'})
+    results = compare(cfg, spark)
+
+    assert list(results) == list(MODEL_NAMES)
+    floor = results["popularity"]["test"]["overall"]["mrr"]
+    for name, row in results.items():
+        assert row["test"]["overall"]["count"] == results["popularity"]["test"]["overall"]["count"]
+        if name != "popularity":
+            assert row["test"]["overall"]["mrr"] > floor + 0.05, (name, row["test"]["overall"]["mrr"], floor)
+            assert row["train_seconds"] > 0 and row["peak_memory_mb"] > 10 and row["params"] > 0
+            assert row["epochs"] in (1, 2) and row["val_mrr"] == max(row["trials"][0]["val_mrr_by_epoch"])
+    assert len(results["ccf"]["trials"][0]["val_mrr_by_epoch"]) == 2  # every epoch replayed on val
+    # 2TS's time includes the stage 1 it shares with CCF.
+    assert results["2ts"]["train_seconds"] > results["ccf"]["train_seconds"]
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["2ts-plus"]["test"]["overall"]["mrr"] == pytest.approx(results["2ts-plus"]["test"]["overall"]["mrr"])
+    table = (out / "results.md").read_text()
+    assert table.count("\n| ") == len(MODEL_NAMES) + 1 and "| 2ts-plus |" in table
+    for fig in ("fig3_mrr_by_activity.png", "fig4_embedding_change.png", "fig5_activity_distribution.png",
+                "threshold_sweep.png"):
+        png_ok(out / fig)
+
+    # t*: the sweep tried both candidates on val and kept the better; t** is estimated alongside.
+    threshold = json.loads((out / "threshold.json").read_text())
+    curve = {int(t): mrr for t, mrr in threshold["curve"].items()}
+    assert sorted(curve) == [10, 20] and threshold["t_star"] == max(curve, key=curve.get)
+    assert all(0 < mrr < 1 for mrr in curve.values())
+    assert np.isfinite(threshold["theory"]["t_star"]) and threshold["theory"]["q"] > 0
+    assert f"t* = {threshold['t_star']} (auto)" in table
+
+    mlflow.set_tracking_uri(f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["twots-compare"])
+    parent = runs[runs["tags.mlflow.runName"] == "compare"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    assert sorted(children["tags.mlflow.runName"]) == sorted(MODEL_NAMES)
+    child = children[children["tags.mlflow.runName"] == "2ts"].iloc[0]
+    assert child["metrics.test/mrr"] == pytest.approx(results["2ts"]["test"]["overall"]["mrr"])
+    sweep = mlflow.MlflowClient().get_metric_history(parent["run_id"].iloc[0], "sweep_val_mrr")
+    assert {m.step: m.value for m in sweep} == pytest.approx(curve)
+
+
+def test_results_table_marks_missing_groups():
+    row = {"test": {g: {"mrr": 0.5, "recall@10": 0.9, "ndcg@10": 0.6} for g in ("overall", "active", "inactive")},
+           "train_seconds": 1.0, "peak_memory_mb": None, "params": 1234, "lr": None, "epochs": None}
+    row["test"]["new"] = {"mrr": None, "recall@10": None, "ndcg@10": None}
+    table = results_table({"popularity": row}, {"t_star": 20, "source": "prepared"})
+    assert "| popularity | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 1.0 | - | 1,234 | - | - |" in table
