@@ -120,6 +120,9 @@ def petastorm_source(spark, df, table: str, cache_dir: Path, world: int) -> Peta
 class _PetastormLoader:
     def __init__(self, source: PetastormSource, rank: int, world: int, batch_size: int, seed: int):
         self.source, self.rank, self.world, self.batch_size, self.seed = source, rank, world, batch_size, seed
+        # petastorm 0.13 runs on pyarrow's legacy dataset API and warns about it on every file it opens.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
         self.steps_per_epoch = steps_per_epoch(source.layout.rows, batch_size, world)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -167,16 +170,22 @@ def export_parquet(df, table: str, path: Path) -> ParquetSource:
 
 
 def read_columns(path: str, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Parquet folder -> numpy columns; fixed-length list columns become 2-D arrays."""
-    import pyarrow as pa
+    """Parquet folder -> numpy columns (see `arrow_columns`)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=list(columns))
+    return arrow_columns(pq.read_table(path, columns=list(columns)))
+
+
+def arrow_columns(table) -> dict[str, np.ndarray]:
+    """pyarrow Table -> numpy columns; fixed-length list columns become 2-D arrays."""
+    import pyarrow as pa
+
     out = {}
-    for name in columns:
+    for name in table.column_names:
         col = table.column(name).combine_chunks()
         if pa.types.is_list(col.type):
-            out[name] = col.flatten().to_numpy().reshape(len(col), -1)
+            flat = col.flatten().to_numpy()
+            out[name] = flat.reshape(len(col), len(flat) // max(len(col), 1))
         else:
             out[name] = col.to_numpy(zero_copy_only=False)
     return out

@@ -1,0 +1,21 @@
+"""Online evaluation of a model logged by jobs/train.py: replay val then test, log the metrics to its run.
+
+    spark-submit jobs/evaluate.py --data /data/twots --run-id <mlflow run id>
+"""
+
+from twots.config import load
+from twots.evaluate import EvaluateConfig, evaluate_logged
+from twots.spark import get_spark
+
+
+def main() -> None:
+    cfg = load(EvaluateConfig, "evaluate", description=__doc__)
+    report = evaluate_logged(cfg, get_spark("twots-evaluate"))
+    for split, summary in report["metrics"].items():
+        overall = summary["overall"]
+        print(f"{split}: MRR {overall['mrr']:.4f}  Recall@10 {overall['recall@10']:.4f}  "
+              f"NDCG@10 {overall['ndcg@10']:.4f}  ({overall['count']} events)")
+
+
+if __name__ == "__main__":
+    main()

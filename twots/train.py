@@ -1,0 +1,190 @@
+"""Two-stage training on the driver: Delta tables -> distributed stages -> evaluation -> MLflow.
+
+`train(cfg, spark)` runs each stage of the chosen model kind under TorchDistributor (twots.trainer.run_stage on
+every rank), then evaluates the final model on val/test and logs config, data versions, losses, throughput,
+metrics, plots and the model to one MLflow run. `MODELS` maps a model kind to its stages; a new kind is one entry.
+
+Heavy driver-side packages (pyspark, petastorm, mlflow) are imported inside functions: the rank side unpickles
+the stage builders from this module and must import it without them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import Field, field_validator
+
+from twots.config import Section
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One training stage of a model kind: its name, the Delta table it trains on, and how to build its model."""
+
+    name: str
+    table: str                                  # "stage1_offers" or "sequences"
+    build: Callable[..., object]                # (hparams: dict, previous model path | None) -> nn.Module
+
+
+def build_stage1(hparams: dict, previous: str | None):
+    import numpy as np
+    import torch
+
+    from twots.models import Stage1Model
+
+    model = Stage1Model(**hparams["stage1"])
+    side = np.load(hparams["side_data"])
+    model.items.set_item_features(torch.from_numpy(side["item_features"]))
+    model.set_known_users(torch.from_numpy(side["known_users"]))
+    return model
+
+
+def build_two_time_scale(hparams: dict, previous: str | None, plus: bool):
+    from twots.models import TwoTimeScaleModel, load_model
+
+    return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus)
+
+
+MODELS: dict[str, list[StagePlan]] = {
+    "2ts": [StagePlan("stage1", "stage1_offers", build_stage1),
+            StagePlan("stage2", "sequences", partial(build_two_time_scale, plus=False))],
+    "2ts-plus": [StagePlan("stage1", "stage1_offers", build_stage1),
+                 StagePlan("stage2", "sequences", partial(build_two_time_scale, plus=True))],
+}
+
+
+class TrainConfig(Section):
+    """Two-stage 2TS training with TorchDistributor, evaluation and MLflow tracking."""
+
+    data: str = Field(description="folder of the prepared Delta tables and manifest.json (prepare's --output)")
+    model: str = Field("2ts", description="model kind: a key of twots.train.MODELS")
+    run_dir: str | None = Field(None, description="checkpoints and models; default <data>/runs/<model>")
+    item_dim: int = Field(48, ge=1, description="dimension of the transductive item embedding x_i")
+    feature_dim: int = Field(16, ge=0, description="dimension of the item feature embedding g(f_i)")
+    stage1_epochs: int = Field(3, ge=1)
+    stage1_lr: float = Field(0.01, gt=0)
+    stage1_batch_size: int = Field(1024, ge=1, description="stage1_offers rows per batch per process")
+    stage2_epochs: int = Field(3, ge=1)
+    stage2_lr: float = Field(0.005, gt=0)
+    stage2_batch_size: int = Field(64, ge=1, description="sequences rows (users) per batch per process")
+    num_processes: int = Field(2, ge=1, description="training processes (ranks)")
+    local_mode: bool = Field(True, description="TorchDistributor local_mode: ranks on the driver, else Spark tasks")
+    use_gpu: bool = Field(False, description="one GPU per rank and NCCL; else CPU and gloo")
+    threads: int = Field(0, ge=0, description="torch threads per rank; 0 keeps torchrun's OMP_NUM_THREADS=1")
+    loader: Literal["petastorm", "parquet"] = Field("petastorm", description="how rows reach the ranks")
+    seed: int = Field(0)
+    resume: bool = Field(False, description="continue the run in run_dir from its last epoch checkpoint")
+    log_every: int = Field(50, ge=1, description="progress line every N steps (rank 0)")
+    evaluate: bool = Field(True, description="evaluate val/test at the end and log the metrics")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<data>/mlflow.db")
+    experiment: str = Field("twots", description="MLflow experiment name")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, kind: str) -> str:
+        if kind not in MODELS:
+            raise ValueError(f"unknown model {kind!r}; known: {', '.join(sorted(MODELS))}")
+        return kind
+
+    def hparams(self, manifest: dict, side_data: Path) -> dict:
+        """What the stage builders need: model sizes from this config and the manifest, and the side-data file."""
+        return {
+            "stage1": {"n_users": manifest["n_users"], "n_items": manifest["n_items"],
+                       "n_features": manifest["n_features"], "max_features": manifest["max_features_per_item"],
+                       "item_dim": self.item_dim, "feature_dim": self.feature_dim},
+            "side_data": str(side_data),
+        }
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_path: str
+    metrics: dict = field(default_factory=dict)
+    stages: list[dict] = field(default_factory=list)
+
+
+def run_dir_of(cfg: TrainConfig) -> Path:
+    return Path(cfg.run_dir) if cfg.run_dir else Path(cfg.data) / "runs" / cfg.model
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run jobs/prepare.py with --output {data_dir} first")
+    return json.loads(path.read_text())
+
+
+def write_side_data(spark, data_dir: str | Path, manifest: dict, path: Path) -> Path:
+    """The model's non-trained inputs as one .npz the ranks load without Spark: each item's feature ids
+    ([n_items, max_features], -1 padded) and which users have training interactions."""
+    import numpy as np
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    items = spark.read.format("delta").load(str(Path(data_dir) / "items")).select("item_id", "feature_ids").toArrow()
+    features = np.full((manifest["n_items"], max(manifest["max_features_per_item"], 1)), -1, dtype=np.int64)
+    lists = items.column("feature_ids").combine_chunks()
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy()
+    flat = pc.list_flatten(lists).to_numpy()
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    features[np.repeat(items.column("item_id").to_numpy(), lengths), np.arange(len(flat)) - starts] = flat
+    users = (spark.read.format("delta").load(str(Path(data_dir) / "user_activity"))
+             .select("user_id", (F.col("n_train") > 0).alias("known")).toArrow())
+    known = np.zeros(manifest["n_users"], dtype=bool)
+    known[users.column("user_id").to_numpy()] = users.column("known").to_numpy(zero_copy_only=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, item_features=features, known_users=known)
+    return path
+
+
+def make_source(spark, cfg: TrainConfig, table: str, run_dir: Path):
+    from twots import loaders
+
+    df = spark.read.format("delta").load(str(Path(cfg.data) / table))
+    if cfg.loader == "petastorm":
+        return loaders.petastorm_source(spark, df, table, run_dir / "petastorm-cache", cfg.num_processes)
+    return loaders.export_parquet(df, table, run_dir / "parquet" / table)
+
+
+def train(cfg: TrainConfig, spark) -> TrainResult:
+    from twots import distributed, tracking
+    from twots.trainer import StageJob, run_stage
+
+    manifest = read_manifest(cfg.data)
+    run_dir = run_dir_of(cfg)
+    if not cfg.resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh run never picks up another run's checkpoints
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hparams = cfg.hparams(manifest, write_side_data(spark, cfg.data, manifest, run_dir / "side_data.npz"))
+    with tracking.pipeline_run(cfg, run_dir, manifest, spark) as tracker:
+        stages, previous = [], None
+        for plan in MODELS[cfg.model]:
+            model_path = str(run_dir / f"{plan.name}.pt")
+            job = StageJob(
+                name=plan.name, build=partial(plan.build, hparams), previous_model=previous,
+                source=make_source(spark, cfg, plan.table, run_dir), model_path=model_path,
+                checkpoint_dir=str(run_dir / "checkpoints"), epochs=getattr(cfg, f"{plan.name}_epochs"),
+                lr=getattr(cfg, f"{plan.name}_lr"), batch_size=getattr(cfg, f"{plan.name}_batch_size"),
+                seed=cfg.seed, use_gpu=cfg.use_gpu, resume=cfg.resume, log_every=cfg.log_every,
+                threads=cfg.threads)
+            result = distributed.run(run_stage, job, num_processes=cfg.num_processes,
+                                     local_mode=cfg.local_mode, use_gpu=cfg.use_gpu)
+            tracker.log_stage(result)
+            stages.append(result)
+            previous = model_path
+        metrics = {}
+        if cfg.evaluate:
+            from twots.evaluate import evaluate
+            from twots.models import load_model
+
+            report = evaluate(load_model(previous), cfg.data, spark)
+            metrics = report["metrics"]
+            tracker.log_evaluation(report, run_dir)
+        tracker.log_model(previous, cfg.data, spark)
+        return TrainResult(tracker.run_id, previous, metrics, stages)

@@ -1,0 +1,147 @@
+"""The generic data-parallel training loop, run on every rank, for any model whose `forward(batch)` is a loss.
+
+`run_stage(job)` is the function TorchDistributor (or plain torchrun, see `python -m twots.trainer`) runs on each
+rank: join the process group, build the model, train it for the stage's epochs with a checkpoint after each,
+save it (rank 0) and end with the all-reduce every rank must reach. Embedding tables (sparse gradients) are
+trained with SparseAdam, the other parameters with Adam; see twots.distributed for how gradients are synced.
+
+Only torch, numpy and pyarrow are needed here: no Spark, petastorm or MLflow at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from twots import distributed
+from twots.loaders import epoch_seed
+from twots.models import save_model, split_parameters
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """Everything one rank needs to train one stage; pickled into the train function."""
+
+    name: str                      # "stage1", "stage2", ...
+    build: Callable                # (previous stage's model path or None) -> nn.Module
+    source: object                 # a twots.loaders Source
+    previous_model: str | None     # the model file of the stage before, if any
+    model_path: str                # where rank 0 saves the trained model (twots.models.save_model)
+    checkpoint_dir: str
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    use_gpu: bool = False
+    resume: bool = False
+    log_every: int = 50
+    threads: int = 0               # torch intra-op threads per rank; 0 keeps torchrun's setting
+
+
+def make_optimizers(model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
+    sparse, dense = split_parameters(model)
+    optimizers = []
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+    if dense:
+        optimizers.append(torch.optim.Adam(dense, lr=lr))
+    if not optimizers:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    return optimizers
+
+
+def batch_interactions(batch: dict[str, torch.Tensor]) -> int:
+    """Clicks a batch trains on: one per row of stage1_offers, one per non-padding step of sequences."""
+    if "item_ids" in batch:
+        return int((batch["item_ids"] >= 0).sum())
+    return int(batch["user_id"].numel())
+
+
+def checkpoint_path(job: StageJob, epoch: int) -> Path:
+    return Path(job.checkpoint_dir) / f"{job.name}-epoch{epoch:03d}.pt"
+
+
+def latest_checkpoint(job: StageJob) -> Path | None:
+    found = sorted(Path(job.checkpoint_dir).glob(f"{job.name}-epoch*.pt"))
+    return found[-1] if found else None
+
+
+def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=print) -> dict:
+    """Train `model` on this rank's batches; every rank returns the same history (means over ranks)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizers = make_optimizers(model, job.lr)
+    history: list[dict] = []
+    start = 0
+    ckpt = latest_checkpoint(job) if job.resume else None
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        for opt, opt_state in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        history, start = state["history"], state["epoch"] + 1
+        if ctx.is_main:
+            log(f"[{job.name}] resumed from {ckpt.name}: {start}/{job.epochs} epochs done")
+    else:
+        distributed.broadcast_parameters(ctx, model)
+    steps = loader.steps_per_epoch
+    for epoch in range(start, job.epochs):
+        torch.manual_seed(epoch_seed(job.seed, epoch, ctx.rank))
+        model.train()
+        loss_sum, clicks, t0 = 0.0, 0, time.perf_counter()
+        for step, batch in enumerate(loader.epoch(epoch), 1):
+            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss = model(batch)
+            loss.backward()
+            distributed.sync_gradients(ctx, params)
+            for opt in optimizers:
+                opt.step()
+            loss_sum += float(loss.detach())
+            clicks += batch_interactions(batch)
+            if ctx.is_main and (step % job.log_every == 0 or step == steps):
+                rate = clicks * ctx.world / (time.perf_counter() - t0)
+                log(f"[{job.name}] epoch {epoch + 1}/{job.epochs} step {step}/{steps} "
+                    f"loss {loss_sum / step:.4f} {rate:,.0f} interactions/s")
+        seconds = time.perf_counter() - t0
+        mean_loss = distributed.all_mean(ctx, [loss_sum / steps])[0]
+        total = distributed.all_sum(ctx, clicks)
+        history.append({"epoch": epoch, "loss": mean_loss, "interactions": total, "seconds": seconds,
+                        "interactions_per_s": total / seconds})
+        if ctx.is_main:
+            _save_checkpoint(checkpoint_path(job, epoch), model, optimizers, history, epoch)
+    return {"stage": job.name, "history": history, "steps_per_epoch": steps, "world": ctx.world}
+
+
+def _save_checkpoint(path: Path, model, optimizers, history, epoch) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                "history": history}, tmp)
+    os.replace(tmp, path)  # a killed run never leaves a half-written checkpoint behind
+
+
+def run_stage(job: StageJob) -> dict:
+    """The per-rank train function of one stage. Every rank returns the same dict, with `ranks_finished`."""
+    ctx = distributed.setup(job.use_gpu)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    torch.manual_seed(job.seed)
+    model = job.build(job.previous_model).to(ctx.device)
+    loader = job.source.open(ctx.rank, ctx.world, job.batch_size, job.seed)
+    try:
+        result = fit(ctx, model, loader, job)
+    finally:
+        loader.close()
+    if ctx.is_main:
+        Path(job.model_path).parent.mkdir(parents=True, exist_ok=True)
+        save_model(job.model_path, model.cpu())
+    # The final collective comes after rank 0 saved: a finished run always has its model on disk.
+    result["ranks_finished"] = distributed.finish(ctx)
+    return result
