@@ -137,24 +137,31 @@ def test_phi_of_inactive_users_is_not_used_but_phi_of_active_users_is():
     assert model(batch).item() != pytest.approx(base, abs=1e-6)
 
 
-def test_stage2_loss_scores_each_step_with_the_state_before_it():
-    """Hand-unrolled GRUs: active rows from phi_u with Theta_2, inactive rows from psi with Theta_1, padding masked."""
-    model = TwoTimeScaleModel.from_stage1(stage1())
+@pytest.mark.parametrize("plus", [False, True])
+def test_stage2_loss_scores_each_step_with_the_state_before_it(plus):
+    """Hand-unrolled GRUs: active rows from phi_u with Theta_2, inactive rows from psi with Theta_1, padding masked;
+    2TS-Plus scores with W [h, x_prev], x_prev = the batch's prev_item_id at the first step, then the last click."""
+    model = TwoTimeScaleModel.from_stage1(stage1(), plus=plus)
     with torch.no_grad():
         model.psi.normal_()
+        if plus:
+            model.mix.weight.normal_(std=0.3)
     batch = stage2_batch()
     users, pos, neg = [], [], []
     for row in range(4):
         active = bool(batch["is_active"][row])
         h = model.phi.weight[batch["user_id"][row]] if active else model.psi
         cell = model.gru_active if active else model.gru_inactive
+        prev = int(batch["prev_item_id"][row])
         for t, item in enumerate(batch["item_ids"][row].tolist()):
             if item < 0:
                 break
-            users.append(h)
+            x_prev = model.items(torch.tensor(prev)) if prev >= 0 else torch.zeros(8)
+            users.append(model.mix(torch.cat([h, x_prev])) if plus else h)
             pos.append(model.items(torch.tensor(item)))
             neg.append(model.items(batch["neg_item_ids"][row, t]))
             h = cell(model.items(torch.tensor([item])), h.unsqueeze(0))[0]
+            prev = item
     expected = offer_softmax_loss(torch.stack(users), torch.stack(pos), torch.stack(neg))
     assert len(users) == 10
     assert model(batch).item() == pytest.approx(expected.item(), rel=1e-5)
