@@ -64,7 +64,7 @@ def publish(key: str, value) -> None:
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
@@ -77,15 +77,15 @@ def register(client: MlflowClient, name: str, run_id: str) -> str:
         client.create_registered_model(name)
     existing = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
     if existing:
-        return min(existing, key=lambda v: int(v.version)).version
-    return mlflow.register_model(f"runs:/{run_id}/model", name).version
+        return str(min(int(v.version) for v in existing))
+    return str(mlflow.register_model(f"runs:/{run_id}/model", name).version)
 
 
 def latest_version(client: MlflowClient, name: str) -> str:
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         raise RuntimeError(f"no version of {name} is registered; run register first")
-    return max(versions, key=lambda v: int(v.version)).version
+    return str(max(int(v.version) for v in versions))
 
 
 def score(name: str, version: str, data: str, spark, split: str, id_maps: str) -> float | None:
