@@ -16,7 +16,7 @@ def main() -> None:
     cfg = load(PrepareConfig, "prepare", description=__doc__)
     try:
         check_output(cfg.output)
-        prepare(cfg, get_spark("twots-prepare"))
+        prepare(cfg, get_spark("twots-prepare", conf={"spark.sql.shuffle.partitions": str(cfg.partitions)}))
     except PrepareError as err:
         sys.exit(f"prepare failed: {err}")
 

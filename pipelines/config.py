@@ -30,7 +30,7 @@ class PrepareConfig(Section):
     max_ts: int | None = Field(None, ge=0, description="reject events after this Unix second")
     dedup: bool = Field(False, description="reject repeated (user, item, ts) rows as duplicates")
     eval_sample: float = Field(1.0, gt=0, le=1, description="fraction of users whose val/test events are evaluated")
-    partitions: int = Field(8, ge=1, description="partitions of the range-partitioned global sorts")
+    partitions: int = Field(8, ge=1, description="shuffle partitions of the job (local runs) and of its global sorts")
 
     @field_validator("last_k")
     @classmethod
@@ -62,6 +62,7 @@ class GenerateConfig(Section):
     taste_spread: float = Field(0.12, gt=0, le=0.5, description="sd of users' taste centres around the population's")
     taste_width: float = Field(0.03, gt=0, le=0.5, description="sd of one event around its user's current taste")
     drift: float = Field(0.02, ge=0, le=0.5, description="sd of a user's taste shift over the whole window")
+    late_share: float = Field(0.1, ge=0, le=1, description="share of users who first appear at a uniform time in the window")
     population_share: float = Field(0.3, ge=0, le=1, description="share of events drawn from the population's taste")
     item_skew: float = Field(3.0, ge=1, description="popularity skew of items within a category (1 = uniform)")
     start_ts: int = Field(1511539200, ge=0, description="first second of the window (Taobao: 2017-11-25 Beijing)")

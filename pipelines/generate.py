@@ -13,7 +13,8 @@ the same rows however Spark partitions the work):
 3. Tastes. A user's taste centre is the population mean (0.5) plus N(0, taste_spread): users are close to the
    population, so a new user is best served by the population's taste, and each user's history refines it.
    Each centre drifts linearly over the window by N(0, drift): slowly, relative to the event spread.
-4. Events. Each event has a uniform time in the window [start_ts, start_ts + days). With probability
+4. Events. Each event has a uniform time in the window [start_ts, start_ts + days), or, for the `late_share`
+   of users who join late, in [their uniform join time, end): the new users of val/test. With probability
    `population_share` its taste point is drawn from the population (0.5 + N(0, taste_spread)), otherwise
    from the user's current taste (centre + drift * time fraction + N(0, taste_width)). The category is the
    one at that point of the circle, the item is drawn within it as in 2, the behaviour is pv/cart/fav/buy
@@ -69,6 +70,7 @@ def users(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
         F.greatest(F.lit(1.0), F.round(F.exp(mu + sigma * normal(cfg.seed, 1, user)))).alias("n"),
         (0.5 + cfg.taste_spread * normal(cfg.seed, 2, user)).alias("centre"),
         (cfg.drift * normal(cfg.seed, 3, user)).alias("drift"),
+        F.when(uniform(cfg.seed, 4, user) < cfg.late_share, uniform(cfg.seed, 5, user)).otherwise(0.0).alias("join"),
     )
     total = raw.agg(F.sum("n")).first()[0]
     scaled = raw.withColumn("n", F.greatest(F.lit(1), F.floor(F.col("n") * (cfg.rows / total))).cast("long"))
@@ -83,9 +85,9 @@ def events(user_table: DataFrame, cfg: GenerateConfig) -> DataFrame:
     sizes = shape(cfg)
     seed, span = cfg.seed, cfg.days * 86400
     rows = (user_table.repartitionByRange(cfg.parts, "user")
-            .select("user", "centre", "drift", F.explode(F.sequence(F.lit(0), F.col("n") - 1)).alias("k")))
+            .select("user", "centre", "drift", "join", F.explode(F.sequence(F.lit(0), F.col("n") - 1)).alias("k")))
     key = (F.col("user"), F.col("k"))
-    when = uniform(seed, 10, *key)
+    when = F.col("join") + (1 - F.col("join")) * uniform(seed, 10, *key)
     own = F.col("centre") + F.col("drift") * when + cfg.taste_width * normal(seed, 11, *key)
     population = 0.5 + cfg.taste_spread * normal(seed, 12, *key)
     point = F.when(uniform(seed, 13, *key) < cfg.population_share, population).otherwise(own)

@@ -44,9 +44,24 @@ def check_output(output: str) -> Path:
     return path
 
 
+def _parse_once(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
+    """Read and check the input in one pass; later steps read the checkpointed rows, not the text again.
+
+    The raw line and file are kept for rejected rows only (they go to `rejects`), which keeps the checkpoint small.
+    """
+    parsed = read_source(spark, cfg)
+    if cfg.dedup:
+        parsed = mark_duplicates(parsed)
+    rejected = F.col("reason").isNotNull()
+    return parsed.select(
+        F.when(rejected, F.col("raw")).alias("raw"), F.when(rejected, F.col("source_file")).alias("source_file"),
+        "line", "reason", "raw_user_id", "raw_item_id", "ts", "raw_features",
+    ).localCheckpoint()
+
+
 def mark_duplicates(parsed: DataFrame) -> DataFrame:
     """Reject repeats of an accepted (user, item, ts), keeping the first in input order."""
-    first = Window.partitionBy("raw_user_id", "raw_item_id", "ts").orderBy("source_file", "line")
+    first = Window.partitionBy("raw_user_id", "raw_item_id", "ts").orderBy("line")
     accepted = parsed.where(F.col("reason").isNull())
     marked = accepted.withColumn(
         "reason", F.when(F.row_number().over(first) > 1, F.lit("duplicate")).cast("string"))
@@ -82,9 +97,7 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     run = _Run(output)
 
     with run.step("validate"):
-        parsed = read_source(spark, cfg)
-        if cfg.dedup:
-            parsed = mark_duplicates(parsed)
+        parsed = _parse_once(spark, cfg)
         counts = parsed.groupBy("reason").agg(
             F.count("*").alias("rows"), F.countDistinct("raw_item_id").alias("items")).collect()
         rejected = {r["reason"]: r["rows"] for r in counts if r["reason"] is not None}
@@ -96,8 +109,7 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         _check_sizes(cfg, accepted, n_items, rejected)
 
     with run.step("rejects"):
-        run.write(spark, "rejects", parsed.where(F.col("reason").isNotNull())
-                            .select("raw", "reason", "source_file"))
+        run.write(spark, "rejects", parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file"))
     good = parsed.where(F.col("reason").isNull())
 
     with run.step("users"):
@@ -147,7 +159,8 @@ def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict
 def _items(good: DataFrame) -> DataFrame:
     """Dense item ids by raw id; feature ids by raw feature name, so both sorted arrays are in the same order."""
     raw = good.groupBy("raw_item_id").agg(
-        F.array_sort(F.array_distinct(F.flatten(F.collect_list("raw_features")))).alias("raw_features"))
+        F.array_sort(F.array_distinct(F.flatten(F.collect_list("raw_features")))).alias("raw_features"),
+    ).localCheckpoint()
     items = dense_ids(raw, "raw_item_id", "item_id").join(raw, "raw_item_id")
     features = dense_ids(raw.select(F.explode("raw_features").alias("raw_feature")), "raw_feature", "feature_id")
     feature_ids = (items.select("item_id", F.explode("raw_features").alias("raw_feature"))
@@ -160,8 +173,8 @@ def _interactions(good: DataFrame, users: DataFrame, items: DataFrame, cfg: Prep
     """Accepted rows with dense ids, ranked by (ts, user, item, input order) into event_id, then split."""
     # Dense ids follow the raw ids' sort order, so ordering by them is ordering by the raw ids.
     rows = (good.join(users, "raw_user_id").join(items.select("raw_item_id", "item_id", "feature_ids"), "raw_item_id")
-            .select("ts", "user_id", "item_id", "feature_ids", "source_file", "line"))
-    ranked, n_events = with_global_index(rows, ["ts", "user_id", "item_id", "source_file", "line"], "event_id",
+            .select("ts", "user_id", "item_id", "feature_ids", "line"))
+    ranked, n_events = with_global_index(rows, ["ts", "user_id", "item_id", "line"], "event_id",
                                          cfg.partitions)
     return ranked.select(
         "event_id", "user_id", "item_id", "ts",

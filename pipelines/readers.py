@@ -1,9 +1,10 @@
 """Readers of the three raw formats: every input line becomes one row, accepted or rejected with a reason.
 
-Each reader returns the same columns: `raw` (the line, without a trailing CR), `source_file`, `line` (input
-order within the read), `reason` (null when accepted), and the parsed `raw_user_id`, `raw_item_id`, `ts`
-(Unix seconds) and `raw_features` (array<string>, sorted, never empty). Parsing is Spark-native (no UDFs); every
-field access is null-safe so that a malformed line gets a reason instead of failing the job under ANSI mode.
+Each reader returns the same columns: `raw` (the line, without a trailing CR), `source_file`, `line` (a unique
+input order: Spark's file split, then the line within it), `reason` (null when accepted), and the parsed
+`raw_user_id`, `raw_item_id`, `ts` (Unix seconds) and `raw_features` (array<string>, sorted, never empty).
+Parsing is Spark-native (no UDFs); every field access is null-safe so that a malformed line gets a reason
+instead of failing the job under ANSI mode.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ class InputError(ValueError):
 
 
 def read_lines(spark: SparkSession, path: str) -> DataFrame:
-    """Lines of a file, folder of part files or glob (gzip works); `line` is the input order."""
+    """Lines of a file, folder of part files or glob (gzip works); `line` is the input order.
+
+    monotonically_increasing_id is (split index, row in split): unique, and the same for the same input files.
+    """
     try:
         df = spark.read.text(path)
     except AnalysisException as err:
