@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -20,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from twots.models import TwoTimeScaleModel
 from twots.registry import use_registry
-from twots.serving import RecommendConfig, ServeConfig, batch_recommend, log_model
+from twots.serving import RecommendConfig, ServeConfig, batch_recommend, local_server, log_model
 from twots.train import write_side_data
 
 NAME = "twots-serving-test"
@@ -137,12 +132,6 @@ def test_malformed_requests_raise_invalid_parameter(served, request_rows, messag
     assert err.value.get_http_status_code() == 400
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def post(url: str, payload) -> tuple[int, dict]:
     body = json.dumps(payload).encode()
     request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
@@ -155,37 +144,8 @@ def post(url: str, payload) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def server(served):
-    port = free_port()
-    # The server execs `uvicorn` by name: the venv's bin must be on PATH.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": served["tracking"],
-           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{process.stdout.read()}")
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow models serve did not answer /ping within 180 s")
-            time.sleep(1)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with local_server(URI, tracking_uri=served["tracking"]) as url:
+        yield url
 
 
 def test_http_server_answers_good_and_bad_requests(served, server):

@@ -7,13 +7,20 @@ the item matrix computed once at load, and returns the top k raw item ids with t
 skipped and reported in `unknown_items`; a malformed request raises MlflowException(INVALID_PARAMETER_VALUE),
 which the scoring server answers with HTTP 400 and the message.
 
-`batch_recommend` runs the same pyfunc as a Spark UDF over every user's recent history (nightly batch).
+`local_server` runs the real `mlflow models serve` for tests and benchmarks; `batch_recommend` runs the same pyfunc as a Spark UDF over every user's recent history (nightly batch).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -289,3 +296,46 @@ def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
     version, rows = write_table(scored, cfg.output)
     print(f"[recommend] wrote {rows} users' top {cfg.k} to {cfg.output} (Delta version {version})", flush=True)
     return version, rows
+
+
+@contextmanager
+def local_server(model_uri: str, *, tracking_uri: str, workers: int = 1, timeout_s: float = 180):
+    """Run `mlflow models serve -m model_uri --env-manager local` on 127.0.0.1 and a free port until the block
+    ends; yields the base URL once /ping answers. Fails with the server's output if it exits or never answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # The server execs `uvicorn` by name: this interpreter's bin folder must be on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not _answers(f"{url}/ping"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                state = f"exited with {process.returncode}" if process.poll() is not None else \
+                    f"did not answer /ping within {timeout_s:.0f} s"
+                raise RuntimeError(f"mlflow models serve {state}:\n{log.read()[-5000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
