@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_serving import random_model
 
-from twots.registry import (CHALLENGER, CHAMPION, REASON, STATUS, RegistryConfig, promote, register, use_registry,
-                            validate, verdict)
+from twots.registry import (CHALLENGER, CHAMPION, REASON, STATUS, RegistryConfig, promote, register, release,
+                            serve_command, use_registry, validate, verdict)
 from twots.serving import log_model
 
 NAME = "twots-registry-test"
@@ -74,7 +74,8 @@ def run_job(job: str, registry, *flags: str) -> dict:
     cfg = registry["cfg"]
     done = subprocess.run(
         [sys.executable, os.path.join(REPO, "jobs", f"{job}.py"), "--data", cfg.data, "--model-name", NAME,
-         "--tracking-uri", registry["tracking"], "--split", cfg.split, *flags], capture_output=True, text=True, timeout=300)
+         "--tracking-uri", registry["tracking"], "--split", cfg.split, *flags],
+        capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     values = {}
     for line in done.stdout.splitlines():
@@ -106,14 +107,15 @@ def test_register_validate_promote_never_promotes_a_worse_model(spark, registry)
     assert promote(client, NAME) == "1"  # rerun: nothing to promote
     assert aliases(client) == {CHAMPION: "1"}
 
-    # A better model (popularity beats random) passes against the champion and is promoted.
-    popular = register(client, NAME, runs["popular"])
-    assert validate(client, cfg, spark, popular)
+    # A better model (popularity beats random) passes against the champion and is promoted, in one call.
+    popular = release(client, cfg, spark, runs["popular"])
+    assert popular == register(client, NAME, runs["popular"]) == "2"
     tags = client.get_model_version(NAME, popular).tags
     assert tags[STATUS] == "passed" and tags["validation_champion_version"] == "1"
     assert float(tags["validation_val_mrr"]) > float(tags["validation_champion_mrr"])
-    assert promote(client, NAME, popular) == popular
     assert aliases(client) == {CHAMPION: popular}
+    assert serve_command(cfg).startswith(f"MLFLOW_TRACKING_URI={registry['tracking']} mlflow models serve "
+                                         f"-m models:/{NAME}@champion --env-manager local")
 
     # A worse model fails: why is in its tags and description; the champion stays, also on reruns.
     unpopular = register(client, NAME, runs["unpopular"])

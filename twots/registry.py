@@ -71,11 +71,7 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 
 def register(client: MlflowClient, name: str, run_id: str) -> str:
     """The version of `run_id`'s `model` under `name`, registering it on the first call."""
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name)
-    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run_id]
+    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if existing:
         return str(min(int(v.version) for v in existing))
     return str(mlflow.register_model(f"runs:/{run_id}/model", name).version)
@@ -175,3 +171,18 @@ def promote(client: MlflowClient, name: str, version: str | None = None) -> str 
     client.set_model_version_tag(name, challenger, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     print(f"promote: {name} @{CHAMPION} moved from {champion and 'v' + champion} to v{challenger}", flush=True)
     return challenger
+
+
+def release(client: MlflowClient, cfg: RegistryConfig, spark, run_id: str) -> str | None:
+    """register -> validate -> promote in one call (the scheduled job runs them as three tasks); returns the
+    @champion version afterwards, which stays the old one when the run's model does not pass."""
+    version = register(client, cfg.model_name, run_id)
+    validate(client, cfg, spark, version)
+    return promote(client, cfg.model_name, version)
+
+
+def serve_command(cfg: RegistryConfig, port: int = 5001) -> str:
+    """The shell command that serves @champion from this registry."""
+    tracking = cfg.tracking_uri or default_tracking_uri(cfg.data)
+    return (f"MLFLOW_TRACKING_URI={tracking} mlflow models serve -m models:/{cfg.model_name}@{CHAMPION} "
+            f"--env-manager local -p {port}")

@@ -7,7 +7,8 @@ the item matrix computed once at load, and returns the top k raw item ids with t
 skipped and reported in `unknown_items`; a malformed request raises MlflowException(INVALID_PARAMETER_VALUE),
 which the scoring server answers with HTTP 400 and the message.
 
-`local_server` runs the real `mlflow models serve` for tests and benchmarks; `batch_recommend` runs the same pyfunc as a Spark UDF over every user's recent history (nightly batch).
+`local_server` runs the real `mlflow models serve` for tests and benchmarks; `batch_recommend` runs the same
+pyfunc as a Spark UDF over every user's recent history (nightly batch).
 """
 
 from __future__ import annotations
@@ -46,16 +47,17 @@ class ServeConfig(Section):
 
     max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
     max_history: int = Field(500, ge=0, description="most recent_items a request may send")
-    exclude_clicked: bool = Field(True, description="default for requests that do not say: drop recent_items from the top k")
+    exclude_clicked: bool = Field(True, description="default for requests that do not say: drop recent_items "
+                                                    "from the top k")
     model_uri: str = Field("models:/twots@champion", description="recommend: the model to run")
-    tracking_uri: str | None = Field(None, description="recommend: MLflow tracking URI (default sqlite:///<data>/mlflow.db)")
+    tracking_uri: str | None = Field(None, description="recommend: MLflow tracking URI "
+                                                       "(default sqlite:///<data>/mlflow.db)")
     registry_uri: str | None = Field(None, description="recommend: MLflow registry URI (default: the tracking URI)")
     data: str | None = Field(None, description="recommend: folder of the prepared Delta tables")
     output: str | None = Field(None, description="recommend: Delta table written with the top k of each user")
     users: list[str] = Field([], description="recommend: raw user ids to score (empty: all users)")
     k: int = Field(10, ge=1, description="recommend: items per user")
-    batch_size: int = Field(512, ge=1, description="recommend: users scored together in one forward pass")
-
+    batch_size: int = Field(512, ge=1, description="recommend: users per Arrow batch handed to the model")
 
 
 class RecommendConfig(ServeConfig):
@@ -188,7 +190,9 @@ class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
 
 def read_id_maps(spark, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """users (user_id, raw_user_id, is_active) and items (item_id, raw_item_id), dense ids in order."""
-    read = lambda table: spark.read.format("delta").load(f"{data_dir}/{table}")  # noqa: E731
+    from pipelines.delta import read_table
+
+    read = lambda table: read_table(spark, f"{data_dir}/{table}")  # noqa: E731
     users = (read("users").join(read("user_activity").select("user_id", "is_active"), "user_id", "left")
              .select("user_id", "raw_user_id", "is_active").toPandas().sort_values("user_id", ignore_index=True))
     items = read("items").select("item_id", "raw_item_id").toPandas().sort_values("item_id", ignore_index=True)
