@@ -23,8 +23,8 @@ def weights(path) -> dict[str, torch.Tensor]:
     return load_model(path).state_dict()
 
 
-def test_two_stage_training_is_tracked_in_mlflow(spark, prepared_movielens, tmp_path):
-    cfg = config(prepared_movielens, tmp_path / "run", model="2ts-plus", loader="petastorm")
+def test_two_stage_training_tracking_determinism_and_resume(spark, prepared_movielens, tmp_path):
+    cfg = config(prepared_movielens, tmp_path / "a", model="2ts-plus", loader="petastorm")
     result = train(cfg, spark)
 
     stage1, stage2 = result.stages
@@ -36,7 +36,7 @@ def test_two_stage_training_is_tracked_in_mlflow(spark, prepared_movielens, tmp_
 
     model = load_model(result.model_path)
     assert isinstance(model, TwoTimeScaleModel) and model.hparams["plus"]
-    phi_stage1 = load_model(tmp_path / "run" / "stage1.pt").phi.weight
+    phi_stage1 = load_model(tmp_path / "a" / "stage1.pt").phi.weight
     assert torch.equal(model.phi.weight, phi_stage1), "stage 2 must not change the frozen stage-1 embeddings"
 
     test = result.metrics["test"]
@@ -59,25 +59,36 @@ def test_two_stage_training_is_tracked_in_mlflow(spark, prepared_movielens, tmp_
     served = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
     assert served.metadata.metadata["n_items"] == model.hparams["n_items"]
 
-
-def test_same_seed_same_model_and_resume_equals_uninterrupted(spark, prepared_movielens, tmp_path):
-    common = dict(model="2ts", loader="parquet", evaluate=False, stage1_epochs=2, stage2_epochs=2)
-    first = train(config(prepared_movielens, tmp_path / "a", **common), spark)
-    again = train(config(prepared_movielens, tmp_path / "b", **common), spark)
-    final = weights(first.model_path)
+    # Same seed, data and process count: the same weights, losses and metrics.
+    again = train(cfg.model_copy(update={"run_dir": str(tmp_path / "b")}), spark)
+    final = weights(result.model_path)
     assert all(torch.equal(final[k], v) for k, v in weights(again.model_path).items())
-    assert [e["loss"] for s in first.stages for e in s["history"]] == \
-        [e["loss"] for s in again.stages for e in s["history"]]
+    assert losses == [e["loss"] for e in again.stages[0]["history"]]
+    assert again.metrics == result.metrics
 
     # Leave run b as a run killed during stage 1's second epoch would: only the first checkpoint on disk.
     run_b = tmp_path / "b"
     for path in list((run_b / "checkpoints").iterdir()) + [run_b / "stage1.pt", run_b / "stage2.pt"]:
         if path.name != "stage1-epoch000.pt":
             path.unlink()
-    resumed = train(config(prepared_movielens, run_b, resume=True, **common), spark)
+    resumed = train(cfg.model_copy(update={"run_dir": str(run_b), "resume": True}), spark)
     assert resumed.run_id == again.run_id, "a resumed run continues its MLflow run"
     assert all(torch.equal(final[k], v) for k, v in weights(resumed.model_path).items())
-    assert [e["loss"] for e in resumed.stages[0]["history"]] == [e["loss"] for e in first.stages[0]["history"]]
+    assert resumed.metrics == result.metrics
+
+
+def test_stage2_on_a_given_stage1_model(spark, prepared_movielens, tmp_path):
+    base = config(prepared_movielens, tmp_path / "s1", model="2ts", stage1_epochs=1, stage2_epochs=1,
+                  loader="parquet", evaluate=False)
+    first = train(base, spark)
+    stage1 = tmp_path / "s1" / "stage1.pt"
+    plus = train(base.model_copy(update={"model": "2ts-plus", "run_dir": str(tmp_path / "plus"),
+                                         "stage1_model": str(stage1)}), spark)
+    assert [s["stage"] for s in plus.stages] == ["stage2"]
+    model = load_model(plus.model_path)
+    assert model.hparams["plus"] and not load_model(first.model_path).hparams["plus"]
+    assert torch.equal(model.phi.weight, load_model(stage1).phi.weight)
+    assert not (tmp_path / "plus" / "stage1.pt").exists()
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -87,7 +98,9 @@ def test_bad_config_names_the_key(tmp_path):
         config(tmp_path, tmp_path, stage1_epochs=0)
 
 
-def test_missing_data_fails_before_training(spark, tmp_path):
+def test_missing_inputs_fail_before_training(spark, prepared_movielens, tmp_path):
     with pytest.raises(FileNotFoundError, match="run jobs/prepare.py"):
         train(config(tmp_path / "nowhere", tmp_path / "run"), spark)
+    with pytest.raises(FileNotFoundError, match="--stage1-model"):
+        train(config(prepared_movielens, tmp_path / "run", stage1_model=str(tmp_path / "none.pt")), spark)
     assert not (tmp_path / "run").exists()

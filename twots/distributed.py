@@ -2,7 +2,7 @@
 
 Driver side: `run(fn, ...)` starts `fn` under Spark's TorchDistributor and checks that every rank finished.
 Rank side (no pyspark import, so the same code runs under plain `torchrun` on a GPU box): `setup`, `finish`,
-`broadcast_parameters`, `sync_gradients`, `all_mean`.
+`broadcast_parameters`, `sync_gradients` and small collectives.
 
 Gradients are synced by hand rather than by `DistributedDataParallel`: embedding tables have sparse gradients
 (a dense all-reduce of a 5M-row table per step is what breaks at Taobao scale, and NCCL cannot all-reduce sparse
@@ -67,6 +67,17 @@ def all_mean(ctx: Context, values: list[float]) -> list[float]:
 def all_sum(ctx: Context, value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier(ctx: Context) -> None:
+    """Wait for every rank (an all-reduce, which works the same on gloo and NCCL)."""
+    all_sum(ctx, 0.0)
+
+
+def all_max(ctx: Context, value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
 

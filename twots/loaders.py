@@ -114,7 +114,10 @@ def petastorm_source(spark, df, table: str, cache_dir: Path, world: int) -> Peta
     fixed, layout = fixed_shape(df, table)
     # Shards are row groups: enough files that every rank gets some, few enough to stay sequential reads.
     fixed = fixed.repartition(max(4 * world, fixed.rdd.getNumPartitions()))
-    return PetastormSource(make_spark_converter(fixed), layout)
+    converter = make_spark_converter(fixed)
+    # Spark lists the files in no fixed order; petastorm numbers row groups (hence shards and order) by position.
+    converter.file_urls = sorted(converter.file_urls)
+    return PetastormSource(converter, layout)
 
 
 class _PetastormLoader:

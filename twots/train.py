@@ -1,11 +1,10 @@
 """Two-stage training on the driver: Delta tables -> distributed stages -> evaluation -> MLflow.
 
-`train(cfg, spark)` runs each stage of the chosen model kind under TorchDistributor (twots.trainer.run_stage on
-every rank), then evaluates the final model on val/test and logs config, data versions, losses, throughput,
-metrics, plots and the model to one MLflow run. `MODELS` maps a model kind to its stages; a new kind is one entry.
+`train(cfg, spark)` runs each stage of the chosen model kind (twots.stages.MODELS) under TorchDistributor
+(twots.trainer.run_stage on every rank), then evaluates the final model on val/test and logs config, data versions,
+losses, throughput, metrics, plots and the model to one MLflow run.
 
-Heavy driver-side packages (pyspark, petastorm, mlflow) are imported inside functions: the rank side unpickles
-the stage builders from this module and must import it without them.
+Driver-side packages (pyspark, petastorm, mlflow) are imported inside functions.
 """
 
 from __future__ import annotations
@@ -15,47 +14,12 @@ import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from twots.config import Section
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """One training stage of a model kind: its name, the Delta table it trains on, and how to build its model."""
-
-    name: str
-    table: str                                  # "stage1_offers" or "sequences"
-    build: Callable[..., object]                # (hparams: dict, previous model path | None) -> nn.Module
-
-
-def build_stage1(hparams: dict, previous: str | None):
-    import numpy as np
-    import torch
-
-    from twots.models import Stage1Model
-
-    model = Stage1Model(**hparams["stage1"])
-    side = np.load(hparams["side_data"])
-    model.items.set_item_features(torch.from_numpy(side["item_features"]))
-    model.set_known_users(torch.from_numpy(side["known_users"]))
-    return model
-
-
-def build_two_time_scale(hparams: dict, previous: str | None, plus: bool):
-    from twots.models import TwoTimeScaleModel, load_model
-
-    return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus)
-
-
-MODELS: dict[str, list[StagePlan]] = {
-    "2ts": [StagePlan("stage1", "stage1_offers", build_stage1),
-            StagePlan("stage2", "sequences", partial(build_two_time_scale, plus=False))],
-    "2ts-plus": [StagePlan("stage1", "stage1_offers", build_stage1),
-                 StagePlan("stage2", "sequences", partial(build_two_time_scale, plus=True))],
-}
+from twots.stages import MODELS, StagePlan, build_stage1, build_two_time_scale  # noqa: F401 (public here too)
 
 
 class TrainConfig(Section):
@@ -79,6 +43,8 @@ class TrainConfig(Section):
     loader: Literal["petastorm", "parquet"] = Field("petastorm", description="how rows reach the ranks")
     seed: int = Field(0)
     resume: bool = Field(False, description="continue the run in run_dir from its last epoch checkpoint")
+    stage1_model: str | None = Field(None, description="a trained stage-1 model file to build on instead of "
+                                                       "training stage 1 (e.g. another kind's <run_dir>/stage1.pt)")
     log_every: int = Field(50, ge=1, description="progress line every N steps (rank 0)")
     evaluate: bool = Field(True, description="evaluate val/test at the end and log the metrics")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<data>/mlflow.db")
@@ -154,30 +120,37 @@ def make_source(spark, cfg: TrainConfig, table: str, run_dir: Path):
 
 def train(cfg: TrainConfig, spark) -> TrainResult:
     from twots import distributed, tracking
-    from twots.trainer import StageJob, run_stage
+    from twots.trainer import StageJob, run_stages
 
     manifest = read_manifest(cfg.data)
+    plans, previous = MODELS[cfg.model], cfg.stage1_model
+    if previous is not None:
+        if plans[0].name != "stage1":
+            raise ValueError(f"--stage1-model: model {cfg.model!r} has no stage 1 to skip")
+        if not Path(previous).exists():
+            raise FileNotFoundError(f"--stage1-model {previous}: no such file")
+        plans = plans[1:]
     run_dir = run_dir_of(cfg)
     if not cfg.resume and run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run never picks up another run's checkpoints
     run_dir.mkdir(parents=True, exist_ok=True)
     hparams = cfg.hparams(manifest, write_side_data(spark, cfg.data, manifest, run_dir / "side_data.npz"))
     with tracking.pipeline_run(cfg, run_dir, manifest, spark) as tracker:
-        stages, previous = [], None
-        for plan in MODELS[cfg.model]:
-            model_path = str(run_dir / f"{plan.name}.pt")
-            job = StageJob(
+        jobs = []
+        for plan in plans:
+            jobs.append(StageJob(
                 name=plan.name, build=partial(plan.build, hparams), previous_model=previous,
-                source=make_source(spark, cfg, plan.table, run_dir), model_path=model_path,
+                source=make_source(spark, cfg, plan.table, run_dir), model_path=str(run_dir / f"{plan.name}.pt"),
                 checkpoint_dir=str(run_dir / "checkpoints"), epochs=getattr(cfg, f"{plan.name}_epochs"),
                 lr=getattr(cfg, f"{plan.name}_lr"), batch_size=getattr(cfg, f"{plan.name}_batch_size"),
                 seed=cfg.seed, use_gpu=cfg.use_gpu, resume=cfg.resume, log_every=cfg.log_every,
-                threads=cfg.threads)
-            result = distributed.run(run_stage, job, num_processes=cfg.num_processes,
-                                     local_mode=cfg.local_mode, use_gpu=cfg.use_gpu)
+                threads=cfg.threads))
+            previous = jobs[-1].model_path
+        # All stages in one launch: one set of rank processes and one process group.
+        stages = distributed.run(run_stages, jobs, num_processes=cfg.num_processes, local_mode=cfg.local_mode,
+                                 use_gpu=cfg.use_gpu)["stages"]
+        for result in stages:
             tracker.log_stage(result)
-            stages.append(result)
-            previous = model_path
         metrics = {}
         if cfg.evaluate:
             from twots.evaluate import evaluate

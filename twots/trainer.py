@@ -1,8 +1,8 @@
 """The generic data-parallel training loop, run on every rank, for any model whose `forward(batch)` is a loss.
 
-`run_stage(job)` is the function TorchDistributor (or plain torchrun, see `python -m twots.trainer`) runs on each
-rank: join the process group, build the model, train it for the stage's epochs with a checkpoint after each,
-save it (rank 0) and end with the all-reduce every rank must reach. Embedding tables (sparse gradients) are
+`run_stages(jobs)` is the function TorchDistributor (or plain torchrun, see bench/train.py) runs on each rank:
+join the process group, then per stage build the model, train it for the stage's epochs with a checkpoint after
+each and save it (rank 0); end with the all-reduce every rank must reach. Embedding tables (sparse gradients) are
 trained with SparseAdam, the other parameters with Adam; see twots.distributed for how gradients are synced.
 
 Only torch, numpy and pyarrow are needed here: no Spark, petastorm or MLflow at import time.
@@ -11,6 +11,7 @@ Only torch, numpy and pyarrow are needed here: no Spark, petastorm or MLflow at 
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,9 +128,25 @@ def _save_checkpoint(path: Path, model, optimizers, history, epoch) -> None:
     os.replace(tmp, path)  # a killed run never leaves a half-written checkpoint behind
 
 
+def run_stages(jobs: list[StageJob]) -> dict:
+    """The per-rank train function: consecutive stages in one launch (one process group).
+
+    Returns {"stages": [one result per stage], "ranks_finished"}; every rank returns the same numbers.
+    """
+    ctx = distributed.setup(jobs[0].use_gpu)
+    results = [train_stage(ctx, job) for job in jobs]
+    # The final collective comes after rank 0 saved the last model: a finished run always has it on disk.
+    return {"stages": results, "ranks_finished": distributed.finish(ctx)}
+
+
 def run_stage(job: StageJob) -> dict:
-    """The per-rank train function of one stage. Every rank returns the same dict, with `ranks_finished`."""
-    ctx = distributed.setup(job.use_gpu)
+    """One stage as its own train function: its result with `ranks_finished`."""
+    out = run_stages([job])
+    return {**out["stages"][0], "ranks_finished": out["ranks_finished"]}
+
+
+def train_stage(ctx: distributed.Context, job: StageJob) -> dict:
+    """Build, train and save (rank 0) one stage's model; returns when every rank can read the saved model."""
     if job.threads:
         torch.set_num_threads(job.threads)
     torch.manual_seed(job.seed)
@@ -139,9 +156,11 @@ def run_stage(job: StageJob) -> dict:
         result = fit(ctx, model, loader, job)
     finally:
         loader.close()
+    result["peak_rss_mb"] = distributed.all_max(ctx, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if ctx.device.type == "cuda":
+        result["peak_gpu_mb"] = distributed.all_max(ctx, torch.cuda.max_memory_allocated(ctx.device) / 2**20)
     if ctx.is_main:
         Path(job.model_path).parent.mkdir(parents=True, exist_ok=True)
         save_model(job.model_path, model.cpu())
-    # The final collective comes after rank 0 saved: a finished run always has its model on disk.
-    result["ranks_finished"] = distributed.finish(ctx)
+    distributed.barrier(ctx)  # the next stage builds on the saved model
     return result
