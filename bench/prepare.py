@@ -2,7 +2,7 @@
 
     python bench/prepare.py [--rows 1000000 10000000] [--runs 1] [--workdir bench-output/prepare]
 
-Each size is generated once (cached in the workdir), then `jobs/prepare.py` runs as its own process, as a user
+Each size is generated once (`jobs/generate.py`, seed 7) (cached in the workdir), then `jobs/prepare.py` runs as its own process, as a user
 would run it; peak memory is the largest resident set of that process tree (Python driver + JVM), sampled
 every 0.2 s. Step times come from the run's manifest.json. Prints one table; medians when --runs > 1.
 """
@@ -45,12 +45,16 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    log = proc.stdout.read()
+    log = []
+    for line in proc.stdout:  # progress as it comes: a long run shows its finished steps
+        log.append(line)
+        if line.startswith("[prepare]"):
+            print("   ", line, end="", flush=True)
     proc.wait()
     done.set()
     sampler.join()
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{log[-4000:]}")
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(log)[-4000:]}")
     return time.perf_counter() - start, peak / 1e9
 
 
@@ -60,6 +64,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--workdir", default=str(REPO / "bench-output" / "prepare"))
     parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--eval-sample", default="0.1", help="fraction of users evaluated (499 negatives each)")
     args = parser.parse_args()
     work = Path(args.workdir)
     env = {**os.environ, "PYSPARK_SUBMIT_ARGS": f"--master local[2] --driver-memory {args.driver_memory} pyspark-shell"}
@@ -74,7 +79,7 @@ def main() -> None:
         for run in range(args.runs):
             out = work / f"prepared-{rows}"
             wall, peak = run_measured([py, "jobs/prepare.py", "--source", "taobao", "--input", str(data),
-                                       "--output", str(out)], env)
+                                       "--output", str(out), "--eval-sample", args.eval_sample], env)
             timings = json.loads((out / "manifest.json").read_text())["timings_s"]
             walls.append(wall)
             peaks.append(peak)
@@ -85,7 +90,7 @@ def main() -> None:
 
     load = os.getloadavg()[0]
     print(f"\nprepare on generated Taobao-format data: {os.cpu_count()}-core CPU, local[2], "
-          f"{args.runs} run(s) per size (median), load average at the end {load:.1f}")
+          f"{args.runs} run(s) per size (median), eval_sample {args.eval_sample}, load average at the end {load:.1f}")
     header = ["step"] + [f"{rows / 1e6:g}M rows" for rows, *_ in results]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for s in STEPS:

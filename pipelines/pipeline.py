@@ -23,10 +23,6 @@ from pipelines.indexing import dense_ids, with_global_index
 from pipelines.negatives import eval_candidates, stage1_offers
 from pipelines.readers import read_source
 
-TABLES = ("rejects", "users", "items", "interactions", "user_activity", "stage1_offers", "sequences",
-          "eval_candidates")
-
-
 class PrepareError(ValueError):
     """The input or config cannot give valid tables; the message names the key or the cause."""
 
