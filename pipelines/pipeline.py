@@ -23,6 +23,7 @@ from pipelines.indexing import dense_ids, with_global_index
 from pipelines.negatives import eval_candidates, stage1_offers
 from pipelines.readers import read_source
 
+
 class PrepareError(ValueError):
     """The input or config cannot give valid tables; the message names the key or the cause."""
 
