@@ -103,9 +103,9 @@ def ranks_main(args) -> None:
 # ---- default mode: Spark, TorchDistributor ------------------------------------------------------------------------
 
 def prepared_data(spark, rows: int, out: Path) -> Path:
-    from pipelines.config import GenerateConfig, PrepareConfig
+    from pipelines import PrepareConfig, prepare
+    from pipelines.config import GenerateConfig
     from pipelines.generate import generate
-    from pipelines.prepare import prepare
 
     data = out / "data"
     if (data / "manifest.json").exists():
@@ -217,6 +217,8 @@ def main(args) -> None:
     exported = export(spark, data, out)
     print(f"[bench] data: {manifest['splits']} rows per split, {manifest['n_users']:,} users, "
           f"{manifest['n_items']:,} items; export for a GPU box: {exported}", flush=True)
+    if args.export_only:
+        return
 
     from twots.train import TrainConfig
 
@@ -270,6 +272,7 @@ def parse(argv=None):
     parser.add_argument("--table-rows", type=int, nargs="+", default=[100_000, 1_000_000, 5_000_000])
     parser.add_argument("--out", default=str(REPO / "bench-output" / "train"))
     parser.add_argument("--data", help="ranks mode: the exported folder")
+    parser.add_argument("--export-only", action="store_true", help="only generate, prepare and export the data")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch1", type=int, default=4096, help="stage-1 rows per batch per process")
     parser.add_argument("--batch2", type=int, default=256, help="stage-2 users per batch per process")
