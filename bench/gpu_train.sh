@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 DATA=${1:-bench-output/train/export}
 shift || true
 OUT=${OUT:-bench-output/gpu}
+RUNS=${RUNS:-$(mktemp -d)}   # checkpoints and models of the runs (not reported)
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
@@ -26,7 +27,7 @@ fi
 LOGS=()
 for N in "${PROCS[@]}"; do
     "$PY" -m torch.distributed.run --standalone --nproc_per_node="$N" \
-        bench/train.py ranks --data "$DATA" --out "$OUT" "${FLAGS[@]}" "$@" 2>&1 | tee "$OUT/log-$N.txt"
+        bench/train.py ranks --data "$DATA" --out "$RUNS" "${FLAGS[@]}" "$@" 2>&1 | tee "$OUT/log-$N.txt"
     LOGS+=("$OUT/log-$N.txt")
 done
 "$PY" bench/train.py report --out "$OUT" --logs "${LOGS[@]}"
