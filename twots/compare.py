@@ -305,20 +305,20 @@ class Runner:
 
         return evaluate(model, view, self.spark, splits=splits)
 
+    def score_epochs(self, trial: Trial, view: Path) -> Trial:
+        """Replay val with the checkpoint of every epoch."""
+        trial.val_mrr = [self.evaluate(load_epoch(trial, epoch), view, ("val",))["metrics"]["val"]["overall"]["mrr"]
+                         for epoch in range(len(trial.checkpoints))]
+        self.log(f"[compare] {trial.model} lr {trial.lr:g}: val MRR by epoch "
+                 + ", ".join(f"{m:.4f}" for m in trial.val_mrr))
+        return trial
+
     def tune(self, name: str, build, view: Path, table: str, lrs: list[float], epochs: int,
              previous: str | None = None) -> tuple[Trial, list[Trial]]:
         """Every learning rate of the grid; val MRR after each epoch; the best (lr, epoch) trial first."""
-        trials = []
-        for lr in lrs:
-            trial = self.train(name, build, view, table, lr, epochs, previous, f"{name}/lr{lr:g}")
-            for epoch in range(len(trial.checkpoints)):
-                report = self.evaluate(load_epoch(trial, epoch), view, ("val",))
-                trial.val_mrr.append(report["metrics"]["val"]["overall"]["mrr"])
-            self.log(f"[compare] {name} lr {lr:g}: val MRR by epoch "
-                     + ", ".join(f"{m:.4f}" for m in trial.val_mrr))
-            trials.append(trial)
-        best = max(trials, key=lambda t: t.best_val_mrr)
-        return best, trials
+        trials = [self.score_epochs(self.train(name, build, view, table, lr, epochs, previous, f"{name}/lr{lr:g}"),
+                                    view) for lr in lrs]
+        return max(trials, key=lambda t: t.best_val_mrr), trials
 
 
 # ---- the comparison ------------------------------------------------------------------------------------------------
@@ -378,24 +378,83 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
 
     def val_mrr(t: int) -> float:
         view = threshold_view(runner.spark, base, out / "views" / f"t{t}", t, last_k)
-        trial = runner.train("2ts", builder("2ts", cfg), view, "sequences", lr, epochs, stage1_path,
-                             f"sweep/t{t}")
-        trial.val_mrr = [runner.evaluate(load_epoch(trial, e), view, ("val",))["metrics"]["val"]["overall"]["mrr"]
-                         for e in range(len(trial.checkpoints))]
-        return trial.best_val_mrr
+        trial = runner.train("2ts", builder("2ts", cfg), view, "sequences", lr, epochs, stage1_path, f"sweep/t{t}")
+        return runner.score_epochs(trial, view).best_val_mrr
 
     best, curve = sweep(cfg.threshold_candidates, val_mrr, log)
     return {"t_star": best, "curve": curve, "theory": guide.as_dict(), "lr": lr, "epochs": epochs}
+
+
+def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, full: Path | None, stage1) -> tuple:
+    """Train (tune) one model; returns (model, the view it is replayed on, its result row without test metrics).
+    `stage1` is CCF's (best trial, trials, saved model path), shared by the models built on it."""
+    if name == "popularity":
+        model, seconds = popularity(runner, view)
+        return model, view, {"lr": None, "epochs": None, "val_mrr": None, "train_seconds": seconds,
+                             "peak_memory_mb": None, "trials": []}
+    model_view = full if name in FULL_HISTORY else view
+    if name == "ccf":
+        best, trials, _ = stage1
+    else:
+        best, trials = runner.tune(name, builder(name, cfg), model_view, "sequences", cfg.lrs(name),
+                                   cfg.epochs_of(name), stage1[2] if name in ON_STAGE1 else None)
+    used = [stage1[0], best] if name in ON_STAGE1 else [best]
+    return load_epoch(best, best.best_epoch), model_view, {
+        "lr": best.lr, "epochs": best.best_epoch + 1, "val_mrr": best.best_val_mrr,
+        "train_seconds": sum(t.seconds for t in used),
+        "peak_memory_mb": max(t.peak_rss for t in used) / 2**20,
+        "trials": [{"lr": t.lr, "val_mrr_by_epoch": t.val_mrr, "seconds": t.seconds} for t in trials]}
+
+
+def log_threshold(info: dict, out: Path) -> None:
+    """The sweep curve, t* and t** to the active (parent) MLflow run, and the sweep plot."""
+    import mlflow
+
+    from twots.plots import plot_threshold_sweep
+
+    png = plot_threshold_sweep(info["curve"], info["t_star"], out / "threshold_sweep.png",
+                               theory=info["theory"]["t_star"])
+    mlflow.log_dict(info, "threshold.json")
+    mlflow.log_artifact(str(png), "plots")
+    mlflow.log_metrics({"t_star": info["t_star"], "t_star_theory": info["theory"]["t_star"]})
+    for t, mrr in info["curve"].items():
+        mlflow.log_metric("sweep_val_mrr", mrr, step=t)
+
+
+def log_model_run(row: dict) -> None:
+    import mlflow
+
+    from twots.metrics import flatten
+
+    mlflow.log_params({"model": row["model"], "lr": row["lr"], "epochs": row["epochs"]})
+    mlflow.log_metrics({k: v for k, v in {
+        **flatten(row["test"], "test"), "val_mrr": row["val_mrr"], "train_seconds": row["train_seconds"],
+        "peak_memory_mb": row["peak_memory_mb"], "params": row["params"]}.items() if v is not None})
+    mlflow.log_dict(row, "result.json")
+
+
+def figures(results: dict, changes: dict, n_train, t_star: int, out: Path) -> list[Path]:
+    """Fig. 3 (test MRR per activity bucket), Fig. 5 (activity distribution), Fig. 4 (2TS, else 2TS-Plus)."""
+    from twots import plots
+
+    paths = [plots.plot_mrr_by_bucket(
+        {m: {b: s["mrr"] for b, s in r["test"]["buckets"].items() if s["count"]} for m, r in results.items()},
+        t_star, out / "fig3_mrr_by_activity.png"),
+        plots.plot_activity_distribution(n_train, t_star, out / "fig5_activity_distribution.png")]
+    if changes:
+        name = "2ts" if "2ts" in changes else "2ts-plus"
+        paths.append(plots.plot_embedding_change(changes[name], out / "fig4_embedding_change.png",
+                                                 title=f"User embedding change per step ({name})"))
+    return paths
 
 
 def compare(cfg: CompareConfig, spark, log=print) -> dict:
     """Run the whole comparison; returns {model: result} (also results.json and results.md under --output)."""
     import mlflow
 
-    from twots import plots, tracking
+    from twots import tracking
     from twots.config import resolve
     from twots.evaluate import read_delta
-    from twots.metrics import flatten
     from twots.models import save_model
     from twots.train import TrainConfig
 
@@ -404,12 +463,11 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     base = prepared_data(cfg, spark, out, log)
-    tcfg = resolve(TrainConfig, "train", {**train_overrides, "data": str(base)})
-    runner = Runner(spark, tcfg, out, log)
+    runner = Runner(spark, resolve(TrainConfig, "train", {**train_overrides, "data": str(base)}), out, log)
     prepared_t, last_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
     experiment_id = tracking.use_tracking(cfg.tracking_uri or tracking.default_tracking_uri(out), out, cfg.experiment)
 
-    results: dict[str, dict] = {}
+    results, changes = {}, {}
     with mlflow.start_run(run_name="compare", experiment_id=experiment_id) as parent:
         mlflow.log_params({**{k: json.dumps(v) if isinstance(v, (list, dict)) else v
                               for k, v in cfg.model_dump().items()}, "data_dir": str(base)})
@@ -417,78 +475,40 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
 
         stage1 = None
         if cfg.threshold == "auto" or any(m in ("ccf",) + ON_STAGE1 for m in cfg.models):
-            stage1 = runner.tune("ccf", builder("ccf", cfg), base, "stage1_offers", cfg.lrs("ccf"),
-                                 cfg.epochs_of("ccf"))
-            stage1_path = str(out / "models" / "stage1.pt")
-            save_model(stage1_path, load_epoch(stage1[0], stage1[0].best_epoch))
+            best, trials = runner.tune("ccf", builder("ccf", cfg), base, "stage1_offers", cfg.lrs("ccf"),
+                                       cfg.epochs_of("ccf"))
+            stage1 = (best, trials, str(out / "models" / "stage1.pt"))
+            save_model(stage1[2], load_epoch(best, best.best_epoch))
 
-        threshold_info = {"t_star": prepared_t, "source": "prepared"}
-        view = base
+        threshold = {"t_star": prepared_t, "source": "prepared"}
         if cfg.threshold == "auto":
-            threshold_info = {**choose_threshold(cfg, runner, base, stage1_path, out, log), "source": "auto"}
-            plots.plot_threshold_sweep(threshold_info["curve"], threshold_info["t_star"], out / "threshold_sweep.png",
-                                       theory=threshold_info["theory"]["t_star"])
-            mlflow.log_dict(threshold_info, "threshold.json")
-            mlflow.log_artifact(str(out / "threshold_sweep.png"), "plots")
-            mlflow.log_metrics({"t_star": threshold_info["t_star"], "t_star_theory": threshold_info["theory"]["t_star"]})
-            for t, mrr in threshold_info["curve"].items():
-                mlflow.log_metric("sweep_val_mrr", mrr, step=t)
+            threshold = {**choose_threshold(cfg, runner, base, stage1[2], out, log), "source": "auto"}
+            log_threshold(threshold, out)
         elif cfg.threshold is not None:
-            threshold_info = {"t_star": cfg.threshold, "source": "config"}
-        t_star = threshold_info["t_star"]
-        if t_star != prepared_t:
-            view = threshold_view(spark, base, out / "views" / f"t{t_star}", t_star, last_k)
+            threshold = {"t_star": cfg.threshold, "source": "config"}
+        t_star = threshold["t_star"]
+        view = base if t_star == prepared_t else threshold_view(spark, base, out / "views" / f"t{t_star}", t_star,
+                                                                last_k)
         full = (full_history_view(spark, view, out / "views" / "full", cfg.max_len)
                 if any(m in FULL_HISTORY for m in cfg.models) else None)
-        log(f"[compare] t* = {t_star} ({threshold_info['source']}); models: {', '.join(cfg.models)}")
+        log(f"[compare] t* = {t_star} ({threshold['source']}); models: {', '.join(cfg.models)}")
 
-        changes = {}
         for name in cfg.models:
             with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id):
-                if name == "popularity":
-                    model, seconds = popularity(runner, view)
-                    row = {"lr": None, "epochs": None, "val_mrr": None, "train_seconds": seconds,
-                           "peak_memory_mb": None, "trials": []}
-                    model_view = view
-                else:
-                    model_view = full if name in FULL_HISTORY else view
-                    table = "stage1_offers" if name == "ccf" else "sequences"
-                    if name == "ccf":
-                        best, trials = stage1
-                    else:
-                        best, trials = runner.tune(name, builder(name, cfg), model_view, table, cfg.lrs(name),
-                                                   cfg.epochs_of(name), stage1_path if name in ON_STAGE1 else None)
-                    model = load_epoch(best, best.best_epoch)
-                    shared = [stage1[0]] if name in ON_STAGE1 else []
-                    row = {"lr": best.lr, "epochs": best.best_epoch + 1, "val_mrr": best.best_val_mrr,
-                           "train_seconds": sum(t.seconds for t in shared + [best]),
-                           "peak_memory_mb": max(t.peak_rss for t in shared + [best]) / 2**20,
-                           "trials": [{"lr": t.lr, "val_mrr_by_epoch": t.val_mrr, "seconds": t.seconds}
-                                      for t in trials]}
+                model, model_view, row = fit(name, cfg, runner, view, full, stage1)
                 report = runner.evaluate(model, model_view, ("val", "test"))
                 if name in ("2ts", "2ts-plus"):
                     changes[name] = report["changes"]
-                row = {"model": name, "test": report["metrics"]["test"], "params": n_params(model), **row}
-                results[name] = row
-                mlflow.log_params({"model": name, "lr": row["lr"], "epochs": row["epochs"]})
-                mlflow.log_metrics({k: v for k, v in {
-                    **flatten(row["test"], "test"), "val_mrr": row["val_mrr"], "train_seconds": row["train_seconds"],
-                    "peak_memory_mb": row["peak_memory_mb"], "params": row["params"]}.items() if v is not None})
-                mlflow.log_dict(row, "result.json")
+                results[name] = row = {"model": name, "test": report["metrics"]["test"], "params": n_params(model),
+                                       **row}
+                log_model_run(row)
                 log(f"[compare] {name}: test MRR {row['test']['overall']['mrr']:.4f}, "
                     f"trained in {row['train_seconds']:.1f}s")
 
         n_train = read_delta(spark, view, "user_activity").select("n_train").toPandas()["n_train"].to_numpy()
-        figures = [plots.plot_mrr_by_bucket(
-            {m: {b: s["mrr"] for b, s in r["test"]["buckets"].items() if s["count"]} for m, r in results.items()},
-            t_star, out / "fig3_mrr_by_activity.png"),
-            plots.plot_activity_distribution(n_train, t_star, out / "fig5_activity_distribution.png")]
-        if changes:
-            name = "2ts" if "2ts" in changes else "2ts-plus"
-            figures.append(plots.plot_embedding_change(changes[name], out / "fig4_embedding_change.png",
-                                                       title=f"User embedding change per step ({name})"))
-        write_results(results, threshold_info, out)
-        for path in figures + [out / "results.md", out / "results.json"]:
+        written = figures(results, changes, n_train, t_star, out)
+        write_results(results, threshold, out)
+        for path in written + [out / "results.md", out / "results.json"]:
             mlflow.log_artifact(str(path), "results")
         log(f"[compare] results under {out} (MLflow run {parent.info.run_id})")
     return results
