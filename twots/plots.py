@@ -79,11 +79,12 @@ def plot_mrr_by_bucket(bucket_mrr: Mapping[str, Mapping[str, float]], t_star: in
 
 
 def plot_embedding_change(changes: pd.DataFrame | Iterable[Mapping], path: str | Path,
-                          title: str = "User embedding change per step (2TS)") -> Path:
+                          title: str = "User embedding change per step (2TS)", bins: int = 24) -> Path:
     """Fig. 4: mean L2 change of the user vector per replay step, active vs inactive users.
 
     `changes` holds one record per (user, step): `is_active` (bool), `step` (int, 1 = the user's first step),
-    `change` (float, ||u_step - u_{step-1}||_2).
+    `change` (float, ||u_step - u_{step-1}||_2). Steps are averaged in `bins` log-spaced bins (few users have
+    many steps, so single late steps are noise); the x axis is logarithmic.
     """
     frame = pd.DataFrame(changes)
     missing = {"is_active", "step", "change"} - set(frame.columns)
@@ -91,15 +92,18 @@ def plot_embedding_change(changes: pd.DataFrame | Iterable[Mapping], path: str |
         raise ValueError(f"plot_embedding_change: change records lack {sorted(missing)}")
     if frame.empty:
         raise ValueError("plot_embedding_change: no change records")
+    edges = np.unique(np.geomspace(1, frame["step"].max() + 1, bins + 1).astype(int))
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()
     for active, name in ((False, "inactive"), (True, "active")):
         group = frame[frame["is_active"] == active]
         if group.empty:
             continue
-        stats = group.groupby("step")["change"].agg(["mean", "count"])
-        ax.plot(stats.index, stats["mean"], marker=".", label=f"{name} users ({group['change'].size} steps)")
-    ax.set_xlabel("step (items the user has interacted with)")
+        binned = group.groupby(pd.cut(group["step"], edges, right=False), observed=True)
+        stats = binned.agg(step=("step", "mean"), change=("change", "mean"))
+        ax.plot(stats["step"], stats["change"], marker=".", label=f"{name} users ({len(group)} steps)")
+    ax.set_xscale("log")
+    ax.set_xlabel("step (items the user has interacted with in the replay)")
     ax.set_ylabel("mean ||u_t - u_{t-1}||")
     ax.set_title(title)
     ax.legend()
