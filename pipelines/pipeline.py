@@ -95,25 +95,25 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
 
     with run.step("validate"):
         parsed = _parse_once(spark, cfg)
-        counts = parsed.groupBy("reason").agg(
-            F.count("*").alias("rows"), F.countDistinct("raw_item_id").alias("items")).collect()
-        rejected = {r["reason"]: r["rows"] for r in counts if r["reason"] is not None}
-        accepted = sum(r["rows"] for r in counts if r["reason"] is None)
-        n_items = sum(r["items"] for r in counts if r["reason"] is None)
+        counts = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
+        accepted = counts.pop(None, 0)
+        rejected = dict(sorted(counts.items()))
         input_rows = accepted + sum(rejected.values())
         print(f"[prepare] input rows {input_rows}: accepted {accepted}, rejected {sum(rejected.values())} "
-              f"{dict(sorted(rejected.items()))}", flush=True)
+              f"{rejected}", flush=True)
+        good = parsed.where(F.col("reason").isNull())
+        raw_items = _raw_items(good)
+        n_items = raw_items.count()
         _check_sizes(cfg, accepted, n_items, rejected)
 
     with run.step("rejects"):
         run.write(spark, "rejects", parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file"))
-    good = parsed.where(F.col("reason").isNull())
 
     with run.step("users"):
         users = run.write(spark, "users", dense_ids(good, "raw_user_id", "user_id"))
 
     with run.step("items"):
-        items = run.write(spark, "items", _items(good))
+        items = run.write(spark, "items", _items(raw_items))
 
     with run.step("interactions"):
         interactions = run.write(spark, "interactions", _interactions(good, users, items, cfg))
@@ -153,11 +153,15 @@ def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict
                                f"negatives ({n_items} items in the accepted data)")
 
 
-def _items(good: DataFrame) -> DataFrame:
-    """Dense item ids by raw id; feature ids by raw feature name, so both sorted arrays are in the same order."""
-    raw = good.groupBy("raw_item_id").agg(
+def _raw_items(good: DataFrame) -> DataFrame:
+    """raw_item_id and its sorted distinct features over all its accepted rows (checkpointed: used thrice)."""
+    return good.groupBy("raw_item_id").agg(
         F.array_sort(F.array_distinct(F.flatten(F.collect_list("raw_features")))).alias("raw_features"),
     ).localCheckpoint()
+
+
+def _items(raw: DataFrame) -> DataFrame:
+    """Dense item ids by raw id; feature ids by raw feature name, so both sorted arrays are in the same order."""
     items = dense_ids(raw, "raw_item_id", "item_id").join(raw, "raw_item_id")
     features = dense_ids(raw.select(F.explode("raw_features").alias("raw_feature")), "raw_feature", "feature_id")
     feature_ids = (items.select("item_id", F.explode("raw_features").alias("raw_feature"))
@@ -193,7 +197,7 @@ def _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interac
         "config": cfg.model_dump(),
         "input_rows": input_rows,
         "accepted": accepted,
-        "rejected": dict(sorted(rejected.items())),
+        "rejected": rejected,
         "n_users": users["users"],
         "n_items": run.tables["items"]["rows"],
         "n_features": item_stats["features"],

@@ -47,8 +47,8 @@ def _field(fields: Column, i: int) -> Column:
     return F.trim(F.get(fields, i))
 
 
-def _is_header(fields: Column, names: list[str]) -> Column:
-    return F.lower(F.array_join(fields, ",")) == ",".join(names).lower()
+def _is_header(raw: Column, names: list[str], sep: str) -> Column:
+    return F.lower(F.trim(raw)) == sep.join(names).lower()
 
 
 def _unix_seconds(text: Column) -> Column:
@@ -72,13 +72,13 @@ def _window_checks(ts: Column, cfg: PrepareConfig) -> list[tuple[Column, str]]:
     return checks
 
 
-def _common_checks(lines: DataFrame, fields: Column, names: list[str], required: list[Column]) -> list:
+def _common_checks(lines: DataFrame, fields: Column, sep: str, names: list[str], required: list[Column]) -> list:
     missing = F.lit(False)
     for value in required:
         missing = missing | F.coalesce(value == "", F.lit(True))
     return [
         (F.trim(lines.raw) == "", "empty_line"),
-        (_is_header(fields, names), "header"),
+        (_is_header(lines.raw, names, sep), "header"),
         (F.size(fields) != len(names), "wrong_field_count"),
         (missing, "missing_field"),
     ]
@@ -98,7 +98,7 @@ def read_taobao(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
     fields = F.split(lines.raw, ",", -1)
     user, item, category, behavior, ts_text = (_field(fields, i) for i in range(5))
     ts = _unix_seconds(ts_text)
-    checks = _common_checks(lines, fields, TAOBAO_COLUMNS, [user, item, category, behavior, ts_text])
+    checks = _common_checks(lines, fields, ",", TAOBAO_COLUMNS, [user, item, category, behavior, ts_text])
     checks += [
         (~(user.rlike(r"^[0-9]+$") & item.rlike(r"^[0-9]+$") & category.rlike(r"^[0-9]+$")), "non_numeric_id"),
         *_window_checks(ts, cfg),
@@ -114,7 +114,7 @@ def read_movielens(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
     fields = F.split(lines.raw, ",", -1)
     user, item, rating, ts_text = (_field(fields, i) for i in range(4))
     ts = _unix_seconds(ts_text)
-    checks = _common_checks(lines, fields, MOVIELENS_COLUMNS, [user, item, rating, ts_text])
+    checks = _common_checks(lines, fields, ",", MOVIELENS_COLUMNS, [user, item, rating, ts_text])
     checks += [
         (~(user.rlike(r"^[0-9]+$") & item.rlike(r"^[0-9]+$")), "non_numeric_id"),
         *_window_checks(ts, cfg),
@@ -152,7 +152,7 @@ def read_lastfm(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
     ts = F.unix_timestamp(F.try_to_timestamp(ts_text, F.lit("yyyy-MM-dd'T'HH:mm:ss'Z'")))
     item = F.when(track_id != "", track_id).otherwise(F.concat_ws(" - ", artist, track))
     feature = F.when(artist_id != "", artist_id).otherwise(artist)
-    checks = _common_checks(lines, fields, LASTFM_COLUMNS, [user, ts_text])
+    checks = _common_checks(lines, fields, "\t", LASTFM_COLUMNS, [user, ts_text])
     checks += [
         ((track_id == "") & ((artist == "") | (track == "")), "missing_field"),
         ((artist_id == "") & (artist == ""), "missing_field"),
