@@ -62,6 +62,9 @@ def test_config_errors_name_the_key():
     assert resolve(CompareConfig, "compare", {"data": "x", "threshold": "auto"}).threshold == "auto"
 
 
+# 9 models, 11 TorchDistributor runs and ~25 replays: 12 min on the shared 2-core box at load 11, over the
+# project's 900 s default at load 15-18 (see the report); too slow, kept whole until evaluation can reuse arrays.
+@pytest.mark.timeout(1800)
 def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_path):
     out = tmp_path / "compare"
     cfg = resolve(CompareConfig, "compare", {
