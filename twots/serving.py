@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -40,6 +41,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # A batch of requests is scored in chunks of at most this many (request, item) scores: 128 MiB of float32,
 # so a batch job's Arrow batch over a 4M-item catalogue still fits in memory (8 requests per chunk).
 SCORES_PER_CHUNK = 1 << 25
+# What the pyfunc imports (twots itself travels as code_paths), pinned to this environment's versions.
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pydantic", "PyYAML")
 
 
 class ServeConfig(Section):
@@ -245,8 +248,7 @@ def log_model(model: torch.nn.Module, data_dir: str, *, spark=None, name: str = 
             registered_model_name=registered_model_name,
             metadata={"data": str(data_dir), "n_users": len(users), "n_items": len(items),
                       "id_maps": id_maps_fingerprint(users, items)},
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                              f"pandas=={pd.__version__}", f"numpy=={np.__version__}", "pyarrow"],
+            pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
         )
 
 
