@@ -167,6 +167,7 @@ def _scaling_rank(sizes, steps, batch) -> dict:
                 continue
             torch.manual_seed(0)
             model = Stage1Model(n, n, 100, 1, item_dim=16, feature_dim=8)
+            model.items.set_item_features(torch.randint(0, 100, (n, 1), generator=torch.Generator().manual_seed(0)))
             params = [p for p in model.parameters() if p.requires_grad]
             optimizers = make_optimizers(model, 0.01)
             g = torch.Generator().manual_seed(ctx.rank)
@@ -180,10 +181,11 @@ def _scaling_rank(sizes, steps, batch) -> dict:
                 if sync == "sparse":
                     distributed.sync_gradients(ctx, params)
                 else:
-                    for p in params:
+                    sparse = [p for p in params if p.grad is not None and p.grad.is_sparse]
+                    for p in sparse:
                         p.grad = p.grad.to_dense()
                     distributed.sync_gradients(ctx, params)
-                    for p in params:
+                    for p in sparse:
                         p.grad = p.grad.to_sparse(1)  # back to row-sparse: SparseAdam takes sparse gradients only
                 for opt in optimizers:
                     opt.step()
