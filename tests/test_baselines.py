@@ -17,15 +17,6 @@ DIMS = dict(n_items=N_ITEMS, n_features=3, max_features=1, item_dim=16, feature_
 TRAINABLE = ["sumpooling", "gru4rec", "sasrec"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: extra intra-op threads only contend with the other processes on a 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(kind, **extra):
     if kind == "popularity":
         return Popularity(N_ITEMS)

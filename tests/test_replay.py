@@ -8,15 +8,6 @@ from twots.models import SequentialRecommender, Stage1Model, TwoTimeScaleModel, 
 from twots.replay import Events, Warmup, replay
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny ops on a shared 2-core box: OpenMP threads spinning against other processes cost 100x here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class SeenItems(SequentialRecommender):
     """State = the set of items the user has clicked; an item scores 1 once seen, else 0.
 

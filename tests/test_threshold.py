@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from test_baselines import one_thread  # noqa: F401  (autouse: one torch thread on the shared 2-core box)
 from twots.threshold import prefix_grid, theory_guide
 
 D, N_ITEMS, P = 8, 300, 5
