@@ -5,6 +5,7 @@
 """
 
 from twots.config import load
+from twots.registry import publish
 from twots.spark import get_spark
 from twots.train import TrainConfig, train
 
@@ -13,6 +14,7 @@ def main() -> None:
     cfg = load(TrainConfig, "train", description=__doc__)
     result = train(cfg, get_spark("twots-train"))
     print(f"run {result.run_id}: model {result.model_path}")
+    publish("run_id", result.run_id)  # the bundle's register task reads it (a Databricks task value)
     for split, summary in result.metrics.items():
         print(f"{split}: MRR {summary['overall']['mrr']:.4f}  Recall@10 {summary['overall']['recall@10']:.4f}")
 

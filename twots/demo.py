@@ -3,9 +3,10 @@
     python -m twots.demo --data ../shared/data/ml-latest-small --output demo-output
 
 Writes the prepared tables under <output>/data (kept between runs: a second demo reuses them), the MLflow store
-beside them (sqlite:///<output>/data/mlflow.db), checkpoints and models under <output>/data/runs/<model>, and the
-test metrics per model to <output>/results.json. Training settings come from the `train:` section of
-conf/default.yaml.
+at sqlite:///<output>/mlflow.db (artifacts under <output>/data/mlartifacts), checkpoints and models under
+<output>/data/runs/<model>, and the test metrics per model to <output>/results.json. The last model is registered,
+validated against @champion and promoted (twots.registry.release), and the command that serves it is printed.
+Training settings come from the `train:` section of conf/default.yaml, the gate from `registry:`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from pydantic import Field
 
 from twots.config import Section, load, resolve
+from twots.registry import RegistryConfig, connect, release, serve_command
 from twots.train import MODELS, TrainConfig, run_dir_of, train
 
 
@@ -68,6 +70,7 @@ def run(cfg: DemoConfig) -> dict[str, dict]:
                                                               "spark.ui.enabled": "false"})
     spark.sparkContext.setLogLevel("ERROR")
     data = prepare_once(cfg.data, output / "data", spark)
+    tracking_uri = f"sqlite:///{(output / 'mlflow.db').resolve()}"
     results, runs, stage1 = {}, {}, None
     for model in cfg.models:
         # Stage 1 is the same for every 2TS kind (same data, config and seed give the same weights), so the
@@ -75,7 +78,7 @@ def run(cfg: DemoConfig) -> dict[str, dict]:
         shared = stage1 if MODELS[model][0].name == "stage1" else None
         print(f"[demo] training {model}" + (f" on the stage-1 model {shared}" if shared else ""), flush=True)
         tcfg = resolve(TrainConfig, "train", {"data": str(data), "model": model, "num_processes": cfg.num_processes,
-                                              "stage1_model": shared})
+                                              "stage1_model": shared, "tracking_uri": tracking_uri})
         result = train(tcfg, spark)
         results[model], runs[model] = result.metrics["test"], result.run_id
         if stage1 is None and MODELS[model][0].name == "stage1":
@@ -83,7 +86,10 @@ def run(cfg: DemoConfig) -> dict[str, dict]:
     (output / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nTest metrics (MovieLens latest-small, 1 positive + {_eval_negatives(data)} negatives per event):")
     print(results_table(results))
-    print(f"\nMLflow runs ({(data / 'mlflow.db').resolve()}): " + ", ".join(f"{m} {r}" for m, r in runs.items()))
+    print(f"\nMLflow runs ({tracking_uri}): " + ", ".join(f"{m} {r}" for m, r in runs.items()))
+    rcfg = resolve(RegistryConfig, "registry", {"data": str(data), "tracking_uri": tracking_uri})
+    champion = release(connect(rcfg), rcfg, spark, runs[cfg.models[-1]])
+    print(f"[demo] {rcfg.model_name}@champion is version {champion}; serve it with:\n  {serve_command(rcfg)}")
     print(f"[demo] done in {time.perf_counter() - started:.0f}s; results in {output / 'results.json'}")
     return results
 
