@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,7 +55,7 @@ def _flag(name: str) -> str:
 
 def _is_container(annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_is_container(a) for a in typing.get_args(annotation) if a is not type(None))
     return origin in (list, dict, tuple) or annotation in (list, dict, tuple)
 

@@ -149,7 +149,7 @@ class _PetastormLoader:
                 yield self.source.layout.to_batch(next(batches))
 
     def close(self) -> None:
-        pass
+        """Nothing held between epochs: each epoch's petastorm reader is closed by its own context manager."""
 
 
 # ---- backend 2: plain Parquet ------------------------------------------------------------------------------------
