@@ -256,7 +256,8 @@ def load_epoch(trial: Trial, epoch: int):
 
 
 class Runner:
-    """Trains and evaluates trials, sharing petastorm sources and evaluation arrays between them."""
+    """Trains and evaluates trials, sharing petastorm sources and evaluation arrays (read once per view) between
+    them."""
 
     def __init__(self, spark, tcfg, out: Path, log=print):
         from twots.train import read_manifest, write_side_data
@@ -266,6 +267,7 @@ class Runner:
         self.hparams = tcfg.hparams(self.manifest, write_side_data(spark, tcfg.data, self.manifest,
                                                                    out / "runs" / "side_data.npz"))
         self._sources: dict = {}
+        self._eval_data: dict = {}
 
     def source(self, view: Path, table: str):
         from twots.train import make_source
@@ -301,9 +303,11 @@ class Runner:
         return Trial(name, lr, job.model_path, checkpoints, seconds, memory.peak, result["history"])
 
     def evaluate(self, model, view: Path, splits: tuple[str, ...]) -> dict:
-        from twots.evaluate import evaluate
+        from twots.evaluate import SPLITS, evaluate_loaded, load_arrays
 
-        return evaluate(model, view, self.spark, splits=splits)
+        if str(view) not in self._eval_data:
+            self._eval_data[str(view)] = load_arrays(view, self.spark, SPLITS)
+        return evaluate_loaded(model, self._eval_data[str(view)], splits)
 
     def score_epochs(self, trial: Trial, view: Path) -> Trial:
         """Replay val with the checkpoint of every epoch."""

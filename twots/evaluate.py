@@ -1,7 +1,8 @@
 """Online evaluation of a trained model on the prepared tables (paper section 5).
 
 `evaluate(model, data_dir, spark)` reads `sequences` (each user's warm-up items), `user_activity` and the val/test
-rows of `eval_candidates` from Delta into arrays, replays val then test in time order through `twots.replay`
+rows of `eval_candidates` from Delta into arrays (`load_arrays`; callers replaying many models on one folder load them
+once and call `evaluate_loaded`), replays val then test in time order through `twots.replay`
 (score the 1 + 499 candidates with the user's current state, then feed the true item), and summarizes the ranks
 with `twots.metrics` per split: overall, active / inactive / new users and per activity bucket. It also returns
 the per-step embedding changes of the test replay (the paper's Fig. 4).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,26 @@ def read_delta(spark, data_dir: str | Path, table: str):
     return spark.read.format("delta").load(str(path))
 
 
-def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> tuple[Warmup, Events, np.ndarray, dict[str, np.ndarray]]:
+@dataclass
+class EvalData:
+    """A folder's replay inputs as arrays: warm-up items, the events of some splits with each event's split, and
+    user_activity (n_train, is_active) indexed by user id."""
+
+    warmup: Warmup
+    events: Events
+    split: np.ndarray
+    activity: dict[str, np.ndarray]
+
+    def only(self, splits) -> EvalData:
+        """The same data restricted to the events of `splits`."""
+        missing = set(splits) - set(self.split)
+        if missing:
+            raise ValueError(f"no events of splits {sorted(missing)} were loaded")
+        keep = np.isin(self.split, list(splits))
+        return EvalData(self.warmup, self.events.subset(keep), self.split[keep], self.activity)
+
+
+def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:
     """Warm-up items, the events of `splits`, the split of each event and user_activity as arrays by user id."""
     from pyspark.sql import functions as F
 
@@ -65,24 +86,31 @@ def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> tuple[Warmup, Eve
     activity["is_active"] = np.zeros_like(activity["n_train"], dtype=bool)
     activity["n_train"][act["user_id"]] = act["n_train"]
     activity["is_active"][act["user_id"]] = act["is_active"]
-    return warmup, events, rows["split"].astype(str), activity
+    return EvalData(warmup, events, rows["split"].astype(str), activity)
 
 
 def evaluate(model, data_dir: str | Path, spark, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1) -> dict:
-    """Replay `splits` in time order through `model`; returns {"metrics": {split: summary}, "changes": Fig. 4
-    records of the last split, "events", "seconds", "events_per_s"}.
+    """Replay `splits` of the prepared folder `data_dir` in time order through `model` (see evaluate_loaded)."""
+    return evaluate_loaded(model, load_arrays(data_dir, spark, splits), tuple(splits), batch_users=batch_users,
+                           threads=threads)
+
+
+def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1) -> dict:
+    """Replay the events of `splits` in time order through `model`; returns {"metrics": {split: summary},
+    "changes": Fig. 4 records of the last split, "events", "seconds", "events_per_s"}.
 
     `threads`: torch threads during the replay. Its rounds are many small ops; on a shared CPU more than one
     thread spins in OpenMP barriers (measured 30x slower with 2 threads than 1 on the 2-core box under load).
     """
-    warmup, events, split, activity = load_arrays(data_dir, spark, splits)
+    data = data.only(splits)
+    events, split, activity = data.events, data.split, data.activity
     print(f"[evaluate] replaying {len(events):,} events of {len(np.unique(events.user_id)):,} users "
           f"({', '.join(splits)})", flush=True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
-        result = replay(model, warmup, events, batch_users=batch_users)
+        result = replay(model, data.warmup, events, batch_users=batch_users)
     finally:
         torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - started

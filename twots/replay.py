@@ -80,6 +80,11 @@ class Events:
     def __len__(self) -> int:
         return len(self.user_id)
 
+    def subset(self, keep: np.ndarray) -> Events:
+        """The events where the boolean mask `keep` is true."""
+        return Events(self.user_id[keep], self.ts[keep], self.event_id[keep], self.item_id[keep],
+                      self.neg_item_ids[keep])
+
 
 @dataclass
 class ReplayResult:
