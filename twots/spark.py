@@ -9,6 +9,7 @@ so a plain `python jobs/x.py` from any pyspark install works. Ivy caches the JAR
 from __future__ import annotations
 
 import os
+import sys
 
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
 
@@ -37,6 +38,8 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
 
     if on_databricks():
         return SparkSession.builder.getOrCreate()
+    # Python workers run PYSPARK_PYTHON, by default the `python3` on PATH, which lacks this venv's packages.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
