@@ -4,8 +4,9 @@ Every step is safe to rerun: register reuses the version of a run already regist
 writes the same verdict, promote does nothing when there is no challenger. A version becomes @challenger only
 when its test MRR clears an absolute floor and beats @champion's (scored on the same candidates of the same Delta
 table version) by a relative margin; promote refuses a challenger validated against another champion than the
-current one, so a worse model is never promoted. Each step publishes its result as a Databricks task value
-(on Databricks) and prints it as one JSON line.
+current one, so a worse model is never promoted. A model trained on other users/items tables (an older champion
+after a retrain on refreshed data) is scored through its own raw-id maps (twots.remap), as it would serve. Each step
+publishes its result as a Databricks task value (on Databricks) and prints it as one JSON line.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import json
 import time
 
 import mlflow
+import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from twots.config import Section
+from twots.remap import RemappedModel
 from twots.serving import id_maps_fingerprint, read_id_maps
 from twots.spark import on_databricks
 from twots.tracking import default_tracking_uri, table_versions
@@ -84,16 +88,53 @@ def latest_version(client: MlflowClient, name: str) -> str:
     return str(max(int(v.version) for v in versions))
 
 
-def score(name: str, version: str, data: str, spark, split: str, id_maps: str) -> float | None:
-    """The version's MRR on `split`, or None when it was trained on other raw-id maps than `data`'s."""
+def score(name: str, version: str, data: str, spark, split: str, users: pd.DataFrame,
+          items: pd.DataFrame) -> tuple[float, dict[str, int] | None]:
+    """The version's MRR on `split` of `data`, whose raw-id maps are `users` and `items` (read_id_maps). A version
+    trained on other maps is scored through its own (twots.remap); then also returned: how many of the replayed
+    users and candidate items it does not know, else None."""
     from twots.evaluate import SPLITS, evaluate
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    if pyfunc.metadata.metadata.get("id_maps") != id_maps:
-        return None
+    served = pyfunc.unwrap_python_model()
     replayed = SPLITS[:SPLITS.index(split) + 1]  # test is replayed after val, as in training's evaluation
-    report = evaluate(pyfunc.unwrap_python_model().model, data, spark, splits=replayed)
-    return float(report["metrics"][split]["overall"]["mrr"])
+    model, unknown = served.model, None
+    if pyfunc.metadata.metadata.get("id_maps") != id_maps_fingerprint(users, items):
+        model = RemappedModel.by_raw_ids(served.model, served.user_index, served.user_active, served.item_index,
+                                         users["raw_user_id"], items["raw_item_id"])
+        unknown = unknown_to(model, spark, data, replayed)
+    report = evaluate(model, data, spark, splits=replayed)
+    return float(report["metrics"][split]["overall"]["mrr"]), unknown
+
+
+def unknown_to(model: RemappedModel, spark, data: str, splits) -> dict[str, int]:
+    """Users replayed and distinct candidate items (positives and negatives) of `splits` of `data`'s
+    eval_candidates, and how many of each `model` does not know."""
+    from pyspark.sql import functions as F
+
+    from pipelines.delta import read_table
+
+    rows = read_table(spark, f"{data}/eval_candidates").where(F.col("split").isin(list(splits)))
+    user_ids = rows.select("user_id").distinct().toPandas()["user_id"].to_numpy()
+    item_ids = (rows.select(F.explode(F.concat(F.array("item_id"), "neg_item_ids")).alias("item_id")).distinct()
+                .toPandas()["item_id"].to_numpy())
+    return {"users": len(user_ids), "unknown_users": int(np.sum(model.user_map.cpu().numpy()[user_ids] < 0)),
+            "items": len(item_ids), "unknown_items": int(np.sum(model.item_map.cpu().numpy()[item_ids] < 0))}
+
+
+def _own_maps_note(who: str, unknown: dict[str, int]) -> str:
+    return (f" {who} was trained on other users/items tables and scored through its own id maps: "
+            f"{unknown['unknown_users']} of {unknown['users']} replayed users and {unknown['unknown_items']} of "
+            f"{unknown['items']} candidate items are unknown to it.")
+
+
+def _id_map_tags(prefix: str, unknown: dict[str, int] | None, scored: bool = True) -> dict[str, str]:
+    """How a model was scored: `same` id maps as the data, its `own`, or not at all (no champion)."""
+    return {
+        f"{prefix}_id_maps": "" if not scored else "same" if unknown is None else "own",
+        f"{prefix}_unknown_users": "" if unknown is None else f"{unknown['unknown_users']}/{unknown['users']}",
+        f"{prefix}_unknown_items": "" if unknown is None else f"{unknown['unknown_items']}/{unknown['items']}",
+    }
 
 
 def verdict(mrr: float, champion_mrr: float | None, floor: float, min_gain: float) -> str | None:
@@ -114,18 +155,13 @@ def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> 
         print(f"validate: {name} v{version} is already @{CHAMPION}", flush=True)
         return True
     table_version = table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"]
-    id_maps = id_maps_fingerprint(*read_id_maps(spark, cfg.data))
-    mrr = score(name, version, cfg.data, spark, cfg.split, id_maps)
-    if mrr is None:
-        raise RuntimeError(f"{name} v{version} was trained on other users/items tables than {cfg.data}")
-    champion_mrr = score(name, champion, cfg.data, spark, cfg.split, id_maps) if champion else None
+    users, items = read_id_maps(spark, cfg.data)
+    mrr, unknown = score(name, version, cfg.data, spark, cfg.split, users, items)
+    champion_mrr, champion_unknown = (score(name, champion, cfg.data, spark, cfg.split, users, items) if champion
+                                      else (None, None))
     if table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"] != table_version:
         raise RuntimeError(f"{cfg.data}/eval_candidates changed while validating; rerun validate")
-    if champion and champion_mrr is None:
-        reason = (f"@{CHAMPION} v{champion} was trained on other users/items tables than {cfg.data}, so the two "
-                  f"cannot be scored on the same candidates; promote by hand after checking")
-    else:
-        reason = verdict(mrr, champion_mrr, cfg.mrr_floor, cfg.min_relative_gain)
+    reason = verdict(mrr, champion_mrr, cfg.mrr_floor, cfg.min_relative_gain)
     tags = {
         STATUS: "passed" if reason is None else "failed",
         REASON: reason or "",
@@ -134,6 +170,8 @@ def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> 
         "validation_champion_mrr": "" if champion_mrr is None else f"{champion_mrr:.6f}",
         "validation_eval_candidates_version": str(table_version),
         "validation_data": cfg.data,
+        **_id_map_tags("validation", unknown),
+        **_id_map_tags("validation_champion", champion_unknown, scored=champion is not None),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
@@ -142,6 +180,10 @@ def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> 
         against += f" (MRR {champion_mrr:.4f})"
     summary = (f"Validation {tags[STATUS]} on {cfg.split} of {cfg.data}/eval_candidates v{table_version}: "
                f"MRR {mrr:.4f} against {against}" + (f"; {reason}" if reason else "") + ".")
+    if unknown is not None:
+        summary += _own_maps_note(f"v{version}", unknown)
+    if champion_unknown is not None:
+        summary += _own_maps_note(f"@{CHAMPION} v{champion}", champion_unknown)
     client.update_model_version(name, version, description=summary)
     if reason is None:
         client.set_registered_model_alias(name, CHALLENGER, version)
