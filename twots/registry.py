@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from twots.config import Section
+from twots.evaluate import SPLITS, EvalData, load_arrays
 from twots.remap import RemappedModel
 from twots.serving import id_maps_fingerprint, read_id_maps
 from twots.spark import on_databricks
@@ -88,12 +89,12 @@ def latest_version(client: MlflowClient, name: str) -> str:
     return str(max(int(v.version) for v in versions))
 
 
-def score(name: str, version: str, data: str, spark, split: str, users: pd.DataFrame,
+def score(name: str, version: str, data: EvalData, split: str, users: pd.DataFrame,
           items: pd.DataFrame) -> tuple[float, dict[str, int] | None]:
-    """The version's MRR on `split` of `data`, whose raw-id maps are `users` and `items` (read_id_maps). A version
-    trained on other maps is scored through its own (twots.remap); then also returned: how many of the replayed
-    users and candidate items it does not know, else None."""
-    from twots.evaluate import SPLITS, evaluate
+    """The version's MRR on `split` of the replay arrays `data` (loaded for `split` and the splits before it), whose raw-id maps are `users` and `items`
+    (read_id_maps). A version trained on other maps is scored through its own (twots.remap); then also returned: how
+    many of the replayed users and candidate items it does not know, else None."""
+    from twots.evaluate import evaluate_loaded
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     served = pyfunc.unwrap_python_model()
@@ -102,22 +103,17 @@ def score(name: str, version: str, data: str, spark, split: str, users: pd.DataF
     if pyfunc.metadata.metadata.get("id_maps") != id_maps_fingerprint(users, items):
         model = RemappedModel.by_raw_ids(served.model, served.user_index, served.user_active, served.item_index,
                                          users["raw_user_id"], items["raw_item_id"])
-        unknown = unknown_to(model, spark, data, replayed)
-    report = evaluate(model, data, spark, splits=replayed)
+        unknown = unknown_to(model, data)
+    report = evaluate_loaded(model, data, replayed)
     return float(report["metrics"][split]["overall"]["mrr"]), unknown
 
 
-def unknown_to(model: RemappedModel, spark, data: str, splits) -> dict[str, int]:
-    """Users replayed and distinct candidate items (positives and negatives) of `splits` of `data`'s
-    eval_candidates, and how many of each `model` does not know."""
-    from pyspark.sql import functions as F
-
-    from pipelines.delta import read_table
-
-    rows = read_table(spark, f"{data}/eval_candidates").where(F.col("split").isin(list(splits)))
-    user_ids = rows.select("user_id").distinct().toPandas()["user_id"].to_numpy()
-    item_ids = (rows.select(F.explode(F.concat(F.array("item_id"), "neg_item_ids")).alias("item_id")).distinct()
-                .toPandas()["item_id"].to_numpy())
+def unknown_to(model: RemappedModel, data: EvalData) -> dict[str, int]:
+    """Users replayed and distinct candidate items (positives and negatives) of `data`, and how many of each
+    `model` does not know."""
+    events = data.events
+    user_ids = np.unique(events.user_id)
+    item_ids = np.unique(np.concatenate([events.item_id, events.neg_item_ids.ravel()]))
     return {"users": len(user_ids), "unknown_users": int(np.sum(model.user_map.cpu().numpy()[user_ids] < 0)),
             "items": len(item_ids), "unknown_items": int(np.sum(model.item_map.cpu().numpy()[item_ids] < 0))}
 
@@ -156,8 +152,9 @@ def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> 
         return True
     table_version = table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"]
     users, items = read_id_maps(spark, cfg.data)
-    mrr, unknown = score(name, version, cfg.data, spark, cfg.split, users, items)
-    champion_mrr, champion_unknown = (score(name, champion, cfg.data, spark, cfg.split, users, items) if champion
+    data = load_arrays(cfg.data, spark, SPLITS[:SPLITS.index(cfg.split) + 1])  # read once, replayed for both
+    mrr, unknown = score(name, version, data, cfg.split, users, items)
+    champion_mrr, champion_unknown = (score(name, champion, data, cfg.split, users, items) if champion
                                       else (None, None))
     if table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"] != table_version:
         raise RuntimeError(f"{cfg.data}/eval_candidates changed while validating; rerun validate")
