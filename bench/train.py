@@ -1,15 +1,22 @@
 """Training and evaluation throughput on generated data; prints tables (docs/training.md quotes them).
 
-    python bench/train.py [--rows 1000000] [--repeats 3]     # here: Spark + TorchDistributor, CPU, gloo
-    torchrun --nproc_per_node=N bench/train.py ranks --data DIR [--use-gpu]   # a box without Spark (bench/gpu_train.sh)
+    python bench/train.py [--rows 1000000] [--repeats 3] [--export-only]   # here: Spark + TorchDistributor, CPU
+    torchrun --nproc_per_node=N bench/train.py ranks --data DIR [--models 2ts,gru4rec] [--use-gpu]
+                                                     # a box without Spark (bench/gpu_train.sh)
 
 The default mode generates a Taobao-format log of `--rows` interactions (jobs/generate.py's generator), prepares it
-(the real pipeline), exports the training tables as plain Parquet (`<out>/export`, what bench/gpu_train.sh carries
-to a GPU box) and measures, each `--repeats` times (medians quoted):
+(the real pipeline; a prepared `<out>/data` is reused), exports the training rows as Parquet (`<out>/export`,
+what bench/gpu_train.sh carries to a GPU box: stage1_offers, sequences and the full histories of `--max-len` items
+the baselines train on) and measures, each `--repeats` times (medians quoted):
 - stage 1 and stage 2 interactions/s with 1 and 2 processes of one thread each (the last epoch of 2; the first
   warms up), through TorchDistributor and the petastorm loader, plus peak RSS per rank;
 - evaluation events/s of the online replay (val + test) on the driver, one thread;
 - stage-1 step time as the embedding tables grow (users = items = 100k, 1M, 5M) with the sparse gradient sync.
+
+The `ranks` mode trains every kind of `--models` (twots.stages.MODELS) on the export, the same epochs for all, stage 1
+once for the kinds built on it, and prints per (model, stage) the wall seconds (build, data load, epochs, save; the
+slowest rank's) and throughput; `report` turns those lines into a table with a total per model, stage 1 counted in
+each kind built on it (as twots.compare counts it).
 """
 
 from __future__ import annotations
@@ -28,24 +35,64 @@ sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 from twots.loaders import Layout, ParquetSource  # noqa: E402  (after the path set-up; torch-only imports)
-from twots.stages import MODELS  # noqa: E402
-from twots.trainer import StageJob, run_stages  # noqa: E402
+from twots.stages import FULL_HISTORIES, MODELS, SEQUENCES, STAGE1_OFFERS  # noqa: E402
+from twots.trainer import StageJob  # noqa: E402
 
-STAGE_LR = {"stage1": 0.01, "stage2": 0.005}
+STAGE_LR = {"stage1": 0.01, "stage2": 0.005}  # by StagePlan.settings
 
 
-def stage_jobs(sources: dict, hparams: dict, out: Path, *, epochs: int, use_gpu: bool, batch: dict[str, int],
-               model: str = "2ts"):
-    """One StageJob per stage of `model`, each on the model the stage before saved."""
-    jobs, previous = [], None
-    for plan in MODELS[model]:
-        path = str(out / f"{plan.name}.pt")
-        jobs.append(StageJob(name=plan.name, build=partial(plan.build, hparams), source=sources[plan.table],
-                             previous_model=previous, model_path=path, checkpoint_dir=str(out / "checkpoints"),
-                             epochs=epochs, lr=STAGE_LR[plan.name], batch_size=batch[plan.name], seed=0,
-                             use_gpu=use_gpu, log_every=10_000, threads=1))
-        previous = path
-    return jobs
+def stage_jobs(models: list[str], sources: dict, hparams: dict, out: Path, *, epochs: int, use_gpu: bool,
+               batch: dict[str, int]) -> tuple[list[StageJob], dict[str, list[int]]]:
+    """The StageJobs that train `models`, each stage on the model its stage before saved, and model -> the indices
+    of its stages' jobs. A stage several kinds start with (stage 1) is one job, shared."""
+    jobs, index, stages_of = [], {}, {}
+    for model in models:
+        plans, mine = MODELS[model], []
+        for i, plan in enumerate(plans):
+            key = tuple(plans[:i + 1])
+            if key not in index:
+                index[key] = len(jobs)
+                jobs.append(StageJob(
+                    name=plan.name, build=partial(plan.build, hparams), source=sources[plan.table],
+                    previous_model=jobs[mine[-1]].model_path if mine else None,
+                    model_path=str(out / model / f"{plan.name}.pt"), checkpoint_dir=str(out / model / "checkpoints"),
+                    epochs=epochs, lr=STAGE_LR[plan.settings], batch_size=batch[plan.settings], seed=0,
+                    use_gpu=use_gpu, log_every=10_000, threads=1))
+            mine.append(index[key])
+        stages_of[model] = mine
+    return jobs, stages_of
+
+
+def warm_up(device) -> None:
+    """Pay the process's one-time costs before any stage's clock starts, else the first stage (whichever kind)
+    carries them: the import of torch._dynamo by the first optimizer (~2 s) and, on a GPU, the cuBLAS and cuDNN
+    set-up of a first GRU step."""
+    import torch
+
+    gru = torch.nn.GRU(8, 8, batch_first=True).to(device)
+    torch.optim.Adam(gru.parameters())
+    gru(torch.zeros(2, 3, 8, device=device))[0].sum().backward()
+
+
+def timed_stages(jobs: list[StageJob]) -> dict:
+    """twots.trainer.run_stages, plus each stage's wall seconds (the slowest rank's: model build, loading the rows,
+    epochs, save) and a peak GPU memory of its own."""
+    import torch
+
+    from twots import distributed
+    from twots.trainer import train_stage
+
+    ctx = distributed.setup(jobs[0].use_gpu)
+    warm_up(ctx.device)
+    results = []
+    for job in jobs:
+        if ctx.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+        distributed.barrier(ctx)
+        started = time.perf_counter()
+        result = train_stage(ctx, job)
+        results.append({**result, "wall_s": distributed.all_max(ctx, time.perf_counter() - started)})
+    return {"stages": results, "ranks_finished": distributed.finish(ctx)}
 
 
 def batches(args) -> dict[str, int]:
@@ -54,8 +101,10 @@ def batches(args) -> dict[str, int]:
 
 def summary(result: dict) -> dict:
     last = result["history"][-1]
-    return {"stage": result["stage"], "world": result["world"], "interactions_per_s": last["interactions_per_s"],
-            "peak_rss_mb": result["peak_rss_mb"], "peak_gpu_mb": result.get("peak_gpu_mb")}
+    return {"stage": result["stage"], "world": result["world"], "epochs": len(result["history"]),
+            "wall_s": result["wall_s"], "epochs_s": sum(e["seconds"] for e in result["history"]),
+            "interactions_per_s": last["interactions_per_s"], "peak_rss_mb": result["peak_rss_mb"],
+            "peak_gpu_mb": result.get("peak_gpu_mb")}
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -68,8 +117,32 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 # ---- torchrun mode: no Spark, no MLflow ---------------------------------------------------------------------------
 
+def report_rows(runs: list[dict]) -> list[dict]:
+    """RESULT records -> one row per (processes, model, stage) and a total per (processes, model), with the
+    model's total wall time over 2TS's (at the same process count) when 2TS ran."""
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["world"], r["model"]), []).append(r)
+    rows = []
+    for (world, model), stages in groups.items():
+        twots = groups.get((world, "2ts"))
+        total = sum(r["wall_s"] for r in stages)
+        gpu = [r["peak_gpu_mb"] for r in stages if r["peak_gpu_mb"] is not None]
+        for r in stages:
+            rows.append({"model": model, "stage": r["stage"], "processes": world, "wall s": f"{r['wall_s']:,.1f}",
+                         "epochs s": f"{r['epochs_s']:,.1f}", "interactions/s": r["interactions_per_s"],
+                         "peak RSS per rank MB": r["peak_rss_mb"], "peak GPU MB": r["peak_gpu_mb"] or "-",
+                         "wall / 2ts": ""})
+        rows.append({"model": model, "stage": "total", "processes": world, "wall s": f"{total:,.1f}",
+                     "epochs s": f"{sum(r['epochs_s'] for r in stages):,.1f}", "interactions/s": "",
+                     "peak RSS per rank MB": max(r["peak_rss_mb"] for r in stages),
+                     "peak GPU MB": max(gpu) if gpu else "-",
+                     "wall / 2ts": f"{total / sum(r['wall_s'] for r in twots):.2f}" if twots else "-"})
+    return rows
+
+
 def report_main(args) -> None:
-    """Collect the RESULT lines of torchrun logs into the throughput table (bench/gpu_train.sh)."""
+    """Collect the RESULT lines of torchrun logs into the wall-time and throughput table (bench/gpu_train.sh)."""
     import torch
 
     runs = [json.loads(line.split(" ", 1)[1]) for log in args.logs for line in Path(log).read_text().splitlines()
@@ -77,27 +150,40 @@ def report_main(args) -> None:
     if not runs:
         sys.exit("no RESULT lines in " + ", ".join(args.logs))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (gloo fallback)"
-    rows = [{"stage": r["stage"], "processes": r["world"], "interactions/s": r["interactions_per_s"],
-             "peak RSS per rank MB": r["peak_rss_mb"], "peak GPU MB": r["peak_gpu_mb"] or "-"} for r in runs]
-    text = f"Training throughput under torchrun on {device} (torch {torch.__version__}):\n\n" + table(rows, list(rows[0]))
+    epochs = ", ".join(str(e) for e in sorted({r["epochs"] for r in runs}))
+    rows = report_rows(runs)
+    text = (f"Training under torchrun on {device} (torch {torch.__version__}), {epochs} epochs per stage; "
+            f"interactions/s of the last epoch; a kind's total counts the stage 1 it shares:\n\n"
+            + table(rows, list(rows[0])))
     print(text)
     Path(args.out, "gpu_train.md").write_text(text + "\n")
 
 
 def ranks_main(args) -> None:
-    """Both stages on an exported folder under torchrun; rank 0 prints one JSON line per stage."""
+    """The stages of `--models` on an exported folder under torchrun; rank 0 prints one JSON line per (model,
+    stage), a shared stage 1 under each kind built on it."""
     data = Path(args.data)
     layouts = json.loads((data / "layouts.json").read_text())
+    missing = sorted({p.table for m in args.models for p in MODELS[m]} - set(layouts))
+    if missing:
+        sys.exit(f"{data} has no {', '.join(missing)}: export again with python bench/train.py --export-only")
     sources = {t: ParquetSource(str(data / t), Layout(**{**v, "columns": tuple(v["columns"])}))
                for t, v in layouts.items()}
     hparams = json.loads((data / "hparams.json").read_text())
     hparams["side_data"] = str(data / "side_data.npz")
     out = Path(args.out) / f"run-{os.environ.get('WORLD_SIZE', '1')}"
-    results = run_stages(stage_jobs(sources, hparams, out, epochs=args.epochs, use_gpu=args.use_gpu,
-                                    batch=batches(args)))
+    jobs, stages_of = stage_jobs(args.models, sources, hparams, out, epochs=args.epochs, use_gpu=args.use_gpu,
+                                 batch=batches(args))
+    results = timed_stages(jobs)["stages"]
     if int(os.environ.get("RANK", "0")) == 0:
-        for result in results["stages"]:
-            print("RESULT " + json.dumps(summary(result)), flush=True)
+        for model, indices in stages_of.items():
+            for i in indices:
+                print("RESULT " + json.dumps({"model": model, **summary(results[i])}), flush=True)
+    sys.stderr.flush()
+    # Every rank passed the final collective and the models are saved. Skip the interpreter's teardown: there, in up
+    # to a quarter of the runs on 2 gloo ranks here, a rank aborted ("terminate called without an active
+    # exception"), which fails the torchrun launch and with it bench/gpu_train.sh.
+    os._exit(0)
 
 
 # ---- default mode: Spark, TorchDistributor ------------------------------------------------------------------------
@@ -118,17 +204,24 @@ def prepared_data(spark, rows: int, out: Path) -> Path:
     return data
 
 
-def export(spark, data: Path, out: Path) -> Path:
-    """The training tables as plain Parquet + side data: the folder bench/gpu_train.sh trains from."""
+def export(spark, data: Path, out: Path, max_len: int) -> Path:
+    """The training rows as plain Parquet + side data: the folder bench/gpu_train.sh trains from. Full histories
+    (each user's last `max_len` training items, as twots.compare builds them) are a third table."""
+    from twots.baselines.sequences import full_sequences
     from twots.loaders import export_parquet
     from twots.train import TrainConfig, read_manifest, write_side_data
 
+    def read(table: str):
+        return spark.read.format("delta").load(str(data / table))
+
     target = out / "export"
     manifest = read_manifest(data)
+    offers = read(STAGE1_OFFERS)
+    tables = {STAGE1_OFFERS: offers, SEQUENCES: read(SEQUENCES),
+              FULL_HISTORIES: full_sequences(offers, read("user_activity"), max_len)}
     layouts = {}
-    for table in ("stage1_offers", "sequences"):
-        source = export_parquet(spark.read.format("delta").load(str(data / table)).coalesce(2), table,
-                                target / table)
+    for table, df in tables.items():
+        source = export_parquet(df.coalesce(2), STAGE1_OFFERS if table == STAGE1_OFFERS else SEQUENCES, target / table)
         layouts[table] = {**source.layout.__dict__, "columns": list(source.layout.columns)}
     write_side_data(spark, data, manifest, target / "side_data.npz")
     hparams = TrainConfig(data=str(data)).hparams(manifest, target / "side_data.npz")
@@ -216,7 +309,7 @@ def main(args) -> None:
     spark.sparkContext.setLogLevel("ERROR")
     data = prepared_data(spark, args.rows, out)
     manifest = read_manifest(data)
-    exported = export(spark, data, out)
+    exported = export(spark, data, out, args.max_len)
     print(f"[bench] data: {manifest['splits']} rows per split, {manifest['n_users']:,} users, "
           f"{manifest['n_items']:,} items; export for a GPU box: {exported}", flush=True)
     if args.export_only:
@@ -230,10 +323,11 @@ def main(args) -> None:
     runs = []
     for world in (1, 2):
         sources = {t: make_source(spark, cfg.model_copy(update={"num_processes": world}), t, out / f"cache-{world}")
-                   for t in ("stage1_offers", "sequences")}
+                   for t in (STAGE1_OFFERS, SEQUENCES)}
         for repeat in range(args.repeats):
-            jobs = stage_jobs(sources, hparams, out / f"run-{world}", epochs=2, use_gpu=False, batch=batches(args))
-            for result in distributed.run(run_stages, jobs, num_processes=world)["stages"]:
+            jobs, _ = stage_jobs(["2ts"], sources, hparams, out / f"run-{world}", epochs=2, use_gpu=False,
+                                 batch=batches(args))
+            for result in distributed.run(timed_stages, jobs, num_processes=world)["stages"]:
                 runs.append(summary(result))
                 print(f"[bench] {runs[-1]}", flush=True)
     rows = []
@@ -247,7 +341,7 @@ def main(args) -> None:
         one, two = (r["interactions/s (median)"] for r in rows if r["stage"] == stage)
         print(f"[bench] {stage}: 2 processes / 1 process = {two / one:.2f}x")
 
-    model = load_model(out / "run-2" / "stage2.pt")
+    model = load_model(out / "run-2" / "2ts" / "stage2.pt")
     evals = [evaluate(model, data, spark)["events_per_s"] for _ in range(args.repeats)]
     scaling = stage1_scaling(2, tuple(args.table_rows))
 
@@ -265,6 +359,14 @@ def main(args) -> None:
                                                   "scaling": scaling}, indent=1))
 
 
+def models_list(text: str) -> list[str]:
+    models = [m for m in text.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise argparse.ArgumentTypeError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    return models
+
+
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="spark", choices=("spark", "ranks", "report"))
@@ -275,7 +377,11 @@ def parse(argv=None):
     parser.add_argument("--out", default=str(REPO / "bench-output" / "train"))
     parser.add_argument("--data", help="ranks mode: the exported folder")
     parser.add_argument("--export-only", action="store_true", help="only generate, prepare and export the data")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--max-len", type=int, default=200,
+                        help="full histories keep each user's last N training items (compare's max_len default)")
+    parser.add_argument("--models", type=models_list, default=["2ts"],
+                        help="ranks mode: comma-separated model kinds of twots.stages.MODELS")
+    parser.add_argument("--epochs", type=int, default=2, help="ranks mode: epochs of every stage of every model")
     parser.add_argument("--batch1", type=int, default=4096, help="stage-1 rows per batch per process")
     parser.add_argument("--batch2", type=int, default=256, help="stage-2 users per batch per process")
     parser.add_argument("--use-gpu", action="store_true")

@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from twots.baselines import SASRec
 from twots.compare import MODEL_NAMES, CompareConfig, compare, results_table
 from twots.config import ConfigError, resolve
 
@@ -86,6 +87,11 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
     assert len(results["ccf"]["trials"][0]["val_mrr_by_epoch"]) == 2  # every epoch replayed on val
     # 2TS's time includes the stage 1 it shares with CCF.
     assert results["2ts"]["train_seconds"] > results["ccf"]["train_seconds"]
+    # SASRec attends over compare's window (16, not the class default 50): its position table sizes the model.
+    manifest = json.loads((prepared_clusters / "manifest.json").read_text())
+    sasrec = SASRec(manifest["n_items"], manifest["n_features"], manifest["max_features_per_item"], item_dim=16,
+                    feature_dim=4, window=16)
+    assert results["sasrec"]["params"] == sum(p.numel() for p in sasrec.parameters())
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["2ts-plus"]["test"]["overall"]["mrr"] == pytest.approx(results["2ts-plus"]["test"]["overall"]["mrr"])

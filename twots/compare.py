@@ -34,10 +34,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from twots.config import Section
+from twots.stages import FULL_HISTORIES, MODELS, STAGE1, StagePlan
 
-MODEL_NAMES = ("popularity", "ccf", "sumpooling", "gru4rec", "sasrec", "2gru", "2ts-singlestage", "2ts", "2ts-plus")
-ON_STAGE1 = ("2ts", "2ts-plus", "2gru")                               # stage 2 on top of the selected stage 1
-FULL_HISTORY = ("sumpooling", "gru4rec", "sasrec", "2ts-singlestage")  # train and warm up on full histories
+MODEL_NAMES = ("popularity", *MODELS)  # the trainable kinds and their stages: twots.stages
 
 
 class CompareConfig(Section):
@@ -103,50 +102,6 @@ class CompareConfig(Section):
 
     def epochs_of(self, model: str) -> int:
         return self.epochs.get(model, self.default_epochs)
-
-
-# ---- model builders, unpickled on the ranks (module-level, light imports) ------------------------------------------
-
-def _features(model, hparams: dict):
-    import numpy as np
-    import torch
-
-    model.items.set_item_features(torch.from_numpy(np.load(hparams["side_data"])["item_features"]))
-    return model
-
-
-def build_baseline(hparams: dict, previous: str | None, kind: str, **extra):
-    from twots.baselines import KINDS
-
-    dims = {k: hparams["stage1"][k] for k in ("n_items", "n_features", "max_features", "item_dim", "feature_dim")}
-    return _features(KINDS[kind](**dims, **extra), hparams)
-
-
-def build_single_stage(hparams: dict, previous: str | None):
-    from twots.models import TwoTimeScaleModel
-
-    return _features(TwoTimeScaleModel(**hparams["stage1"], freeze_stage1=False), hparams)
-
-
-def build_on_stage1(hparams: dict, previous: str | None, plus: bool = False, use_phi: bool = True):
-    from twots.models import TwoTimeScaleModel, load_model
-
-    return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus, use_phi=use_phi)
-
-
-def builder(name: str, cfg: CompareConfig):
-    from twots.train import build_stage1
-
-    return {
-        "ccf": build_stage1,
-        "2ts": build_on_stage1,
-        "2ts-plus": partial(build_on_stage1, plus=True),
-        "2gru": partial(build_on_stage1, use_phi=False),
-        "2ts-singlestage": build_single_stage,
-        "sumpooling": partial(build_baseline, kind="sumpooling"),
-        "gru4rec": partial(build_baseline, kind="gru4rec"),
-        "sasrec": partial(build_baseline, kind="sasrec", window=cfg.sasrec_window),
-    }[name]
 
 
 # ---- data views ----------------------------------------------------------------------------------------------------
@@ -257,15 +212,16 @@ def load_epoch(trial: Trial, epoch: int):
 
 class Runner:
     """Trains and evaluates trials, sharing petastorm sources and evaluation arrays (read once per view) between
-    them."""
+    them. `extra_hparams` join the builders' hparams (twots.stages: e.g. a baseline's constructor arguments)."""
 
-    def __init__(self, spark, tcfg, out: Path, log=print):
+    def __init__(self, spark, tcfg, out: Path, log=print, extra_hparams: dict | None = None):
         from twots.train import read_manifest, write_side_data
 
         self.spark, self.tcfg, self.out, self.log = spark, tcfg, out, log
         self.manifest = read_manifest(tcfg.data)
-        self.hparams = tcfg.hparams(self.manifest, write_side_data(spark, tcfg.data, self.manifest,
-                                                                   out / "runs" / "side_data.npz"))
+        self.hparams = {**tcfg.hparams(self.manifest, write_side_data(spark, tcfg.data, self.manifest,
+                                                                      out / "runs" / "side_data.npz")),
+                        **(extra_hparams or {})}
         self._sources: dict = {}
         self._eval_data: dict = {}
 
@@ -279,19 +235,20 @@ class Runner:
                                              cache)
         return self._sources[key]
 
-    def train(self, name: str, build, view: Path, table: str, lr: float, epochs: int, previous: str | None,
+    def train(self, name: str, plan: StagePlan, view: Path, lr: float, epochs: int, previous: str | None,
               run_name: str) -> Trial:
+        """One stage on `view` (for full histories, a full-history view: its `sequences` are the histories)."""
         from twots import distributed
         from twots.trainer import StageJob, run_stage
 
         run_dir = self.out / "runs" / run_name
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        stage = "stage1" if table == "stage1_offers" else "stage2"
-        job = StageJob(name=name, build=partial(build, self.hparams), source=self.source(view, table),
+        table = "sequences" if plan.table == FULL_HISTORIES else plan.table
+        job = StageJob(name=name, build=partial(plan.build, self.hparams), source=self.source(view, table),
                        previous_model=previous, model_path=str(run_dir / "model.pt"),
                        checkpoint_dir=str(run_dir / "checkpoints"), epochs=epochs, lr=lr,
-                       batch_size=getattr(self.tcfg, f"{stage}_batch_size"), seed=self.tcfg.seed,
+                       batch_size=getattr(self.tcfg, f"{plan.settings}_batch_size"), seed=self.tcfg.seed,
                        use_gpu=self.tcfg.use_gpu, log_every=self.tcfg.log_every, threads=self.tcfg.threads)
         self.log(f"[compare] training {run_name}: {epochs} epochs at lr {lr}")
         started = time.perf_counter()
@@ -317,11 +274,11 @@ class Runner:
                  + ", ".join(f"{m:.4f}" for m in trial.val_mrr))
         return trial
 
-    def tune(self, name: str, build, view: Path, table: str, lrs: list[float], epochs: int,
+    def tune(self, name: str, plan: StagePlan, view: Path, lrs: list[float], epochs: int,
              previous: str | None = None) -> tuple[Trial, list[Trial]]:
         """Every learning rate of the grid; val MRR after each epoch; the best (lr, epoch) trial first."""
-        trials = [self.score_epochs(self.train(name, build, view, table, lr, epochs, previous, f"{name}/lr{lr:g}"),
-                                    view) for lr in lrs]
+        trials = [self.score_epochs(self.train(name, plan, view, lr, epochs, previous, f"{name}/lr{lr:g}"), view)
+                  for lr in lrs]
         return max(trials, key=lambda t: t.best_val_mrr), trials
 
 
@@ -382,7 +339,7 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
 
     def val_mrr(t: int) -> float:
         view = threshold_view(runner.spark, base, out / "views" / f"t{t}", t, last_k)
-        trial = runner.train("2ts", builder("2ts", cfg), view, "sequences", lr, epochs, stage1_path, f"sweep/t{t}")
+        trial = runner.train("2ts", MODELS["2ts"][-1], view, lr, epochs, stage1_path, f"sweep/t{t}")
         return runner.score_epochs(trial, view).best_val_mrr
 
     best, curve = sweep(cfg.threshold_candidates, val_mrr, log)
@@ -396,13 +353,14 @@ def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, full: Path | 
         model, seconds = popularity(runner, view)
         return model, view, {"lr": None, "epochs": None, "val_mrr": None, "train_seconds": seconds,
                              "peak_memory_mb": None, "trials": []}
-    model_view = full if name in FULL_HISTORY else view
-    if name == "ccf":
+    *on, plan = MODELS[name]  # `on`: [STAGE1] for the kinds built on stage 1
+    model_view = full if plan.table == FULL_HISTORIES else view
+    if plan == STAGE1:
         best, trials, _ = stage1
     else:
-        best, trials = runner.tune(name, builder(name, cfg), model_view, "sequences", cfg.lrs(name),
-                                   cfg.epochs_of(name), stage1[2] if name in ON_STAGE1 else None)
-    used = [stage1[0], best] if name in ON_STAGE1 else [best]
+        best, trials = runner.tune(name, plan, model_view, cfg.lrs(name), cfg.epochs_of(name),
+                                   stage1[2] if on else None)
+    used = [stage1[0], best] if on else [best]
     return load_epoch(best, best.best_epoch), model_view, {
         "lr": best.lr, "epochs": best.best_epoch + 1, "val_mrr": best.best_val_mrr,
         "train_seconds": sum(t.seconds for t in used),
@@ -467,7 +425,8 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     base = prepared_data(cfg, spark, out, log)
-    runner = Runner(spark, resolve(TrainConfig, "train", {**train_overrides, "data": str(base)}), out, log)
+    runner = Runner(spark, resolve(TrainConfig, "train", {**train_overrides, "data": str(base)}), out, log,
+                    extra_hparams={"sasrec": {"window": cfg.sasrec_window}})
     prepared_t, last_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
     experiment_id = tracking.use_tracking(cfg.tracking_uri or tracking.default_tracking_uri(out), out, cfg.experiment)
 
@@ -477,10 +436,9 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                               for k, v in cfg.model_dump().items()}, "data_dir": str(base)})
         mlflow.log_dict(runner.manifest, "data/manifest.json")
 
-        stage1 = None
-        if cfg.threshold == "auto" or any(m in ("ccf",) + ON_STAGE1 for m in cfg.models):
-            best, trials = runner.tune("ccf", builder("ccf", cfg), base, "stage1_offers", cfg.lrs("ccf"),
-                                       cfg.epochs_of("ccf"))
+        stage1, trained = None, [MODELS[m] for m in cfg.models if m in MODELS]
+        if cfg.threshold == "auto" or any(plans[0] == STAGE1 for plans in trained):
+            best, trials = runner.tune("ccf", STAGE1, base, cfg.lrs("ccf"), cfg.epochs_of("ccf"))
             stage1 = (best, trials, str(out / "models" / "stage1.pt"))
             save_model(stage1[2], load_epoch(best, best.best_epoch))
 
@@ -494,7 +452,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
         view = base if t_star == prepared_t else threshold_view(spark, base, out / "views" / f"t{t_star}", t_star,
                                                                 last_k)
         full = (full_history_view(spark, view, out / "views" / "full", cfg.max_len)
-                if any(m in FULL_HISTORY for m in cfg.models) else None)
+                if any(plans[-1].table == FULL_HISTORIES for plans in trained) else None)
         log(f"[compare] t* = {t_star} ({threshold['source']}); models: {', '.join(cfg.models)}")
 
         for name in cfg.models:
