@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Both training stages under plain torchrun, NCCL and one GPU per rank, on a box without Spark, Java, petastorm or
-# MLflow (torch, numpy, pyarrow only). Prints the throughput table and writes it, with the logs, under $OUT.
+# The training stages of each model kind under plain torchrun, NCCL and one GPU per rank, on a box without Spark,
+# Java, petastorm or MLflow (torch, numpy, pyarrow only). Prints the wall-time and throughput table (a row per
+# model and stage, a total per model) and writes it, with the logs, under $OUT.
 #
 #   bench/gpu_train.sh [EXPORT_DIR [bench/train.py flags...]]   # EXPORT_DIR: made by `python bench/train.py`
-#                                                                 # (bench-output/train/export); e.g. --batch1 16384
+#                                                                 # (bench-output/train/export); e.g. --batch1 16384,
+#                                                                 # --models 2ts,gru4rec,2ts-singlestage (default 2ts)
 #
 # Without a GPU it falls back to 2 CPU processes with gloo, which is how it is tested here.
 set -euo pipefail
