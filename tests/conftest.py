@@ -30,10 +30,11 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     from twots.spark import get_spark
 
     session = get_spark("twots-tests", master="local[2]", conf={
+        "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("spark-warehouse")),
         "spark.sql.shuffle.partitions": "4",
         "spark.default.parallelism": "4",
         "spark.ui.enabled": "false",

@@ -199,7 +199,9 @@ class _ParquetLoader:
 
     def __init__(self, source: ParquetSource, rank: int, world: int, batch_size: int, seed: int):
         self.layout, self.rank, self.world, self.batch_size, self.seed = source.layout, rank, world, batch_size, seed
-        self.columns = {k: torch.as_tensor(v) for k, v in read_columns(source.path, source.layout.columns).items()}
+        # Arrow hands out read-only buffers; torch wants to own writable memory.
+        self.columns = {k: torch.from_numpy(np.array(v)) for k, v in
+                        read_columns(source.path, source.layout.columns).items()}
         self.rows = len(self.columns["user_id"])
         self.steps_per_epoch = steps_per_epoch(self.rows, batch_size, world)
 
