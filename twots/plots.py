@@ -74,7 +74,7 @@ def plot_mrr_by_bucket(bucket_mrr: Mapping[str, Mapping[str, float]], t_star: in
     ax.set_xlabel("#interactions in training")
     ax.set_ylabel("MRR")
     ax.set_title(title)
-    ax.legend(fontsize="small", ncol=2)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     return _save(fig, path)
 
 
