@@ -27,7 +27,8 @@ import torch
 
 from twots.models import TwoTimeScaleModel
 from twots.registry import use_registry
-from twots.serving import RecommendConfig, batch_recommend, local_server, log_model
+from twots.config import resolve
+from twots.serving import RecommendConfig, ServeConfig, batch_recommend, local_server, log_model
 from twots.spark import get_spark
 
 
@@ -90,6 +91,8 @@ def main() -> None:
     parser.add_argument("--batch-users", type=int, default=2_000, help="users scored by batch recommend")
     parser.add_argument("--batch-items", type=int, nargs="+", default=[10_000, 100_000],
                         help="catalogue sizes (of --items) for batch recommend")
+    parser.add_argument("--scan", default="float32", choices=("float32", "bfloat16"),
+                        help="the served model's full-catalogue scan (serve.scan)")
     parser.add_argument("--workdir", default="bench-output/serve")
     args = parser.parse_args()
 
@@ -111,7 +114,8 @@ def main() -> None:
         model = TwoTimeScaleModel(n_users=args.users, n_items=n_items).eval()
         name = f"twots-bench-{n_items}"
         with mlflow.start_run(experiment_id=experiment):
-            info = log_model(model, str(data), spark=spark, registered_model_name=name)
+            info = log_model(model, str(data), spark=spark, registered_model_name=name,
+                             limits=resolve(ServeConfig, "serve", {"scan": args.scan}))
         client.set_registered_model_alias(name, "champion", info.registered_model_version)
         uri = f"models:/{name}@champion"
         runs = []
@@ -134,7 +138,8 @@ def main() -> None:
             batch.append((n_items, statistics.median(rates)))
 
     load = os.getloadavg()[0]
-    print(f"\nOnline: mlflow models serve (1 worker), {args.history} recent items, k=10, {args.requests} requests x "
+    print(f"\nOnline: mlflow models serve (1 worker), {args.scan} scan, {args.history} recent items, k=10, "
+          f"{args.requests} requests x "
           f"{args.runs} runs, medians; {os.cpu_count()} CPUs, load average {load:.1f}")
     print(f"{'items':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/s (1 client)':>17} {f'req/s ({args.clients} clients)':>17}")
     for n_items, r in online:

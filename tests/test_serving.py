@@ -97,6 +97,25 @@ def test_pyfunc_matches_the_model_for_phi_and_psi_starts(served):
     assert answer["items"][0][:5] != answer["items"][2]
 
 
+def test_bfloat16_scan_returns_the_exact_top_k(served):
+    """scan=bfloat16 ranks the catalogue roughly, then rescores its best candidates in float32: the answer is the
+    exact top k (items and float32 scores) for every request here."""
+    users, items, model = served["users"], served["items"], served["model"]
+    pyfunc = mlflow.pyfunc.load_model(URI, model_config={"scan": "bfloat16"})
+    assert pyfunc.unwrap_python_model().item_matrix.dtype == torch.bfloat16
+    rng = np.random.default_rng(0)
+    picked = rng.choice(users.index.to_numpy(), size=40, replace=False)
+    histories = [rng.choice(len(items), size=int(rng.integers(0, 25)), replace=False).tolist() for _ in picked]
+    request = pd.DataFrame({"user_id": [users.raw_user_id[u] for u in picked],
+                            "recent_items": [[items.raw_item_id[i] for i in h] for h in histories],
+                            "k": [int(k) for k in rng.integers(1, 300, size=len(picked))]})
+    answer = pyfunc.predict(request)
+    for row, (user, history) in enumerate(zip(picked, histories)):
+        ids, scores = expected(model, int(user), bool(users.is_active[user]), history, request.k[row], exclude=True)
+        assert answer["items"][row] == [items.raw_item_id[i] for i in ids]
+        assert answer["scores"][row] == pytest.approx(scores, rel=1e-5, abs=1e-6)
+
+
 def test_exclude_clicked_and_unknown_items(served):
     items, model, n_items = served["items"], served["model"], len(served["items"])
     history = [int(i) for i in items.index[:4]]
