@@ -108,7 +108,9 @@ def test_export_then_every_kind_under_torchrun(spark, prepared_movielens, tmp_pa
         assert twots == pytest.approx(sum(stage_wall), abs=0.11) and min(stage_wall) > 0
         for model in ("gru4rec", "2ts-singlestage"):
             total = float(rows[model, "total", n]["wall s"])
-            assert float(rows[model, "total", n]["wall / 2ts"]) == pytest.approx(total / twots, abs=0.02)
+            # The table rounds walls to 0.1 s and the ratio (of the unrounded walls) to 0.01.
+            lowest, highest = (total - 0.05) / (twots + 0.05), (total + 0.05) / (twots - 0.05)
+            assert lowest - 0.005 <= float(rows[model, "total", n]["wall / 2ts"]) <= highest + 0.005
             assert float(rows[model, "train", n]["interactions/s"].replace(",", "")) > 0
 
     # Each kind trained and saved its own model; 2TS's stage 2 kept the stage-1 embeddings frozen.
