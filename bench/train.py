@@ -36,7 +36,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 
 from twots.loaders import Layout, ParquetSource  # noqa: E402  (after the path set-up; torch-only imports)
 from twots.stages import FULL_HISTORIES, MODELS, SEQUENCES, STAGE1_OFFERS  # noqa: E402
-from twots.trainer import StageJob  # noqa: E402
+from twots.trainer import StageJob, run_stages  # noqa: E402
 
 STAGE_LR = {"stage1": 0.01, "stage2": 0.005}  # by StagePlan.settings
 
@@ -75,24 +75,14 @@ def warm_up(device) -> None:
 
 
 def timed_stages(jobs: list[StageJob]) -> dict:
-    """twots.trainer.run_stages, plus each stage's wall seconds (the slowest rank's: model build, loading the rows,
-    epochs, save) and a peak GPU memory of its own."""
-    import torch
-
+    """twots.trainer.run_stages (each stage's result holds its wall seconds) after warm_up, with every rank
+    starting the first stage's clock together."""
     from twots import distributed
-    from twots.trainer import train_stage
 
-    ctx = distributed.setup(jobs[0].use_gpu)
+    ctx = distributed.setup(jobs[0].use_gpu)  # run_stages joins the same process group
     warm_up(ctx.device)
-    results = []
-    for job in jobs:
-        if ctx.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(ctx.device)
-        distributed.barrier(ctx)
-        started = time.perf_counter()
-        result = train_stage(ctx, job)
-        results.append({**result, "wall_s": distributed.all_max(ctx, time.perf_counter() - started)})
-    return {"stages": results, "ranks_finished": distributed.finish(ctx)}
+    distributed.barrier(ctx)
+    return run_stages(jobs)
 
 
 def batches(args) -> dict[str, int]:

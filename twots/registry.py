@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from twots.config import Section
-from twots.evaluate import SPLITS, EvalData, load_arrays
+from twots.evaluate import SPLITS, EvalData, evaluate_loaded, load_arrays
 from twots.remap import RemappedModel
 from twots.serving import id_maps_fingerprint, read_id_maps
 from twots.spark import on_databricks
@@ -89,22 +89,25 @@ def latest_version(client: MlflowClient, name: str) -> str:
     return str(max(int(v.version) for v in versions))
 
 
-def score(name: str, version: str, data: EvalData, split: str, users: pd.DataFrame,
-          items: pd.DataFrame) -> tuple[float, dict[str, int] | None]:
-    """The version's MRR on `split` of the replay arrays `data` (loaded for `split` and the splits before it), whose raw-id maps are `users` and `items`
-    (read_id_maps). A version trained on other maps is scored through its own (twots.remap); then also returned: how
-    many of the replayed users and candidate items it does not know, else None."""
-    from twots.evaluate import evaluate_loaded
+def replayed_splits(split: str) -> tuple[str, ...]:
+    """`split` and the splits before it: test is replayed after val, as in training's evaluation."""
+    return SPLITS[:SPLITS.index(split) + 1]
 
+
+def score(name: str, version: str, data: EvalData, split: str, users: pd.DataFrame, items: pd.DataFrame,
+          id_maps: str) -> tuple[float, dict[str, int] | None]:
+    """The version's MRR on `split` of the replay arrays `data` (loaded for replayed_splits(split)), whose raw-id maps
+    are `users` and `items` (read_id_maps) with fingerprint `id_maps`. A version trained on other maps is scored
+    through its own (twots.remap); then also returned: how many of the replayed users and candidate items it does
+    not know, else None."""
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     served = pyfunc.unwrap_python_model()
-    replayed = SPLITS[:SPLITS.index(split) + 1]  # test is replayed after val, as in training's evaluation
     model, unknown = served.model, None
-    if pyfunc.metadata.metadata.get("id_maps") != id_maps_fingerprint(users, items):
+    if pyfunc.metadata.metadata.get("id_maps") != id_maps:
         model = RemappedModel.by_raw_ids(served.model, served.user_index, served.user_active, served.item_index,
                                          users["raw_user_id"], items["raw_item_id"])
         unknown = unknown_to(model, data)
-    report = evaluate_loaded(model, data, replayed)
+    report = evaluate_loaded(model, data, replayed_splits(split))
     return float(report["metrics"][split]["overall"]["mrr"]), unknown
 
 
@@ -152,9 +155,10 @@ def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> 
         return True
     table_version = table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"]
     users, items = read_id_maps(spark, cfg.data)
-    data = load_arrays(cfg.data, spark, SPLITS[:SPLITS.index(cfg.split) + 1])  # read once, replayed for both
-    mrr, unknown = score(name, version, data, cfg.split, users, items)
-    champion_mrr, champion_unknown = (score(name, champion, data, cfg.split, users, items) if champion
+    id_maps = id_maps_fingerprint(users, items)
+    data = load_arrays(cfg.data, spark, replayed_splits(cfg.split))  # read once, replayed for both
+    mrr, unknown = score(name, version, data, cfg.split, users, items, id_maps)
+    champion_mrr, champion_unknown = (score(name, champion, data, cfg.split, users, items, id_maps) if champion
                                       else (None, None))
     if table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"] != table_version:
         raise RuntimeError(f"{cfg.data}/eval_candidates changed while validating; rerun validate")

@@ -158,13 +158,13 @@ class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
                                    f"max_history={self.limits.max_history}")
         return users, [int(k) for k in ks], [bool(e) for e in excludes], histories
 
-    def _top(self, user_vectors, scores, k: int):
+    def _top(self, state, scores, k: int):
         """The k best (scores, ids) per row; a bfloat16 scan's best candidates are rescored in float32 first."""
         if scores.dtype == torch.float32:
             return scores.topk(k, dim=1)
         pool = min(scores.shape[1], max(RESCORE_POOL, 4 * k))
         rough, candidates = scores.topk(pool, dim=1)
-        exact = torch.bmm(self.model.item_vectors(candidates), user_vectors.unsqueeze(-1)).squeeze(-1)
+        exact = self.model.score(state, candidates)
         top_scores, at = exact.masked_fill(torch.isneginf(rough), float("-inf")).topk(k, dim=1)
         return top_scores, candidates.gather(1, at)
 
@@ -187,12 +187,11 @@ class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
         for t in range(steps.shape[1]):  # item -1 (a shorter history) leaves that row's state as it is
             state = self.model.step(state, steps[:, t], active_t)
 
-        user_vectors = self.model.user_vector(state)
-        scores = user_vectors.to(self.item_matrix.dtype) @ self.item_matrix.T
+        scores = self.model.user_vector(state).to(self.item_matrix.dtype) @ self.item_matrix.T
         for row in range(n):
             if excludes[row] and len(clicked[row]):
                 scores[row, torch.from_numpy(clicked[row])] = float("-inf")
-        top_scores, top_ids = self._top(user_vectors, scores, max(ks))
+        top_scores, top_ids = self._top(state, scores, max(ks))
         out_items, out_scores = [], []
         for row in range(n):
             s, i = top_scores[row, :ks[row]].numpy(), top_ids[row, :ks[row]].numpy()

@@ -146,7 +146,12 @@ def run_stage(job: StageJob) -> dict:
 
 
 def train_stage(ctx: distributed.Context, job: StageJob) -> dict:
-    """Build, train and save (rank 0) one stage's model; returns when every rank can read the saved model."""
+    """Build, train and save (rank 0) one stage's model; returns when every rank can read the saved model. The result
+    also holds the stage's wall seconds (the slowest rank's: build, loading the rows, epochs, save) and, on a GPU, the
+    stage's own peak memory."""
+    started = time.perf_counter()
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     if job.threads:
         torch.set_num_threads(job.threads)
     torch.manual_seed(job.seed)
@@ -163,4 +168,5 @@ def train_stage(ctx: distributed.Context, job: StageJob) -> dict:
         Path(job.model_path).parent.mkdir(parents=True, exist_ok=True)
         save_model(job.model_path, model.cpu())
     distributed.barrier(ctx)  # the next stage builds on the saved model
+    result["wall_s"] = distributed.all_max(ctx, time.perf_counter() - started)
     return result
