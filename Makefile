@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) -m twots.demo --data $(DATA)/ml-latest-small --output demo-output
+	$(PY) -m experiments.demo --data $(DATA)/ml-latest-small --output demo-output
 
 compare: setup
 	$(PY) jobs/compare.py --source movielens --input $(DATA)/ml-latest-small --output compare-output --models all

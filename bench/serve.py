@@ -4,7 +4,7 @@
     .venv/bin/python bench/serve.py [--items 10000 100000 1000000] [--requests 300] [--runs 3]
 
 Each catalogue gets synthetic Delta tables (users, user_activity, items, interactions with raw ids) and a random
-2TS model of the default dimensions (D = 64), logged through `twots.serving.log_model` and registered @champion in
+2TS model of the default dimensions (D = 64), logged through `twots.mlops.serving.log_model` and registered @champion in
 a sqlite registry under --workdir. A request is one known user (half of them active) with --history recent items
 and k=10, as JSON `dataframe_records`, sent one at a time (latency) and from --clients threads (requests/s).
 Latency is client-side wall time, server and client on the same box. Medians over --runs runs.
@@ -25,17 +25,17 @@ import mlflow
 import numpy as np
 import torch
 
-from twots.models import TwoTimeScaleModel
-from twots.registry import use_registry
+from twots.models.two_time_scale import TwoTimeScaleModel
+from twots.mlops.registry import use_registry
 from twots.config import resolve
-from twots.serving import RecommendConfig, ServeConfig, batch_recommend, local_server, log_model
+from twots.mlops.serving import RecommendConfig, ServeConfig, batch_recommend, local_server, log_model
 from twots.spark import get_spark
 
 
 def synthetic_tables(spark, data: Path, n_users: int, n_items: int, clicks_per_user: int) -> None:
     from pyspark.sql import functions as F
 
-    from pipelines.delta import write_table
+    from twots.data.delta import write_table
 
     users = spark.range(n_users).select(F.col("id").cast("int").alias("user_id"),
                                         F.concat(F.lit("u"), F.col("id")).alias("raw_user_id"))

@@ -13,10 +13,10 @@ the baselines train on) and measures, each `--repeats` times (medians quoted):
 - evaluation events/s of the online replay (val + test) on the driver, one thread;
 - stage-1 step time as the embedding tables grow (users = items = 100k, 1M, 5M) with the sparse gradient sync.
 
-The `ranks` mode trains every kind of `--models` (twots.stages.MODELS) on the export, the same epochs for all, stage 1
+The `ranks` mode trains every kind of `--models` (twots.models.kinds.MODELS) on the export, the same epochs for all, stage 1
 once for the kinds built on it, and prints per (model, stage) the wall seconds (build, data load, epochs, save; the
 slowest rank's) and throughput; `report` turns those lines into a table with a total per model, stage 1 counted in
-each kind built on it (as twots.compare counts it).
+each kind built on it (as experiments.compare counts it).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
-from twots.loaders import Layout, ParquetSource  # noqa: E402  (after the path set-up; torch-only imports)
-from twots.stages import FULL_HISTORIES, MODELS, SEQUENCES, STAGE1_OFFERS  # noqa: E402
-from twots.trainer import StageJob, run_stages  # noqa: E402
+from twots.training.loaders import Layout, ParquetSource  # noqa: E402  (after the path set-up; torch-only imports)
+from twots.models.kinds import FULL_HISTORIES, MODELS, SEQUENCES, STAGE1_OFFERS  # noqa: E402
+from twots.training.trainer import StageJob, run_stages  # noqa: E402
 
 STAGE_LR = {"stage1": 0.01, "stage2": 0.005}  # by StagePlan.settings
 
@@ -75,9 +75,9 @@ def warm_up(device) -> None:
 
 
 def timed_stages(jobs: list[StageJob]) -> dict:
-    """twots.trainer.run_stages (each stage's result holds its wall seconds) after warm_up, with every rank
+    """twots.training.trainer.run_stages (each stage's result holds its wall seconds) after warm_up, with every rank
     starting the first stage's clock together."""
-    from twots import distributed
+    from twots.training import distributed
 
     ctx = distributed.setup(jobs[0].use_gpu)  # run_stages joins the same process group
     warm_up(ctx.device)
@@ -196,10 +196,10 @@ def prepared_data(spark, rows: int, out: Path) -> Path:
 
 def export(spark, data: Path, out: Path, max_len: int) -> Path:
     """The training rows as plain Parquet + side data: the folder bench/gpu_train.sh trains from. Full histories
-    (each user's last `max_len` training items, as twots.compare builds them) are a third table."""
-    from twots.baselines.sequences import full_sequences
-    from twots.loaders import export_parquet
-    from twots.train import TrainConfig, read_manifest, write_side_data
+    (each user's last `max_len` training items, as experiments.compare builds them) are a third table."""
+    from pipelines.histories import full_sequences
+    from twots.training.loaders import export_parquet
+    from twots.training.train import TrainConfig, read_manifest, write_side_data
 
     def read(table: str):
         return spark.read.format("delta").load(str(data / table))
@@ -222,7 +222,7 @@ def export(spark, data: Path, out: Path, max_len: int) -> Path:
 
 
 def stage1_scaling(world: int, sizes: tuple[int, ...], steps: int = 20, batch: int = 4096) -> list[dict]:
-    from twots import distributed
+    from twots.training import distributed
 
     return distributed.run(_scaling_rank, sizes, steps, batch, num_processes=world)["rows"]
 
@@ -235,9 +235,9 @@ def _scaling_rank(sizes, steps, batch) -> dict:
     comparison, with the dense all-reduce plain DDP would do. Small dims keep 5M-row tables in memory."""
     import torch
 
-    from twots import distributed
-    from twots.models import Stage1Model
-    from twots.trainer import make_optimizers
+    from twots.training import distributed
+    from twots.models.two_time_scale import Stage1Model
+    from twots.training.trainer import make_optimizers
 
     ctx = distributed.setup(use_gpu=False)
     torch.set_num_threads(1)
@@ -286,11 +286,11 @@ def _scaling_rank(sizes, steps, batch) -> dict:
 def main(args) -> None:
     from pyspark import cloudpickle
 
-    from twots import distributed
-    from twots.evaluate import evaluate
-    from twots.models import load_model
+    from twots.training import distributed
+    from twots.evaluation.evaluate import evaluate
+    from twots.models.two_time_scale import load_model
     from twots.spark import get_spark
-    from twots.train import make_source, read_manifest
+    from twots.training.train import make_source, read_manifest
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ranks cannot import bench/ as a module
     out = Path(args.out)
@@ -305,7 +305,7 @@ def main(args) -> None:
     if args.export_only:
         return
 
-    from twots.train import TrainConfig
+    from twots.training.train import TrainConfig
 
     hparams = json.loads((exported / "hparams.json").read_text())
     hparams["side_data"] = str(exported / "side_data.npz")
@@ -370,7 +370,7 @@ def parse(argv=None):
     parser.add_argument("--max-len", type=int, default=200,
                         help="full histories keep each user's last N training items (compare's max_len default)")
     parser.add_argument("--models", type=models_list, default=["2ts"],
-                        help="ranks mode: comma-separated model kinds of twots.stages.MODELS")
+                        help="ranks mode: comma-separated model kinds of twots.models.kinds.MODELS")
     parser.add_argument("--epochs", type=int, default=2, help="ranks mode: epochs of every stage of every model")
     parser.add_argument("--batch1", type=int, default=4096, help="stage-1 rows per batch per process")
     parser.add_argument("--batch2", type=int, default=256, help="stage-2 users per batch per process")

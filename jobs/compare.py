@@ -5,7 +5,7 @@
     spark-submit jobs/compare.py --data /data/twots --models ccf,2ts,2ts-plus --threshold auto
 """
 
-from twots.compare import CompareConfig, compare
+from experiments.compare import CompareConfig, compare
 from twots.config import load
 from twots.spark import get_spark
 

@@ -4,7 +4,7 @@
 """
 
 from twots.config import load
-from twots.evaluate import EvaluateConfig, evaluate_logged
+from twots.evaluation.evaluate import EvaluateConfig, evaluate_logged
 from twots.spark import get_spark
 
 

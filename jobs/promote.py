@@ -1,7 +1,7 @@
 """Move @champion to @challenger (the version validate passed); does nothing when there is no challenger."""
 
 from twots.config import load
-from twots.registry import RegistryConfig, connect, promote, publish
+from twots.mlops.registry import RegistryConfig, connect, promote, publish
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Register a training run's `model` as a version of the registered model; publishes `model_version`."""
 
 from twots.config import load
-from twots.registry import RegistryConfig, connect, publish, register
+from twots.mlops.registry import RegistryConfig, connect, publish, register
 
 
 def main() -> None:

@@ -5,9 +5,9 @@
 """
 
 from twots.config import load
-from twots.registry import publish
+from twots.mlops.registry import publish
 from twots.spark import get_spark
-from twots.train import TrainConfig, train
+from twots.training.train import TrainConfig, train
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Score a model version and @champion on the same test candidates; set @challenger if it passes the thresholds."""
 
 from twots.config import load
-from twots.registry import RegistryConfig, connect, latest_version, publish, validate
+from twots.mlops.registry import RegistryConfig, connect, latest_version, publish, validate
 from twots.spark import get_spark
 
 

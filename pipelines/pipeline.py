@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from pipelines.activity import sequences, split_column, user_activity
 from pipelines.config import PrepareConfig
-from pipelines.delta import read_table, write_table
+from twots.data.delta import read_table, write_table
 from pipelines.indexing import dense_ids, with_global_index
 from pipelines.negatives import eval_candidates, stage1_offers
 from pipelines.readers import read_source

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from twots.baselines import KINDS, SASRec
-from twots.baselines.models import Popularity
-from twots.losses import offer_softmax_loss
-from twots.metrics import rank_metrics
-from twots.models import load_model, save_model, split_parameters
-from twots.replay import Events, Warmup, replay
+from twots.models.baselines import KINDS, SASRec
+from twots.models.baselines import Popularity
+from twots.models.losses import offer_softmax_loss
+from twots.evaluation.metrics import rank_metrics
+from twots.models.two_time_scale import load_model, save_model, split_parameters
+from twots.evaluation.replay import Events, Warmup, replay
 
 N_ITEMS, CLUSTERS, P = 80, 8, 5
 DIMS = dict(n_items=N_ITEMS, n_features=3, max_features=1, item_dim=16, feature_dim=4)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from twots.baselines.sequences import full_sequences, item_counts
+from pipelines.histories import full_sequences, item_counts
 
 
 def offers_and_activity(spark):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from twots.baselines import GRU4Rec
-from twots.loaders import read_columns
-from twots.models import TwoTimeScaleModel, load_model
+from twots.models.baselines import GRU4Rec
+from twots.training.loaders import read_columns
+from twots.models.two_time_scale import TwoTimeScaleModel, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 TABLES = ("stage1_offers", "sequences", "full_sequences")

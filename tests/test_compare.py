@@ -8,8 +8,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from twots.baselines import SASRec
-from twots.compare import MODEL_NAMES, CompareConfig, compare, results_table
+from twots.models.baselines import SASRec
+from experiments.compare import MODEL_NAMES, CompareConfig, compare, results_table
 from twots.config import ConfigError, resolve
 
 START = 1511539200  # the Taobao window (conf/taobao.yaml)

@@ -1,10 +1,10 @@
-"""twots.demo: the results table and its failure modes (the full demo is `make demo`, timed in docs/training.md)."""
+"""experiments.demo: the results table and its failure modes (the full demo is `make demo`, timed in docs/training.md)."""
 
 from __future__ import annotations
 
 import pytest
 
-from twots.demo import DemoConfig, results_table, run
+from experiments.demo import DemoConfig, results_table, run
 
 
 def summary(mrr: float, new_mrr: float | None) -> dict:

@@ -1,4 +1,4 @@
-"""twots.distributed under a real TorchDistributor: 2 CPU processes, gloo."""
+"""twots.training.distributed under a real TorchDistributor: 2 CPU processes, gloo."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyspark import cloudpickle
 
-from twots import distributed
+from twots.training import distributed
 
 # The train functions below live in this test module, which the rank processes cannot import: ship them by value
 # (TorchDistributor pickles with pyspark's own copy of cloudpickle).

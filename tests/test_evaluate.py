@@ -1,4 +1,4 @@
-"""twots.evaluate on the pipeline's real Delta tables (prepared_movielens: 99 negatives per event)."""
+"""twots.evaluation.evaluate on the pipeline's real Delta tables (prepared_movielens: 99 negatives per event)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from twots.evaluate import evaluate, evaluate_loaded, load_arrays
-from twots.models import Stage1Model, TwoTimeScaleModel
+from twots.evaluation.evaluate import evaluate, evaluate_loaded, load_arrays
+from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel
 
 
 @pytest.fixture(scope="module")

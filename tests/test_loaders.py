@@ -1,11 +1,11 @@
-"""twots.loaders: both backends over real Spark/Delta tables; equal steps, disjoint shards, deterministic order."""
+"""twots.training.loaders: both backends over real Spark/Delta tables; equal steps, disjoint shards, deterministic order."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from twots import loaders
+from twots.training import loaders
 
 ROWS, P, BATCH, WORLD = 1000, 3, 64, 2
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from twots.losses import offer_softmax_loss
+from twots.models.losses import offer_softmax_loss
 
 
 def test_loss_is_softmax_cross_entropy_of_the_positive_within_its_offer_set():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from mlflow.utils.validation import validate_param_and_metric_name
 
-from twots.metrics import flatten, rank_metrics, ranks_from_scores, summarize
+from twots.evaluation.metrics import flatten, rank_metrics, ranks_from_scores, summarize
 
 
 def test_rank_counts_higher_negatives_and_half_the_ties():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from twots.losses import offer_softmax_loss
-from twots.models import (ItemEncoder, SequentialRecommender, Stage1Model, TwoTimeScaleModel, load_model,
+from twots.models.losses import offer_softmax_loss
+from twots.models.two_time_scale import (ItemEncoder, SequentialRecommender, Stage1Model, TwoTimeScaleModel, load_model,
                           register_model_kind, save_model, split_parameters)
 
 N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES = 12, 30, 5, 3

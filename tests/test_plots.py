@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from twots import plots
+from twots.evaluation import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from test_serving import random_model
 
-from twots.registry import (CHALLENGER, CHAMPION, REASON, STATUS, RegistryConfig, promote, register, release,
+from twots.mlops.registry import (CHALLENGER, CHAMPION, REASON, STATUS, RegistryConfig, promote, register, release,
                             serve_command, use_registry, validate, verdict)
-from twots.serving import log_model
+from twots.mlops.serving import log_model
 
 NAME = "twots-registry-test"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,10 +169,10 @@ def last_week(spark, shared_data, prepared_movielens, tmp_path_factory):
 
 
 def expected_against_last_week(spark, data, old):
-    """Independently of twots.remap: the val users and candidate items of `data` unknown to the tables `old` (as
+    """Independently of twots.evaluation.remap: the val users and candidate items of `data` unknown to the tables `old` (as
     "unknown/total"), and the val MRR of the popularity model of `old` (popularity_model) when items it does not
     know score -inf."""
-    from twots.metrics import ranks_from_scores
+    from twots.evaluation.metrics import ranks_from_scores
 
     users, items = (read(spark, data, t).toPandas().set_index(key) for t, key in (("users", "user_id"),
                                                                                     ("items", "item_id")))

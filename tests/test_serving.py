@@ -13,10 +13,10 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from twots.models import TwoTimeScaleModel
-from twots.registry import use_registry
-from twots.serving import RecommendConfig, ServeConfig, batch_recommend, local_server, log_model
-from twots.train import write_side_data
+from twots.models.two_time_scale import TwoTimeScaleModel
+from twots.mlops.registry import use_registry
+from twots.mlops.serving import RecommendConfig, ServeConfig, batch_recommend, local_server, log_model
+from twots.training.train import write_side_data
 
 NAME = "twots-serving-test"
 URI = f"models:/{NAME}@champion"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from twots.config import ConfigError, resolve
-from twots.models import TwoTimeScaleModel, load_model
-from twots.train import TrainConfig, train
+from twots.models.two_time_scale import TwoTimeScaleModel, load_model
+from twots.training.train import TrainConfig, train
 
 
 def config(data, run_dir, **overrides) -> TrainConfig:
@@ -94,7 +94,7 @@ def test_stage2_on_a_given_stage1_model(spark, prepared_movielens, tmp_path):
 def test_bad_config_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="train.model"):
         config(tmp_path, tmp_path, model="3ts")
-    with pytest.raises(ConfigError, match="train.model"):  # a kind of twots.stages that only compare trains
+    with pytest.raises(ConfigError, match="train.model"):  # a kind of twots.models.kinds that only compare trains
         config(tmp_path, tmp_path, model="gru4rec")
     with pytest.raises(ConfigError, match="train.stage1_epochs"):
         config(tmp_path, tmp_path, stage1_epochs=0)

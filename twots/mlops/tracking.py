@@ -2,7 +2,7 @@
 
 The run holds the full config (params), the data manifest and the Delta table versions that trained the model,
 per-epoch losses and throughput of each stage, the final metrics, the plots (PNG) and the model (the served
-pyfunc of twots.serving). Tracking and registry default to `sqlite:///<data>/mlflow.db` with artifacts in
+pyfunc of twots.mlops.serving). Tracking and registry default to `sqlite:///<data>/mlflow.db` with artifacts in
 `<data>/mlartifacts`; any tracking URI works (a Databricks workspace: `databricks`). A resumed training run
 (`--resume`) continues the MLflow run recorded in `<run_dir>/run.json`.
 """
@@ -61,16 +61,16 @@ class Tracker:
         log_evaluation(report, run_dir)
 
     def log_model(self, model_path: str, data_dir: str, spark) -> None:
-        from twots.models import load_model
-        from twots.serving import log_model
+        from twots.models.two_time_scale import load_model
+        from twots.mlops.serving import log_model
 
         log_model(load_model(model_path), data_dir, spark=spark)
 
 
 def log_evaluation(report: dict, out_dir: Path) -> None:
-    """Metrics of twots.evaluate.evaluate (flat names per split), its JSON and the Fig. 4 plot, to the active run."""
-    from twots.metrics import flatten
-    from twots.plots import plot_embedding_change
+    """Metrics of twots.evaluation.evaluate.evaluate (flat names per split), its JSON and the Fig. 4 plot, to the active run."""
+    from twots.evaluation.metrics import flatten
+    from twots.evaluation.plots import plot_embedding_change
 
     for split, summary in report["metrics"].items():
         mlflow.log_metrics(flatten(summary, prefix=split))

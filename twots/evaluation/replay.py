@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from twots.metrics import ranks_from_scores
-from twots.models import SequentialRecommender, pad_lists
+from twots.evaluation.metrics import ranks_from_scores
+from twots.models.two_time_scale import SequentialRecommender, pad_lists
 
 # Users per init_state / warm-up step call: these touch no candidates, so far more rows fit than in scoring.
 STATE_CHUNK = 65536
@@ -98,7 +98,7 @@ class ReplayResult:
     is_new: np.ndarray
 
     def change_records(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Columns is_active, step, change for twots.plots.plot_embedding_change (new users count as inactive)."""
+        """Columns is_active, step, change for twots.evaluation.plots.plot_embedding_change (new users count as inactive)."""
         keep = slice(None) if mask is None else np.asarray(mask, dtype=bool)
         return {"is_active": self.is_active[keep], "step": self.step[keep], "change": self.change[keep]}
 

@@ -36,9 +36,9 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 from pydantic import Field
 
 from twots.config import Section, resolve
-from twots.models import load_model, pad_lists, save_model
+from twots.models.two_time_scale import load_model, pad_lists, save_model
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # A batch of requests is scored in chunks of at most this many (request, item) scores: 128 MiB of float32,
 # so a batch job's Arrow batch over a 4M-item catalogue still fits in memory (8 requests per chunk).
 SCORES_PER_CHUNK = 1 << 25
@@ -118,7 +118,7 @@ def _as_history(row: int, value) -> list[str]:
 
 
 class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
-    """Artifacts: `model` (twots.models.save_model file), `users` and `items` (raw-id maps as Parquet)."""
+    """Artifacts: `model` (twots.models.two_time_scale.save_model file), `users` and `items` (raw-id maps as Parquet)."""
 
     def load_context(self, context):
         self.model = load_model(context.artifacts["model"]).eval()
@@ -209,7 +209,7 @@ class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
 
 def read_id_maps(spark, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """users (user_id, raw_user_id, is_active) and items (item_id, raw_item_id), dense ids in order."""
-    from pipelines.delta import read_table
+    from twots.data.delta import read_table
 
     read = lambda table: read_table(spark, f"{data_dir}/{table}")  # noqa: E731
     users = (read("users").join(read("user_activity").select("user_id", "is_active"), "user_id", "left")
@@ -297,7 +297,7 @@ def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
     """
     from pyspark.sql import functions as F
 
-    from pipelines.delta import read_table, write_table
+    from twots.data.delta import read_table, write_table
 
     read = lambda table: read_table(spark, f"{cfg.data}/{table}")  # noqa: E731
     # The model's own request limits (MLmodel's python_function "config"), so no history exceeds its max_history.

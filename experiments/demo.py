@@ -1,11 +1,11 @@
 """`make demo`: prepare MovieLens, train 2TS and 2TS-Plus, evaluate, print the results table.
 
-    python -m twots.demo --data ../shared/data/ml-latest-small --output demo-output
+    python -m experiments.demo --data ../shared/data/ml-latest-small --output demo-output
 
 Writes the prepared tables under <output>/data (kept between runs: a second demo reuses them), the MLflow store
 at sqlite:///<output>/mlflow.db (artifacts under <output>/data/mlartifacts), checkpoints and models under
 <output>/data/runs/<model>, and the test metrics per model to <output>/results.json. The last model is registered,
-validated against @champion and promoted (twots.registry.release), and the command that serves it is printed.
+validated against @champion and promoted (twots.mlops.registry.release), and the command that serves it is printed.
 Training settings come from the `train:` section of conf/default.yaml, the gate from `registry:`.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from pydantic import Field
 
 from twots.config import Section, load, resolve
-from twots.registry import RegistryConfig, connect, release, serve_command
-from twots.train import MODELS, TrainConfig, run_dir_of, train
+from twots.mlops.registry import RegistryConfig, connect, release, serve_command
+from twots.training.train import MODELS, TrainConfig, run_dir_of, train
 
 
 class DemoConfig(Section):

@@ -3,12 +3,12 @@
 `MODELS` maps a model kind to its stages, in order; a new kind is one entry. A kind is either stage 1 alone (CCF),
 stage 1 then one stage on the saved stage-1 model (2TS, 2TS-Plus, 2-GRU), or one stage from scratch (the
 full-history baselines and 2TS-SingleStage). Every kind that starts with `STAGE1` can share one trained stage 1
-(twots.compare and bench/train.py train it once). jobs/train.py trains the kinds of `twots.train.MODELS`, a subset;
-twots.compare trains them all.
+(experiments.compare and bench/train.py train it once). jobs/train.py trains the kinds of `twots.training.train.MODELS`, a subset;
+experiments.compare trains them all.
 
 A builder is called on every rank as `build(hparams, previous_model_path)` and returns the nn.Module to train
-(`forward(batch) -> loss`); `hparams` is `twots.train.TrainConfig.hparams(...)`, plus optional extra constructor
-arguments per baseline kind (e.g. `{"sasrec": {"window": 50}}`, set by twots.compare). This module needs only torch
+(`forward(batch) -> loss`); `hparams` is `twots.training.train.TrainConfig.hparams(...)`, plus optional extra constructor
+arguments per baseline kind (e.g. `{"sasrec": {"window": 50}}`, set by experiments.compare). This module needs only torch
 and numpy, so the rank side (TorchDistributor or plain torchrun) imports it without Spark, pydantic or MLflow.
 """
 
@@ -21,12 +21,12 @@ from functools import partial
 import numpy as np
 import torch
 
-from twots.baselines import KINDS
-from twots.models import Stage1Model, TwoTimeScaleModel, load_model
+from twots.models.baselines import KINDS
+from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel, load_model
 
 # The training rows a stage reads. The first two are Delta tables of a prepared folder; full histories are rows of
-# the `sequences` schema holding each user's last max_len training items (twots.baselines.sequences.full_sequences),
-# a table the consumer builds: a view's `sequences` (twots.compare), an exported folder (bench/train.py).
+# the `sequences` schema holding each user's last max_len training items (pipelines.histories.full_sequences),
+# a table the consumer builds: a view's `sequences` (experiments.compare), an exported folder (bench/train.py).
 STAGE1_OFFERS, SEQUENCES, FULL_HISTORIES = "stage1_offers", "sequences", "full_sequences"
 
 
@@ -73,7 +73,7 @@ def build_single_stage(hparams: dict, previous: str | None):
 
 
 def build_baseline(hparams: dict, previous: str | None, kind: str):
-    """A baseline of twots.baselines with the item sizes of stage 1 and its extra arguments `hparams[kind]`."""
+    """A baseline of twots.models.baselines with the item sizes of stage 1 and its extra arguments `hparams[kind]`."""
     dims = {k: hparams["stage1"][k] for k in ("n_items", "n_features", "max_features", "item_dim", "feature_dim")}
     return _with_item_features(KINDS[kind](**dims, **hparams.get(kind, {})), hparams)
 
@@ -89,7 +89,7 @@ def _one_stage(build) -> list[StagePlan]:
     return [StagePlan("train", FULL_HISTORIES, build)]
 
 
-# In the order of the paper's tables (twots.compare reports them so).
+# In the order of the paper's tables (experiments.compare reports them so).
 MODELS: dict[str, list[StagePlan]] = {
     "ccf": [STAGE1],
     "sumpooling": _one_stage(partial(build_baseline, kind="sumpooling")),

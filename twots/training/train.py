@@ -1,7 +1,7 @@
 """Two-stage training on the driver: Delta tables -> distributed stages -> evaluation -> MLflow.
 
-`train(cfg, spark)` runs each stage of the chosen model kind (MODELS, from twots.stages) under TorchDistributor
-(twots.trainer.run_stage on every rank), then evaluates the final model on val/test and logs config, data versions,
+`train(cfg, spark)` runs each stage of the chosen model kind (MODELS, from twots.models.kinds) under TorchDistributor
+(twots.training.trainer.run_stage on every rank), then evaluates the final model on val/test and logs config, data versions,
 losses, throughput, metrics, plots and the model to one MLflow run.
 
 Driver-side packages (pyspark, petastorm, mlflow) are imported inside functions.
@@ -19,9 +19,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from twots.config import Section
-from twots.stages import MODELS as ALL_MODELS
+from twots.models.kinds import MODELS as ALL_MODELS
 
-# The kinds this job trains and evaluates on the prepared tables; twots.compare trains the others of twots.stages.
+# The kinds this job trains and evaluates on the prepared tables; experiments.compare trains the others of twots.stages.
 MODELS = {kind: ALL_MODELS[kind] for kind in ("2ts", "2ts-plus")}
 
 
@@ -29,7 +29,7 @@ class TrainConfig(Section):
     """Two-stage 2TS training with TorchDistributor, evaluation and MLflow tracking."""
 
     data: str = Field(description="folder of the prepared Delta tables and manifest.json (prepare's --output)")
-    model: str = Field("2ts", description="model kind: a key of twots.train.MODELS")
+    model: str = Field("2ts", description="model kind: a key of twots.training.train.MODELS")
     run_dir: str | None = Field(None, description="checkpoints and models; default <data>/runs/<model>")
     item_dim: int = Field(48, ge=1, description="dimension of the transductive item embedding x_i")
     feature_dim: int = Field(16, ge=0, description="dimension of the item feature embedding g(f_i)")
@@ -113,7 +113,7 @@ def write_side_data(spark, data_dir: str | Path, manifest: dict, path: Path) -> 
 
 
 def make_source(spark, cfg: TrainConfig, table: str, run_dir: Path):
-    from twots import loaders
+    from twots.training import loaders
 
     df = spark.read.format("delta").load(str(Path(cfg.data) / table))
     if cfg.loader == "petastorm":
@@ -122,8 +122,9 @@ def make_source(spark, cfg: TrainConfig, table: str, run_dir: Path):
 
 
 def train(cfg: TrainConfig, spark) -> TrainResult:
-    from twots import distributed, tracking
-    from twots.trainer import StageJob, run_stages
+    from twots.training import distributed
+    from twots.mlops import tracking
+    from twots.training.trainer import StageJob, run_stages
 
     manifest = read_manifest(cfg.data)
     plans, previous = MODELS[cfg.model], cfg.stage1_model
@@ -156,8 +157,8 @@ def train(cfg: TrainConfig, spark) -> TrainResult:
             tracker.log_stage(result)
         metrics = {}
         if cfg.evaluate:
-            from twots.evaluate import evaluate
-            from twots.models import load_model
+            from twots.evaluation.evaluate import evaluate
+            from twots.models.two_time_scale import load_model
 
             report = evaluate(load_model(previous), cfg.data, spark)
             metrics = report["metrics"]

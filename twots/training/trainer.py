@@ -3,7 +3,7 @@
 `run_stages(jobs)` is the function TorchDistributor (or plain torchrun, see bench/train.py) runs on each rank:
 join the process group, then per stage build the model, train it for the stage's epochs with a checkpoint after
 each and save it (rank 0); end with the all-reduce every rank must reach. Embedding tables (sparse gradients) are
-trained with SparseAdam, the other parameters with Adam; see twots.distributed for how gradients are synced.
+trained with SparseAdam, the other parameters with Adam; see twots.training.distributed for how gradients are synced.
 
 Only torch, numpy and pyarrow are needed here: no Spark, petastorm or MLflow at import time.
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from twots import distributed
-from twots.loaders import epoch_seed
-from twots.models import save_model, split_parameters
+from twots.training import distributed
+from twots.training.loaders import epoch_seed
+from twots.models.two_time_scale import save_model, split_parameters
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ class StageJob:
 
     name: str                      # "stage1", "stage2", ...
     build: Callable                # (previous stage's model path or None) -> nn.Module
-    source: object                 # a twots.loaders Source
+    source: object                 # a twots.training.loaders Source
     previous_model: str | None     # the model file of the stage before, if any
-    model_path: str                # where rank 0 saves the trained model (twots.models.save_model)
+    model_path: str                # where rank 0 saves the trained model (twots.models.two_time_scale.save_model)
     checkpoint_dir: str
     epochs: int
     lr: float

@@ -2,9 +2,9 @@
 
 `evaluate(model, data_dir, spark)` reads `sequences` (each user's warm-up items), `user_activity` and the val/test
 rows of `eval_candidates` from Delta into arrays (`load_arrays`; callers replaying many models on one folder load them
-once and call `evaluate_loaded`), replays val then test in time order through `twots.replay`
+once and call `evaluate_loaded`), replays val then test in time order through `twots.evaluation.replay`
 (score the 1 + 499 candidates with the user's current state, then feed the true item), and summarizes the ranks
-with `twots.metrics` per split: overall, active / inactive / new users and per activity bucket. It also returns
+with `twots.evaluation.metrics` per split: overall, active / inactive / new users and per activity bucket. It also returns
 the per-step embedding changes of the test replay (the paper's Fig. 4).
 """
 
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from twots import metrics
+from twots.evaluation import metrics
 from twots.config import Section
-from twots.loaders import arrow_columns, fixed_shape
-from twots.replay import Events, Warmup, replay
+from twots.training.loaders import arrow_columns, fixed_shape
+from twots.evaluation.replay import Events, Warmup, replay
 
 SPLITS = ("val", "test")
 
@@ -131,7 +131,7 @@ def evaluate_logged(cfg: EvaluateConfig, spark) -> dict:
     """Evaluate the model logged in MLflow run `cfg.run_id` and log the metrics and Fig. 4 to that run."""
     import mlflow
 
-    from twots.tracking import default_tracking_uri, log_evaluation
+    from twots.mlops.tracking import default_tracking_uri, log_evaluation
 
     mlflow.set_tracking_uri(cfg.tracking_uri or default_tracking_uri(cfg.data))
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{cfg.run_id}/{cfg.model_name}")

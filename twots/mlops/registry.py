@@ -5,7 +5,7 @@ writes the same verdict, promote does nothing when there is no challenger. A ver
 when its test MRR clears an absolute floor and beats @champion's (scored on the same candidates of the same Delta
 table version) by a relative margin; promote refuses a challenger validated against another champion than the
 current one, so a worse model is never promoted. A model trained on other users/items tables (an older champion
-after a retrain on refreshed data) is scored through its own raw-id maps (twots.remap), as it would serve. Each step
+after a retrain on refreshed data) is scored through its own raw-id maps (twots.evaluation.remap), as it would serve. Each step
 publishes its result as a Databricks task value (on Databricks) and prints it as one JSON line.
 """
 
@@ -22,11 +22,11 @@ from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from twots.config import Section
-from twots.evaluate import SPLITS, EvalData, evaluate_loaded, load_arrays
-from twots.remap import RemappedModel
-from twots.serving import id_maps_fingerprint, read_id_maps
+from twots.evaluation.evaluate import SPLITS, EvalData, evaluate_loaded, load_arrays
+from twots.evaluation.remap import RemappedModel
+from twots.mlops.serving import id_maps_fingerprint, read_id_maps
 from twots.spark import on_databricks
-from twots.tracking import default_tracking_uri, table_versions
+from twots.mlops.tracking import default_tracking_uri, table_versions
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 STATUS, REASON = "validation_status", "validation_reason"
@@ -98,7 +98,7 @@ def score(name: str, version: str, data: EvalData, split: str, users: pd.DataFra
           id_maps: str) -> tuple[float, dict[str, int] | None]:
     """The version's MRR on `split` of the replay arrays `data` (loaded for replayed_splits(split)), whose raw-id maps
     are `users` and `items` (read_id_maps) with fingerprint `id_maps`. A version trained on other maps is scored
-    through its own (twots.remap); then also returned: how many of the replayed users and candidate items it does
+    through its own (twots.evaluation.remap); then also returned: how many of the replayed users and candidate items it does
     not know, else None."""
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     served = pyfunc.unwrap_python_model()

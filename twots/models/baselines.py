@@ -5,9 +5,9 @@ SumPooling  user = a dense layer over the mean of the items seen so far (and a l
 GRU4Rec     one GRU for every user over the whole training sequence, from one learned start state
 SASRec      2-layer causal self-attention over the last `window` items, behind a learned start token
 
-Items are `twots.models.ItemEncoder` vectors [x_i, g(f_i)], trained from scratch by each model (no stage 1), and
-every trainable model's loss is the same offer-set softmax of `twots.losses` on rows of the `sequences` schema
-(see twots.baselines.sequences for the full-history version they train on).
+Items are `twots.models.two_time_scale.ItemEncoder` vectors [x_i, g(f_i)], trained from scratch by each model (no stage 1), and
+every trainable model's loss is the same offer-set softmax of `twots.models.losses` on rows of the `sequences` schema
+(see pipelines.histories for the full-history version they train on).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from twots.losses import offer_softmax_loss
-from twots.models import DEFAULT_FEATURE_DIM, DEFAULT_ITEM_DIM, INIT_STD, ItemEncoder, SequentialRecommender, State
+from twots.models.losses import offer_softmax_loss
+from twots.models.two_time_scale import (DEFAULT_FEATURE_DIM, DEFAULT_ITEM_DIM, INIT_STD, ItemEncoder,
+                                         SequentialRecommender, State, register_model_kind)
 
 
 def _sequence_loss(users: torch.Tensor, items: ItemEncoder, item_ids: torch.Tensor,
@@ -205,3 +206,8 @@ class SASRec(_ItemModel):
         target_negs = neg_ids.gather(1, idx.unsqueeze(-1).expand(-1, -1, neg_ids.shape[2]))
         users = self._encode(targets[:, :-1])
         return _sequence_loss(users, self.items, targets, target_negs)
+
+
+KINDS = {"popularity": Popularity, "sumpooling": SumPooling, "gru4rec": GRU4Rec, "sasrec": SASRec}
+for _kind, _cls in KINDS.items():
+    register_model_kind(_kind, _cls)

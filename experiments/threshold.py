@@ -113,9 +113,9 @@ def active_user_sample(spark, data_dir: str, t_star: int, users: int, max_events
     user_id [U], item_ids [U, N] (-1 padded), neg_item_ids [U, N, P], lengths [U]."""
     from pyspark.sql import functions as F
 
-    from twots.baselines.sequences import full_sequences
-    from twots.evaluate import read_delta
-    from twots.loaders import arrow_columns, fixed_shape
+    from pipelines.histories import full_sequences
+    from twots.evaluation.evaluate import read_delta
+    from twots.training.loaders import arrow_columns, fixed_shape
 
     activity = read_delta(spark, data_dir, "user_activity").where(F.col("n_train") > t_star)
     sample = activity.orderBy(F.rand(seed)).limit(users)

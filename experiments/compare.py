@@ -1,16 +1,16 @@
 """The paper's comparison (section 5) on your data: 2TS and 2TS-Plus against baselines and ablations.
 
-Every model reads the same tables, trains with the same DDP trainer (twots.trainer under TorchDistributor) on the
-same offer sets, and is replayed online on the same val/test candidates (twots.evaluate). Per model:
+Every model reads the same tables, trains with the same DDP trainer (twots.training.trainer under TorchDistributor) on the
+same offer sets, and is replayed online on the same val/test candidates (twots.evaluation.evaluate). Per model:
 
   popularity        training click counts (Spark), nothing to train
-  ccf               stage 1 alone (twots.models.Stage1Model)
+  ccf               stage 1 alone (twots.models.two_time_scale.Stage1Model)
   2ts, 2ts-plus     stage 2 on `sequences` from the selected stage-1 model (shared, its time counted in each)
   2gru              the same, without phi: active users start from a learned common state (ablation)
   2ts-singlestage   the 2TS architecture, every parameter trained jointly from scratch on full histories (ablation)
-  sumpooling, gru4rec, sasrec   full histories (twots.baselines)
+  sumpooling, gru4rec, sasrec   full histories (twots.models.baselines)
 
-"Full histories" are each user's last `max_len` training items (twots.baselines.sequences); models trained on them
+"Full histories" are each user's last `max_len` training items (pipelines.histories); models trained on them
 are also warmed up on them before the replay. Tables that differ from the prepared ones (full histories, another
 t*) live in a *view*: a folder holding the new Delta tables and links to the prepared ones, so the trainer and the
 evaluation read it like any prepared folder.
@@ -34,9 +34,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from twots.config import Section
-from twots.stages import FULL_HISTORIES, MODELS, STAGE1, StagePlan
+from twots.models.kinds import FULL_HISTORIES, MODELS, STAGE1, StagePlan
 
-MODEL_NAMES = ("popularity", *MODELS)  # the trainable kinds and their stages: twots.stages
+MODEL_NAMES = ("popularity", *MODELS)  # the trainable kinds and their stages: twots.models.kinds
 
 
 class CompareConfig(Section):
@@ -124,7 +124,7 @@ def make_view(spark, base: str | Path, view: str | Path, tables: dict) -> Path:
 def threshold_view(spark, base: str | Path, view: str | Path, t_star: int, last_k: int) -> Path:
     """`base` with user_activity and sequences rebuilt for another t* (K = min(last_k, t*), as K <= t*)."""
     from pipelines.activity import sequences, user_activity
-    from twots.evaluate import read_delta
+    from twots.evaluation.evaluate import read_delta
 
     activity = user_activity(read_delta(spark, base, "users"), read_delta(spark, base, "interactions"), t_star)
     activity = activity.localCheckpoint()
@@ -133,8 +133,8 @@ def threshold_view(spark, base: str | Path, view: str | Path, t_star: int, last_
 
 
 def full_history_view(spark, base: str | Path, view: str | Path, max_len: int) -> Path:
-    from twots.baselines.sequences import full_sequences
-    from twots.evaluate import read_delta
+    from pipelines.histories import full_sequences
+    from twots.evaluation.evaluate import read_delta
 
     seqs = full_sequences(read_delta(spark, base, "stage1_offers"), read_delta(spark, base, "user_activity"), max_len)
     return make_view(spark, base, view, {"sequences": seqs})
@@ -202,8 +202,8 @@ def load_epoch(trial: Trial, epoch: int):
     """The model of one epoch's checkpoint (the trainer saves the whole state after every epoch)."""
     import torch
 
-    import twots.baselines  # noqa: F401  (registers the baseline kinds for load_model)
-    from twots.models import load_model
+    import twots.models.baselines  # noqa: F401  (registers the baseline kinds for load_model)
+    from twots.models.two_time_scale import load_model
 
     model = load_model(trial.model_path)
     model.load_state_dict(torch.load(trial.checkpoints[epoch], map_location="cpu", weights_only=False)["model"])
@@ -212,10 +212,10 @@ def load_epoch(trial: Trial, epoch: int):
 
 class Runner:
     """Trains and evaluates trials, sharing petastorm sources and evaluation arrays (read once per view) between
-    them. `extra_hparams` join the builders' hparams (twots.stages: e.g. a baseline's constructor arguments)."""
+    them. `extra_hparams` join the builders' hparams (twots.models.kinds: e.g. a baseline's constructor arguments)."""
 
     def __init__(self, spark, tcfg, out: Path, log=print, extra_hparams: dict | None = None):
-        from twots.train import read_manifest, write_side_data
+        from twots.training.train import read_manifest, write_side_data
 
         self.spark, self.tcfg, self.out, self.log = spark, tcfg, out, log
         self.manifest = read_manifest(tcfg.data)
@@ -226,7 +226,7 @@ class Runner:
         self._eval_data: dict = {}
 
     def source(self, view: Path, table: str):
-        from twots.train import make_source
+        from twots.training.train import make_source
 
         key = (str(view), table)
         if key not in self._sources:
@@ -238,8 +238,8 @@ class Runner:
     def train(self, name: str, plan: StagePlan, view: Path, lr: float, epochs: int, previous: str | None,
               run_name: str) -> Trial:
         """One stage on `view` (for full histories, a full-history view: its `sequences` are the histories)."""
-        from twots import distributed
-        from twots.trainer import StageJob, run_stage
+        from twots.training import distributed
+        from twots.training.trainer import StageJob, run_stage
 
         run_dir = self.out / "runs" / run_name
         if run_dir.exists():
@@ -260,7 +260,7 @@ class Runner:
         return Trial(name, lr, job.model_path, checkpoints, seconds, memory.peak, result["history"])
 
     def evaluate(self, model, view: Path, splits: tuple[str, ...]) -> dict:
-        from twots.evaluate import SPLITS, evaluate_loaded, load_arrays
+        from twots.evaluation.evaluate import SPLITS, evaluate_loaded, load_arrays
 
         if str(view) not in self._eval_data:
             self._eval_data[str(view)] = load_arrays(view, self.spark, SPLITS)
@@ -306,9 +306,9 @@ def popularity(runner: Runner, view: Path) -> tuple[object, float]:
     """The Popularity model from the training click counts, and the seconds Spark took to count."""
     import torch
 
-    from twots.baselines import Popularity
-    from twots.baselines.sequences import item_counts
-    from twots.evaluate import read_delta
+    from twots.models.baselines import Popularity
+    from pipelines.histories import item_counts
+    from twots.evaluation.evaluate import read_delta
 
     started = time.perf_counter()
     counts = item_counts(read_delta(runner.spark, view, "interactions")).toPandas()
@@ -321,8 +321,8 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
     """The 'auto' t*: the theoretical guide t** and the val sweep over the candidates (stage 1 shared)."""
     import torch
 
-    from twots.models import load_model
-    from twots.threshold import active_user_sample, sweep, theory_guide
+    from twots.models.two_time_scale import load_model
+    from experiments.threshold import active_user_sample, sweep, theory_guide
 
     manifest = runner.manifest
     prepared_t, last_k = manifest["config"]["threshold"], manifest["config"]["last_k"]
@@ -372,7 +372,7 @@ def log_threshold(info: dict, out: Path) -> None:
     """The sweep curve, t* and t** to the active (parent) MLflow run, and the sweep plot."""
     import mlflow
 
-    from twots.plots import plot_threshold_sweep
+    from twots.evaluation.plots import plot_threshold_sweep
 
     png = plot_threshold_sweep(info["curve"], info["t_star"], out / "threshold_sweep.png",
                                theory=info["theory"]["t_star"])
@@ -386,7 +386,7 @@ def log_threshold(info: dict, out: Path) -> None:
 def log_model_run(row: dict) -> None:
     import mlflow
 
-    from twots.metrics import flatten
+    from twots.evaluation.metrics import flatten
 
     mlflow.log_params({"model": row["model"], "lr": row["lr"], "epochs": row["epochs"]})
     mlflow.log_metrics({k: v for k, v in {
@@ -397,7 +397,7 @@ def log_model_run(row: dict) -> None:
 
 def figures(results: dict, changes: dict, n_train, t_star: int, out: Path) -> list[Path]:
     """Fig. 3 (test MRR per activity bucket), Fig. 5 (activity distribution), Fig. 4 (2TS, else 2TS-Plus)."""
-    from twots import plots
+    from twots.evaluation import plots
 
     paths = [plots.plot_mrr_by_bucket(
         {m: {b: s["mrr"] for b, s in r["test"]["buckets"].items() if s["count"]} for m, r in results.items()},
@@ -414,11 +414,11 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     """Run the whole comparison; returns {model: result} (also results.json and results.md under --output)."""
     import mlflow
 
-    from twots import tracking
+    from twots.mlops import tracking
     from twots.config import resolve
-    from twots.evaluate import read_delta
-    from twots.models import save_model
-    from twots.train import TrainConfig
+    from twots.evaluation.evaluate import read_delta
+    from twots.models.two_time_scale import save_model
+    from twots.training.train import TrainConfig
 
     train_overrides = {k: v for k, v in cfg.train.items() if k != "data"}
     resolve(TrainConfig, "train", {**train_overrides, "data": "."})  # a bad key fails now, not after prepare

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from twots.losses import offer_softmax_loss
+from twots.models.losses import offer_softmax_loss
 
 DEFAULT_ITEM_DIM = 48
 DEFAULT_FEATURE_DIM = 16

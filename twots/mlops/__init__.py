@@ -1,0 +1,1 @@
+"""MLflow on the driver: tracking, the registry gate, and serving (pyfunc, packaging, batch job)."""
