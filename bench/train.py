@@ -13,7 +13,7 @@ the baselines train on) and measures, each `--repeats` times (medians quoted):
 - evaluation events/s of the online replay (val + test) on the driver, one thread;
 - stage-1 step time as the embedding tables grow (users = items = 100k, 1M, 5M) with the sparse gradient sync.
 
-The `ranks` mode trains every kind of `--models` (twots.models.kinds.MODELS) on the export, the same epochs for all, stage 1
+The `ranks` mode trains every kind of `--models` (twots.models.kinds.KINDS) on the export, the same epochs for all, stage 1
 once for the kinds built on it, and prints per (model, stage) the wall seconds (build, data load, epochs, save; the
 slowest rank's) and throughput; `report` turns those lines into a table with a total per model, stage 1 counted in
 each kind built on it (as experiments.compare counts it).
@@ -27,40 +27,27 @@ import os
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
-from twots.training.loaders import Layout, ParquetSource  # noqa: E402  (after the path set-up; torch-only imports)
-from twots.models.kinds import FULL_HISTORIES, MODELS, SEQUENCES, STAGE1_OFFERS  # noqa: E402
+from twots.data.tables import FULL_HISTORIES, SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY  # noqa: E402  (after the path set-up)
+from twots.models.kinds import KINDS, TRAINABLE, BuildInputs, ModelDims  # noqa: E402  (torch-only imports)
+from twots.training.loaders import Layout, ParquetSource  # noqa: E402
+from twots.training.runs import RunOptions, StageSettings, run_jobs  # noqa: E402
 from twots.training.trainer import StageJob, run_stages  # noqa: E402
 
 STAGE_LR = {"stage1": 0.01, "stage2": 0.005}  # by StagePlan.settings
 
 
-def stage_jobs(models: list[str], sources: dict, hparams: dict, out: Path, *, epochs: int, use_gpu: bool,
+def stage_jobs(models: list[str], sources: dict, inputs: BuildInputs, out: Path, *, epochs: int, use_gpu: bool,
                batch: dict[str, int]) -> tuple[list[StageJob], dict[str, list[int]]]:
-    """The StageJobs that train `models`, each stage on the model its stage before saved, and model -> the indices
-    of its stages' jobs. A stage several kinds start with (stage 1) is one job, shared."""
-    jobs, index, stages_of = [], {}, {}
-    for model in models:
-        plans, mine = MODELS[model], []
-        for i, plan in enumerate(plans):
-            key = tuple(plans[:i + 1])
-            if key not in index:
-                index[key] = len(jobs)
-                jobs.append(StageJob(
-                    name=plan.name, build=partial(plan.build, hparams), source=sources[plan.table],
-                    previous_model=jobs[mine[-1]].model_path if mine else None,
-                    model_path=str(out / model / f"{plan.name}.pt"), checkpoint_dir=str(out / model / "checkpoints"),
-                    epochs=epochs, lr=STAGE_LR[plan.settings], batch_size=batch[plan.settings], seed=0,
-                    use_gpu=use_gpu, log_every=10_000, threads=1))
-            mine.append(index[key])
-        stages_of[model] = mine
-    return jobs, stages_of
+    """twots.training.runs.run_jobs with bench's settings: each model's stages under `out/<model>`, stage 1 shared."""
+    settings = {which: StageSettings(epochs, lr, batch[which]) for which, lr in STAGE_LR.items()}
+    return run_jobs(models, inputs, sources, settings, lambda model: out / model,
+                    RunOptions(seed=0, use_gpu=use_gpu, log_every=10_000, threads=1))
 
 
 def warm_up(device) -> None:
@@ -154,15 +141,14 @@ def ranks_main(args) -> None:
     stage), a shared stage 1 under each kind built on it."""
     data = Path(args.data)
     layouts = json.loads((data / "layouts.json").read_text())
-    missing = sorted({p.table for m in args.models for p in MODELS[m]} - set(layouts))
+    missing = sorted({p.table for m in args.models for p in KINDS[m].stages} - set(layouts))
     if missing:
         sys.exit(f"{data} has no {', '.join(missing)}: export again with python bench/train.py --export-only")
     sources = {t: ParquetSource(str(data / t), Layout(**{**v, "columns": tuple(v["columns"])}))
                for t, v in layouts.items()}
-    hparams = json.loads((data / "hparams.json").read_text())
-    hparams["side_data"] = str(data / "side_data.npz")
+    inputs = BuildInputs(ModelDims(**json.loads((data / "dims.json").read_text())), str(data / "side_data.npz"))
     out = Path(args.out) / f"run-{os.environ.get('WORLD_SIZE', '1')}"
-    jobs, stages_of = stage_jobs(args.models, sources, hparams, out, epochs=args.epochs, use_gpu=args.use_gpu,
+    jobs, stages_of = stage_jobs(args.models, sources, inputs, out, epochs=args.epochs, use_gpu=args.use_gpu,
                                  batch=batches(args))
     results = timed_stages(jobs)["stages"]
     if int(os.environ.get("RANK", "0")) == 0:
@@ -208,16 +194,15 @@ def export(spark, data: Path, out: Path, max_len: int) -> Path:
     manifest = read_manifest(data)
     offers = read(STAGE1_OFFERS)
     tables = {STAGE1_OFFERS: offers, SEQUENCES: read(SEQUENCES),
-              FULL_HISTORIES: full_sequences(offers, read("user_activity"), max_len)}
+              FULL_HISTORIES: full_sequences(offers, read(USER_ACTIVITY), max_len)}
     layouts = {}
     for table, df in tables.items():
         source = export_parquet(df.coalesce(2), STAGE1_OFFERS if table == STAGE1_OFFERS else SEQUENCES, target / table)
         layouts[table] = {**source.layout.__dict__, "columns": list(source.layout.columns)}
     write_side_data(spark, data, manifest, target / "side_data.npz")
-    hparams = TrainConfig(data=str(data)).hparams(manifest, target / "side_data.npz")
-    hparams.pop("side_data")
+    dims = TrainConfig(data=str(data)).dims(manifest)
     (target / "layouts.json").write_text(json.dumps(layouts, indent=1))
-    (target / "hparams.json").write_text(json.dumps(hparams, indent=1))
+    (target / "dims.json").write_text(json.dumps(dims.__dict__, indent=1))
     return target
 
 
@@ -288,7 +273,7 @@ def main(args) -> None:
 
     from twots.training import distributed
     from twots.evaluation.evaluate import evaluate
-    from twots.models.two_time_scale import load_model
+    from twots.models.kinds import load_model
     from twots.spark import get_spark
     from twots.training.train import make_source, read_manifest
 
@@ -307,15 +292,14 @@ def main(args) -> None:
 
     from twots.training.train import TrainConfig
 
-    hparams = json.loads((exported / "hparams.json").read_text())
-    hparams["side_data"] = str(exported / "side_data.npz")
     cfg = TrainConfig(data=str(data), loader=args.loader)
+    inputs = BuildInputs(cfg.dims(manifest), str(exported / "side_data.npz"))
     runs = []
     for world in (1, 2):
         sources = {t: make_source(spark, cfg.model_copy(update={"num_processes": world}), t, out / f"cache-{world}")
                    for t in (STAGE1_OFFERS, SEQUENCES)}
         for repeat in range(args.repeats):
-            jobs, _ = stage_jobs(["2ts"], sources, hparams, out / f"run-{world}", epochs=2, use_gpu=False,
+            jobs, _ = stage_jobs(["2ts"], sources, inputs, out / f"run-{world}", epochs=2, use_gpu=False,
                                  batch=batches(args))
             for result in distributed.run(timed_stages, jobs, num_processes=world)["stages"]:
                 runs.append(summary(result))
@@ -351,9 +335,9 @@ def main(args) -> None:
 
 def models_list(text: str) -> list[str]:
     models = [m for m in text.split(",") if m]
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in TRAINABLE]
     if unknown or not models:
-        raise argparse.ArgumentTypeError(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+        raise argparse.ArgumentTypeError(f"unknown models {unknown}; choose from {', '.join(TRAINABLE)}")
     return models
 
 
@@ -370,7 +354,7 @@ def parse(argv=None):
     parser.add_argument("--max-len", type=int, default=200,
                         help="full histories keep each user's last N training items (compare's max_len default)")
     parser.add_argument("--models", type=models_list, default=["2ts"],
-                        help="ranks mode: comma-separated model kinds of twots.models.kinds.MODELS")
+                        help="ranks mode: comma-separated trainable kinds of twots.models.kinds.KINDS")
     parser.add_argument("--epochs", type=int, default=2, help="ranks mode: epochs of every stage of every model")
     parser.add_argument("--batch1", type=int, default=4096, help="stage-1 rows per batch per process")
     parser.add_argument("--batch2", type=int, default=256, help="stage-2 users per batch per process")

@@ -17,9 +17,12 @@ from pathlib import Path
 
 from pydantic import Field
 
+from experiments.reporting import results_table
 from twots.config import Section, load, resolve
+from twots.data.tables import MANIFEST
 from twots.mlops.registry import RegistryConfig, connect, release, serve_command
-from twots.training.train import MODELS, TrainConfig, run_dir_of, train
+from twots.models.kinds import KINDS, TRAINABLE
+from twots.training.train import TrainConfig, run_dir_of, train
 
 
 class DemoConfig(Section):
@@ -31,27 +34,10 @@ class DemoConfig(Section):
     num_processes: int = Field(2, ge=1)
 
 
-COLUMNS = (("MRR", ("overall", "mrr")), ("Recall@10", ("overall", "recall@10")), ("NDCG@10", ("overall", "ndcg@10")),
-           ("active MRR", ("active", "mrr")), ("inactive MRR", ("inactive", "mrr")), ("new MRR", ("new", "mrr")))
-
-
-def results_table(results: dict[str, dict]) -> str:
-    """Markdown table: one row per model, test metrics."""
-    lines = ["| model | " + " | ".join(name for name, _ in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
-    for model, summary in results.items():
-        cells = []
-        for _, (group, metric) in COLUMNS:
-            value = summary[group][metric]
-            cells.append("-" if value is None else f"{value:.4f}")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def prepare_once(source: str, output: Path, spark) -> Path:
     from pipelines import PrepareConfig, prepare
 
-    if (output / "manifest.json").exists():
+    if (output / MANIFEST).exists():
         print(f"[demo] reusing the prepared tables in {output}", flush=True)
         return output
     prepare(resolve(PrepareConfig, "prepare", {"source": "movielens", "input": source, "output": str(output)}), spark)
@@ -61,9 +47,10 @@ def prepare_once(source: str, output: Path, spark) -> Path:
 def run(cfg: DemoConfig) -> dict[str, dict]:
     from twots.spark import get_spark
 
-    unknown = [m for m in cfg.models if m not in MODELS]
+    unknown = [m for m in cfg.models if m not in TRAINABLE or KINDS[m].full_histories]
     if unknown:
-        raise ValueError(f"unknown models {unknown}; known: {sorted(MODELS)}")
+        raise ValueError(f"unknown models {unknown}; the demo trains the kinds on the prepared tables: "
+                         f"{', '.join(m for m in TRAINABLE if not KINDS[m].full_histories)}")
     started = time.perf_counter()
     output = Path(cfg.output)
     spark = get_spark("twots-demo", master="local[2]", conf={"spark.sql.shuffle.partitions": "8",
@@ -75,17 +62,17 @@ def run(cfg: DemoConfig) -> dict[str, dict]:
     for model in cfg.models:
         # Stage 1 is the same for every 2TS kind (same data, config and seed give the same weights), so the
         # kinds after the first build on its stage-1 model instead of training it again.
-        shared = stage1 if MODELS[model][0].name == "stage1" else None
+        shared = stage1 if KINDS[model].on_stage1 else None
         print(f"[demo] training {model}" + (f" on the stage-1 model {shared}" if shared else ""), flush=True)
         tcfg = resolve(TrainConfig, "train", {"data": str(data), "model": model, "num_processes": cfg.num_processes,
                                               "stage1_model": shared, "tracking_uri": tracking_uri})
         result = train(tcfg, spark)
         results[model], runs[model] = result.metrics["test"], result.run_id
-        if stage1 is None and MODELS[model][0].name == "stage1":
+        if stage1 is None and KINDS[model].on_stage1:
             stage1 = str(run_dir_of(tcfg) / "stage1.pt")
     (output / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nTest metrics (MovieLens latest-small, 1 positive + {_eval_negatives(data)} negatives per event):")
-    print(results_table(results))
+    print(results_table({model: {"test": test} for model, test in results.items()}), end="")
     print(f"\nMLflow runs ({tracking_uri}): " + ", ".join(f"{m} {r}" for m, r in runs.items()))
     rcfg = resolve(RegistryConfig, "registry", {"data": str(data), "tracking_uri": tracking_uri})
     champion = release(connect(rcfg), rcfg, spark, runs[cfg.models[-1]])
@@ -95,7 +82,7 @@ def run(cfg: DemoConfig) -> dict[str, dict]:
 
 
 def _eval_negatives(data: Path) -> int:
-    return json.loads((data / "manifest.json").read_text())["config"]["eval_negatives"]
+    return json.loads((data / MANIFEST).read_text())["config"]["eval_negatives"]
 
 
 if __name__ == "__main__":

@@ -25,8 +25,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from experiments.config import CompareConfig
+    from experiments.tuning import Runner
 
 
 @dataclass
@@ -140,3 +148,32 @@ def sweep(candidates: list[int], val_mrr, log=print) -> tuple[int, dict[int, flo
         log(f"[threshold] t* = {t}: val MRR {curve[t]:.4f}")
     best = max(curve, key=lambda t: (curve[t], -t))  # ties go to the smaller t*: fewer users need phi
     return best, curve
+
+
+def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path: str, out: Path, log=print) -> dict:
+    """The 'auto' t*: the theoretical guide t** and the val sweep over the candidates (stage 1 shared)."""
+    import torch
+
+    from pipelines.views import threshold_view
+    from twots.models.kinds import KINDS, load_model
+
+    manifest = runner.manifest
+    prepared_t, last_k = manifest["config"]["threshold"], manifest["config"]["last_k"]
+    stage1 = load_model(stage1_path)
+    sample = active_user_sample(runner.spark, str(base), prepared_t, cfg.theory_users, cfg.theory_max_events,
+                                runner.tcfg.seed)
+    with torch.no_grad():
+        item_vectors = stage1.items(torch.arange(manifest["n_items"]))
+    guide = theory_guide(item_vectors, sample["item_ids"], sample["neg_item_ids"], sample["lengths"],
+                         stage1.phi.weight[torch.as_tensor(sample["user_id"])], l2=cfg.theory_l2)
+    log(f"[threshold] t** = Q / Var_m - 1 = {guide.q:.4f} / {guide.var_m:.4f} - 1 = {guide.t_star:.1f} "
+        f"({guide.users} active users)")
+    lr, epochs = cfg.lrs("2ts")[0], cfg.epochs_of("2ts")
+
+    def val_mrr(t: int) -> float:
+        view = threshold_view(runner.spark, base, out / "views" / f"t{t}", t, last_k)
+        trial = runner.train("2ts", KINDS["2ts"].stages[-1], view, lr, epochs, stage1_path, f"sweep/t{t}")
+        return runner.score_epochs(trial, view).best_val_mrr
+
+    best, curve = sweep(cfg.threshold_candidates, val_mrr, log)
+    return {"t_star": best, "curve": curve, "theory": guide.as_dict(), "lr": lr, "epochs": epochs}

@@ -2,7 +2,7 @@
 
 from twots.config import load
 from twots.mlops.registry import use_registry
-from twots.mlops.serving import RecommendConfig, batch_recommend
+from twots.mlops.batch import RecommendConfig, batch_recommend
 from twots.spark import get_spark
 
 

@@ -1,18 +1,28 @@
-"""Two-stage 2TS training with TorchDistributor, then evaluation, all tracked in one MLflow run.
+"""Training of any trainable model kind (twots.models.kinds) with TorchDistributor, then evaluation, all tracked
+in one MLflow run.
 
     spark-submit jobs/train.py --data /data/twots --model 2ts-plus --num-processes 2
     spark-submit jobs/train.py --data /data/twots --model 2ts-plus --resume true     # continue a killed run
+    spark-submit jobs/train.py --data /data/twots --model gru4rec --max-len 200     # on full histories
 """
 
+from pathlib import Path
+
+from pipelines.views import full_history_view
 from twots.config import load
 from twots.mlops.registry import publish
+from twots.models.kinds import KINDS
 from twots.spark import get_spark
 from twots.training.train import TrainConfig, train
 
 
 def main() -> None:
     cfg = load(TrainConfig, "train", description=__doc__)
-    result = train(cfg, get_spark("twots-train"))
+    spark = get_spark("twots-train")
+    if KINDS[cfg.model].full_histories:  # the sequence baselines and 2TS-SingleStage train on full histories
+        view = full_history_view(spark, cfg.data, Path(cfg.data) / "views" / f"full-{cfg.max_len}", cfg.max_len)
+        cfg = cfg.model_copy(update={"data": str(view)})
+    result = train(cfg, spark)
     print(f"run {result.run_id}: model {result.model_path}")
     publish("run_id", result.run_id)  # the bundle's register task reads it (a Databricks task value)
     for split, summary in result.metrics.items():

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from twots.models.baselines import KINDS, SASRec
+from twots.models.baselines import SASRec
 from twots.models.baselines import Popularity
 from twots.models.losses import offer_softmax_loss
 from twots.evaluation.metrics import rank_metrics
-from twots.models.two_time_scale import load_model, save_model, split_parameters
+from twots.models.kinds import KINDS, load_model, save_model
+from twots.models.two_time_scale import split_parameters
 from twots.evaluation.replay import Events, Warmup, replay
 
 N_ITEMS, CLUSTERS, P = 80, 8, 5
@@ -20,7 +21,7 @@ TRAINABLE = ["sumpooling", "gru4rec", "sasrec"]
 def make(kind, **extra):
     if kind == "popularity":
         return Popularity(N_ITEMS)
-    model = KINDS[kind](**DIMS, **extra)
+    model = KINDS[kind].model_class(**DIMS, **extra)
     # A feature shared by all items of a parity: true but useless for the task.
     model.items.set_item_features(torch.arange(N_ITEMS).remainder(2).unsqueeze(1))
     return model

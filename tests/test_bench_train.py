@@ -15,7 +15,8 @@ import torch
 
 from twots.models.baselines import GRU4Rec
 from twots.training.loaders import read_columns
-from twots.models.two_time_scale import TwoTimeScaleModel, load_model
+from twots.models.kinds import load_model
+from twots.models.two_time_scale import TwoTimeScaleModel
 
 REPO = Path(__file__).resolve().parent.parent
 TABLES = ("stage1_offers", "sequences", "full_sequences")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.demo import DemoConfig, results_table, run
+from experiments.demo import DemoConfig, run
+from experiments.reporting import results_table
 
 
 def summary(mrr: float, new_mrr: float | None) -> dict:
@@ -14,8 +15,8 @@ def summary(mrr: float, new_mrr: float | None) -> dict:
 
 
 def test_results_table_has_one_row_per_model_in_order():
-    lines = results_table({"2ts": summary(0.1234, 0.05), "2ts-plus": summary(0.2, None)}).splitlines()
-    assert lines[0] == "| model | MRR | Recall@10 | NDCG@10 | active MRR | inactive MRR | new MRR |"
+    lines = results_table({"2ts": {"test": summary(0.1234, 0.05)}, "2ts-plus": {"test": summary(0.2, None)}}).splitlines()
+    assert lines[0] == "| model | MRR | Recall@10 | NDCG@10 | MRR active | MRR inactive | MRR new |"
     assert lines[2] == "| 2ts | 0.1234 | 0.2468 | 0.1851 | 0.1234 | 0.1234 | 0.0500 |"
     assert lines[3] == "| 2ts-plus | 0.2000 | 0.4000 | 0.3000 | 0.2000 | 0.2000 | - |"
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from twots.models.losses import offer_softmax_loss
-from twots.models.two_time_scale import (ItemEncoder, SequentialRecommender, Stage1Model, TwoTimeScaleModel, load_model,
-                          register_model_kind, save_model, split_parameters)
+from twots.models.kinds import load_model, register_model_class, save_model
+from twots.models.two_time_scale import ItemEncoder, SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
 
 N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES = 12, 30, 5, 3
 DIMS = dict(item_dim=6, feature_dim=2)
@@ -283,16 +283,26 @@ class _Popularity(SequentialRecommender):
         return self.bias[item_ids]
 
 
-def test_other_kinds_register_and_unknown_kinds_fail(tmp_path):
+def test_other_classes_register_and_unknown_classes_fail(tmp_path):
     model = _Popularity(5)
-    with pytest.raises(ValueError, match="not a registered model kind"):
+    with pytest.raises(ValueError, match="not a registered model class"):
         save_model(tmp_path / "p.pt", model)
-    register_model_kind("test-popularity", _Popularity)
+    register_model_class(_Popularity)
     save_model(tmp_path / "p.pt", model)
+    assert torch.load(tmp_path / "p.pt", weights_only=True)["class"] == "_Popularity"
     state = model.init_state(torch.tensor([0]), torch.tensor([False]))
     assert torch.equal(load_model(tmp_path / "p.pt").score_all(state), model.score_all(state))
     with pytest.raises(ValueError, match="already registered"):
-        register_model_kind("test-popularity", Stage1Model)
-    torch.save({"kind": "nope", "hparams": {}, "state_dict": {}}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="unknown model kind 'nope'"):
+        register_model_class(type("_Popularity", (Stage1Model,), {}))
+    torch.save({"class": "Nope", "hparams": {}, "state_dict": {}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="unknown model class 'Nope'"):
         load_model(tmp_path / "x.pt")
+
+
+def test_files_tagged_with_the_recipe_still_load(tmp_path):
+    torch.manual_seed(0)
+    model = TwoTimeScaleModel(n_users=4, n_items=6, plus=True)
+    torch.save({"kind": "2ts", "hparams": model.hparams, "state_dict": model.state_dict()}, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    assert type(loaded) is TwoTimeScaleModel and loaded.hparams["plus"]
+    assert torch.equal(loaded.gru_active.weight_hh, model.gru_active.weight_hh)

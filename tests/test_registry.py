@@ -17,7 +17,7 @@ from test_serving import random_model
 
 from twots.mlops.registry import (CHALLENGER, CHAMPION, REASON, STATUS, RegistryConfig, promote, register, release,
                             serve_command, use_registry, validate, verdict)
-from twots.mlops.serving import log_model
+from twots.mlops.packaging import log_model
 
 NAME = "twots-registry-test"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

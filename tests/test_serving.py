@@ -15,7 +15,10 @@ from mlflow.exceptions import MlflowException
 
 from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.mlops.registry import use_registry
-from twots.mlops.serving import RecommendConfig, ServeConfig, batch_recommend, local_server, log_model
+from twots.mlops.batch import RecommendConfig, batch_recommend
+from twots.mlops.packaging import log_model
+from twots.mlops.pyfunc import ServeConfig
+from twots.mlops.server import local_server
 from twots.training.train import write_side_data
 
 NAME = "twots-serving-test"

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from twots.config import ConfigError, resolve
-from twots.models.two_time_scale import TwoTimeScaleModel, load_model
+from twots.models.kinds import load_model
+from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.training.train import TrainConfig, train
 
 
@@ -69,7 +70,7 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, prepared_movi
     # Leave run b as a run killed during stage 1's second epoch would: only the first checkpoint on disk.
     run_b = tmp_path / "b"
     for path in list((run_b / "checkpoints").iterdir()) + [run_b / "stage1.pt", run_b / "stage2.pt"]:
-        if path.name != "stage1-epoch000.pt":
+        if path.stem != "stage1-epoch000":  # its .pt and the .json beside it
             path.unlink()
     resumed = train(cfg.model_copy(update={"run_dir": str(run_b), "resume": True}), spark)
     assert resumed.run_id == again.run_id, "a resumed run continues its MLflow run"
@@ -94,8 +95,9 @@ def test_stage2_on_a_given_stage1_model(spark, prepared_movielens, tmp_path):
 def test_bad_config_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="train.model"):
         config(tmp_path, tmp_path, model="3ts")
-    with pytest.raises(ConfigError, match="train.model"):  # a kind of twots.models.kinds that only compare trains
-        config(tmp_path, tmp_path, model="gru4rec")
+    with pytest.raises(ConfigError, match="train.model"):  # a kind not trained by gradient (Spark counts)
+        config(tmp_path, tmp_path, model="popularity")
+    assert config(tmp_path, tmp_path, model="gru4rec").model == "gru4rec"  # every trainable kind
     with pytest.raises(ConfigError, match="train.stage1_epochs"):
         config(tmp_path, tmp_path, stage1_epochs=0)
 

@@ -24,7 +24,7 @@ from pydantic import Field
 from twots.config import Section
 from twots.evaluation.evaluate import SPLITS, EvalData, evaluate_loaded, load_arrays
 from twots.evaluation.remap import RemappedModel
-from twots.mlops.serving import id_maps_fingerprint, read_id_maps
+from twots.mlops.packaging import id_maps_fingerprint, read_id_maps
 from twots.spark import on_databricks
 from twots.mlops.tracking import default_tracking_uri, table_versions
 

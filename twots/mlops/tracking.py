@@ -2,7 +2,7 @@
 
 The run holds the full config (params), the data manifest and the Delta table versions that trained the model,
 per-epoch losses and throughput of each stage, the final metrics, the plots (PNG) and the model (the served
-pyfunc of twots.mlops.serving). Tracking and registry default to `sqlite:///<data>/mlflow.db` with artifacts in
+pyfunc of twots.mlops.pyfunc). Tracking and registry default to `sqlite:///<data>/mlflow.db` with artifacts in
 `<data>/mlartifacts`; any tracking URI works (a Databricks workspace: `databricks`). A resumed training run
 (`--resume`) continues the MLflow run recorded in `<run_dir>/run.json`.
 """
@@ -61,8 +61,8 @@ class Tracker:
         log_evaluation(report, run_dir)
 
     def log_model(self, model_path: str, data_dir: str, spark) -> None:
-        from twots.models.two_time_scale import load_model
-        from twots.mlops.serving import log_model
+        from twots.models.kinds import load_model
+        from twots.mlops.packaging import log_model
 
         log_model(load_model(model_path), data_dir, spark=spark)
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from twots.models.losses import offer_softmax_loss
 from twots.models.two_time_scale import (DEFAULT_FEATURE_DIM, DEFAULT_ITEM_DIM, INIT_STD, ItemEncoder,
-                                         SequentialRecommender, State, register_model_kind)
+                                         SequentialRecommender, State)
 
 
 def _sequence_loss(users: torch.Tensor, items: ItemEncoder, item_ids: torch.Tensor,
@@ -207,7 +207,3 @@ class SASRec(_ItemModel):
         users = self._encode(targets[:, :-1])
         return _sequence_loss(users, self.items, targets, target_negs)
 
-
-KINDS = {"popularity": Popularity, "sumpooling": SumPooling, "gru4rec": GRU4Rec, "sasrec": SASRec}
-for _kind, _cls in KINDS.items():
-    register_model_kind(_kind, _cls)

@@ -1,33 +1,63 @@
-"""The stages of each trainable model kind: which training rows each stage reads and how its model is built.
+"""The table of model kinds: name -> model class, training stages, and how the saved file names its class.
 
-`MODELS` maps a model kind to its stages, in order; a new kind is one entry. A kind is either stage 1 alone (CCF),
-stage 1 then one stage on the saved stage-1 model (2TS, 2TS-Plus, 2-GRU), or one stage from scratch (the
-full-history baselines and 2TS-SingleStage). Every kind that starts with `STAGE1` can share one trained stage 1
-(experiments.compare and bench/train.py train it once). jobs/train.py trains the kinds of `twots.training.train.MODELS`, a subset;
-experiments.compare trains them all.
+`KINDS` is the one list (in the order of the paper's tables); jobs/train.py, the comparison, the demo, bench and
+serving read it. A kind is either not trained by gradient (Popularity: Spark counts), stage 1 alone (CCF), stage 1
+then one stage on the saved stage-1 model (2TS, 2TS-Plus, 2-GRU), or one stage from scratch on full histories (the
+sequence baselines and 2TS-SingleStage). Every kind that starts with `STAGE1` can share one trained stage 1
+(twots.training.runs builds such runs). Every kind serves through the same pyfunc (twots.mlops.pyfunc): the
+protocol of twots.models.two_time_scale.SequentialRecommender is all serving uses.
 
-A builder is called on every rank as `build(hparams, previous_model_path)` and returns the nn.Module to train
-(`forward(batch) -> loss`); `hparams` is `twots.training.train.TrainConfig.hparams(...)`, plus optional extra constructor
-arguments per baseline kind (e.g. `{"sasrec": {"window": 50}}`, set by experiments.compare). This module needs only torch
-and numpy, so the rank side (TorchDistributor or plain torchrun) imports it without Spark, pydantic or MLflow.
+A stage's builder is called on every rank as `build(inputs, previous_model_path)` and returns the nn.Module to
+train (`forward(batch) -> loss`). Saved models are tagged with their class name (`save_model` / `load_model`), not
+with the recipe that trained them: 2TS, 2TS-Plus, 2-GRU and 2TS-SingleStage all save a TwoTimeScaleModel.
+Torch and numpy only: the rank side imports this module without Spark, pydantic or MLflow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from twots.models.baselines import KINDS
-from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel, load_model
+from twots.data.tables import FULL_HISTORIES, SEQUENCES, STAGE1_OFFERS
+from twots.models.baselines import GRU4Rec, Popularity, SASRec, SumPooling
+from twots.models.two_time_scale import SequentialRecommender, Stage1Model, TwoTimeScaleModel
 
-# The training rows a stage reads. The first two are Delta tables of a prepared folder; full histories are rows of
-# the `sequences` schema holding each user's last max_len training items (pipelines.histories.full_sequences),
-# a table the consumer builds: a view's `sequences` (experiments.compare), an exported folder (bench/train.py).
-STAGE1_OFFERS, SEQUENCES, FULL_HISTORIES = "stage1_offers", "sequences", "full_sequences"
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes every trained model is built with: the data's (from prepare's manifest) and the embedding dims."""
+
+    n_users: int
+    n_items: int
+    n_features: int
+    max_features: int
+    item_dim: int
+    feature_dim: int
+
+    @classmethod
+    def of(cls, manifest: dict, item_dim: int, feature_dim: int) -> ModelDims:
+        return cls(n_users=manifest["n_users"], n_items=manifest["n_items"], n_features=manifest["n_features"],
+                   max_features=manifest["max_features_per_item"], item_dim=item_dim, feature_dim=feature_dim)
+
+    def item_side(self) -> dict:
+        """The constructor arguments of a model without user embeddings (the baselines)."""
+        return {k: v for k, v in asdict(self).items() if k != "n_users"}
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a stage builder needs besides the previous stage's model: the dimensions, the side-data file (item
+    features, known users; twots.training.train.write_side_data) and per-kind extra constructor arguments
+    (e.g. {"sasrec": {"window": 50}})."""
+
+    dims: ModelDims
+    side_data: str
+    extra: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -36,7 +66,7 @@ class StagePlan:
 
     name: str                                   # "stage1", "stage2" (on stage 1) or "train" (a one-stage kind)
     table: str                                  # STAGE1_OFFERS, SEQUENCES or FULL_HISTORIES
-    build: Callable[..., object]                # (hparams: dict, previous model path | None) -> nn.Module
+    build: Callable[..., object]                # (inputs: BuildInputs, previous model path | None) -> nn.Module
 
     @property
     def settings(self) -> str:
@@ -45,58 +75,114 @@ class StagePlan:
         return "stage1" if self.table == STAGE1_OFFERS else "stage2"
 
 
-def _side_data(hparams: dict):
-    return np.load(hparams["side_data"])
-
-
-def _with_item_features(model, hparams: dict):
-    model.items.set_item_features(torch.from_numpy(_side_data(hparams)["item_features"]))
+def _with_item_features(model, inputs: BuildInputs):
+    model.items.set_item_features(torch.from_numpy(np.load(inputs.side_data)["item_features"]))
     return model
 
 
-def build_stage1(hparams: dict, previous: str | None):
+def build_stage1(inputs: BuildInputs, previous: str | None):
     """Stage 1: phi_u and items from scratch, with the item features and known users of the side data."""
-    model = _with_item_features(Stage1Model(**hparams["stage1"]), hparams)
-    model.set_known_users(torch.from_numpy(_side_data(hparams)["known_users"]))
+    model = _with_item_features(Stage1Model(**asdict(inputs.dims)), inputs)
+    model.set_known_users(torch.from_numpy(np.load(inputs.side_data)["known_users"]))
     return model
 
 
-def build_two_time_scale(hparams: dict, previous: str | None, plus: bool = False, use_phi: bool = True):
+def build_two_time_scale(inputs: BuildInputs, previous: str | None, plus: bool = False, use_phi: bool = True):
     """Stage 2: 2TS (2TS-Plus with `plus`, 2-GRU without `use_phi`) on the frozen embeddings of the stage-1 model
     saved at `previous`."""
     return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus, use_phi=use_phi)
 
 
-def build_single_stage(hparams: dict, previous: str | None):
+def build_single_stage(inputs: BuildInputs, previous: str | None):
     """2TS-SingleStage: the 2TS architecture with every parameter trained jointly from scratch."""
-    return _with_item_features(TwoTimeScaleModel(**hparams["stage1"], freeze_stage1=False), hparams)
+    return _with_item_features(TwoTimeScaleModel(**asdict(inputs.dims), freeze_stage1=False), inputs)
 
 
-def build_baseline(hparams: dict, previous: str | None, kind: str):
-    """A baseline of twots.models.baselines with the item sizes of stage 1 and its extra arguments `hparams[kind]`."""
-    dims = {k: hparams["stage1"][k] for k in ("n_items", "n_features", "max_features", "item_dim", "feature_dim")}
-    return _with_item_features(KINDS[kind](**dims, **hparams.get(kind, {})), hparams)
+def build_baseline(inputs: BuildInputs, previous: str | None, kind: str):
+    """A sequence baseline with the item sizes of the run and its extra arguments `inputs.extra[kind]`."""
+    return _with_item_features(KINDS[kind].model_class(**inputs.dims.item_side(), **inputs.extra.get(kind, {})),
+                               inputs)
 
 
 STAGE1 = StagePlan("stage1", STAGE1_OFFERS, build_stage1)
 
 
-def _on_stage1(**kwargs) -> list[StagePlan]:
-    return [STAGE1, StagePlan("stage2", SEQUENCES, partial(build_two_time_scale, **kwargs))]
+def _on_stage1(**kwargs) -> tuple[StagePlan, ...]:
+    return STAGE1, StagePlan("stage2", SEQUENCES, partial(build_two_time_scale, **kwargs))
 
 
-def _one_stage(build) -> list[StagePlan]:
-    return [StagePlan("train", FULL_HISTORIES, build)]
+def _one_stage(build) -> tuple[StagePlan, ...]:
+    return (StagePlan("train", FULL_HISTORIES, build),)
 
 
-# In the order of the paper's tables (experiments.compare reports them so).
-MODELS: dict[str, list[StagePlan]] = {
-    "ccf": [STAGE1],
-    "sumpooling": _one_stage(partial(build_baseline, kind="sumpooling")),
-    "gru4rec": _one_stage(partial(build_baseline, kind="gru4rec")),
-    "sasrec": _one_stage(partial(build_baseline, kind="sasrec")),
-    "2gru": _on_stage1(use_phi=False),
-    "2ts-singlestage": _one_stage(build_single_stage),
-    "2ts": _on_stage1(),
-    "2ts-plus": _on_stage1(plus=True),
-}
+@dataclass(frozen=True)
+class Kind:
+    """A model kind: its class (the saved file's tag) and its training stages, in order (none: not trained by
+    gradient)."""
+
+    name: str
+    model_class: type[SequentialRecommender]
+    stages: tuple[StagePlan, ...]
+
+    @property
+    def on_stage1(self) -> bool:
+        return bool(self.stages) and self.stages[0] == STAGE1
+
+    @property
+    def full_histories(self) -> bool:
+        return bool(self.stages) and self.stages[-1].table == FULL_HISTORIES
+
+
+def _kinds(*kinds: Kind) -> dict[str, Kind]:
+    return {k.name: k for k in kinds}
+
+
+# In the order of the paper's tables (the comparison reports them so).
+KINDS: dict[str, Kind] = _kinds(
+    Kind("popularity", Popularity, ()),
+    Kind("ccf", Stage1Model, (STAGE1,)),
+    Kind("sumpooling", SumPooling, _one_stage(partial(build_baseline, kind="sumpooling"))),
+    Kind("gru4rec", GRU4Rec, _one_stage(partial(build_baseline, kind="gru4rec"))),
+    Kind("sasrec", SASRec, _one_stage(partial(build_baseline, kind="sasrec"))),
+    Kind("2gru", TwoTimeScaleModel, _on_stage1(use_phi=False)),
+    Kind("2ts-singlestage", TwoTimeScaleModel, _one_stage(build_single_stage)),
+    Kind("2ts", TwoTimeScaleModel, _on_stage1()),
+    Kind("2ts-plus", TwoTimeScaleModel, _on_stage1(plus=True)),
+)
+TRAINABLE = tuple(name for name, kind in KINDS.items() if kind.stages)
+
+# ---- saved models ---------------------------------------------------------------------------------------------------
+
+_CLASSES: dict[str, type[SequentialRecommender]] = {k.model_class.__name__: k.model_class for k in KINDS.values()}
+# Files saved before the tag named the class carried the recipe's name.
+_LEGACY_TAGS = {"ccf": "Stage1Model", "2ts": "TwoTimeScaleModel", "popularity": "Popularity",
+                "sumpooling": "SumPooling", "gru4rec": "GRU4Rec", "sasrec": "SASRec"}
+
+
+def register_model_class(cls: type[SequentialRecommender]) -> None:
+    """Make save_model/load_model know a model class outside KINDS; its constructor must accept its own `hparams`."""
+    if _CLASSES.get(cls.__name__, cls) is not cls:
+        raise ValueError(f"another model class named {cls.__name__} is already registered")
+    _CLASSES[cls.__name__] = cls
+
+
+def save_model(path: str | Path, model: SequentialRecommender) -> None:
+    """One torch.save file {"class", "hparams", "state_dict"} (docs/design.md): tensors and plain values only, so it
+    loads with weights_only=True."""
+    name = type(model).__name__
+    if _CLASSES.get(name) is not type(model):
+        raise ValueError(f"{name} is not a registered model class; call register_model_class first")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"class": name, "hparams": model.hparams, "state_dict": model.state_dict()}, path)
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SequentialRecommender:
+    """Rebuild a saved model (in eval mode) from its class and hparams, then load its weights and buffers."""
+    saved = torch.load(path, map_location=map_location, weights_only=True)
+    name = saved["class"] if "class" in saved else _LEGACY_TAGS.get(saved.get("kind"), saved.get("kind"))
+    cls = _CLASSES.get(name)
+    if cls is None:
+        raise ValueError(f"{path}: unknown model class {name!r} (known: {sorted(_CLASSES)})")
+    model = cls(**saved["hparams"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(map_location).eval()

@@ -4,12 +4,10 @@ ItemEncoder       item vector [x_i, g(f_i)] of dimension D = item_dim + feature_
 Stage1Model       stage 1: transductive phi_u and items, offer-set softmax; also the CCF baseline
 TwoTimeScaleModel stage 2: frozen phi/items, learned psi, GRU Theta_1 (inactive) and Theta_2 (active);
                   plus=True is 2TS-Plus, use_phi=False is 2-GRU, freeze_stage1=False is 2TS-SingleStage
-save_model / load_model, with a kind -> class registry that baselines extend with register_model_kind.
+Saving and loading, and the table of model kinds: twots.models.kinds.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -286,37 +284,3 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     trainable = [p for p in model.parameters() if p.requires_grad]
     return [p for p in trainable if id(p) in sparse_ids], [p for p in trainable if id(p) not in sparse_ids]
 
-
-_KINDS: dict[str, type[SequentialRecommender]] = {}
-
-
-def register_model_kind(kind: str, cls: type[SequentialRecommender]) -> None:
-    """Make save_model/load_model know a model class; its constructor must accept its own `hparams`."""
-    if _KINDS.get(kind, cls) is not cls:
-        raise ValueError(f"model kind {kind!r} is already registered to {_KINDS[kind].__name__}")
-    _KINDS[kind] = cls
-
-
-register_model_kind("ccf", Stage1Model)
-register_model_kind("2ts", TwoTimeScaleModel)
-
-
-def save_model(path: str | Path, model: SequentialRecommender) -> None:
-    """One torch.save file {"kind", "hparams", "state_dict"} (docs/design.md)."""
-    kind = next((k for k, cls in _KINDS.items() if cls is type(model)), None)
-    if kind is None:
-        raise ValueError(f"{type(model).__name__} is not a registered model kind; call register_model_kind first")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"kind": kind, "hparams": model.hparams, "state_dict": model.state_dict()}, path)
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SequentialRecommender:
-    """Rebuild a saved model (in eval mode) from its kind and hparams, then load its weights and buffers."""
-    saved = torch.load(path, map_location=map_location, weights_only=True)
-    cls = _KINDS.get(saved["kind"])
-    if cls is None:
-        raise ValueError(f"{path}: unknown model kind {saved['kind']!r} (known: {sorted(_KINDS)}); "
-                         "import the module that registers it")
-    model = cls(**saved["hparams"])
-    model.load_state_dict(saved["state_dict"])
-    return model.to(map_location).eval()

@@ -1,7 +1,7 @@
 """Two-stage training on the driver: Delta tables -> distributed stages -> evaluation -> MLflow.
 
-`train(cfg, spark)` runs each stage of the chosen model kind (MODELS, from twots.models.kinds) under TorchDistributor
-(twots.training.trainer.run_stage on every rank), then evaluates the final model on val/test and logs config, data versions,
+`train(cfg, spark)` runs each stage of the chosen model kind (twots.models.kinds.KINDS) under TorchDistributor
+(twots.training.trainer.run_stages on every rank, the jobs from twots.training.runs), then evaluates the final model on val/test and logs config, data versions,
 losses, throughput, metrics, plots and the model to one MLflow run.
 
 Driver-side packages (pyspark, petastorm, mlflow) are imported inside functions.
@@ -12,24 +12,23 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from twots.config import Section
-from twots.models.kinds import MODELS as ALL_MODELS
-
-# The kinds this job trains and evaluates on the prepared tables; experiments.compare trains the others of twots.stages.
-MODELS = {kind: ALL_MODELS[kind] for kind in ("2ts", "2ts-plus")}
+from twots.data.tables import FULL_HISTORIES, ITEMS, MANIFEST, SEQUENCES, USER_ACTIVITY
+from twots.models.kinds import KINDS, TRAINABLE, BuildInputs, ModelDims
+from twots.training.runs import RunOptions, StageSettings
 
 
 class TrainConfig(Section):
     """Two-stage 2TS training with TorchDistributor, evaluation and MLflow tracking."""
 
     data: str = Field(description="folder of the prepared Delta tables and manifest.json (prepare's --output)")
-    model: str = Field("2ts", description="model kind: a key of twots.training.train.MODELS")
+    model: str = Field("2ts", description="model kind: a trainable kind of twots.models.kinds.KINDS (the full-history kinds "
+                                    "train on a full-history view: jobs/train.py makes it)")
     run_dir: str | None = Field(None, description="checkpoints and models; default <data>/runs/<model>")
     item_dim: int = Field(48, ge=1, description="dimension of the transductive item embedding x_i")
     feature_dim: int = Field(16, ge=0, description="dimension of the item feature embedding g(f_i)")
@@ -39,6 +38,7 @@ class TrainConfig(Section):
     stage2_epochs: int = Field(3, ge=1)
     stage2_lr: float = Field(0.005, gt=0)
     stage2_batch_size: int = Field(64, ge=1, description="sequences rows (users) per batch per process")
+    max_len: int = Field(200, ge=1, description="full histories keep each user's last max_len training items")
     num_processes: int = Field(2, ge=1, description="training processes (ranks)")
     local_mode: bool = Field(True, description="TorchDistributor local_mode: ranks on the driver, else Spark tasks")
     use_gpu: bool = Field(False, description="one GPU per rank and NCCL; else CPU and gloo")
@@ -56,18 +56,21 @@ class TrainConfig(Section):
     @field_validator("model")
     @classmethod
     def _known_model(cls, kind: str) -> str:
-        if kind not in MODELS:
-            raise ValueError(f"unknown model {kind!r}; known: {', '.join(sorted(MODELS))}")
+        if kind not in TRAINABLE:
+            raise ValueError(f"unknown model {kind!r}; known: {', '.join(TRAINABLE)}")
         return kind
 
-    def hparams(self, manifest: dict, side_data: Path) -> dict:
-        """What the stage builders need: model sizes from this config and the manifest, and the side-data file."""
-        return {
-            "stage1": {"n_users": manifest["n_users"], "n_items": manifest["n_items"],
-                       "n_features": manifest["n_features"], "max_features": manifest["max_features_per_item"],
-                       "item_dim": self.item_dim, "feature_dim": self.feature_dim},
-            "side_data": str(side_data),
-        }
+    def dims(self, manifest: dict) -> ModelDims:
+        return ModelDims.of(manifest, self.item_dim, self.feature_dim)
+
+    def settings(self) -> dict[str, StageSettings]:
+        """StagePlan.settings -> how such a stage trains."""
+        return {which: StageSettings(getattr(self, f"{which}_epochs"), getattr(self, f"{which}_lr"),
+                                     getattr(self, f"{which}_batch_size")) for which in ("stage1", "stage2")}
+
+    def options(self) -> RunOptions:
+        return RunOptions(seed=self.seed, use_gpu=self.use_gpu, resume=self.resume, log_every=self.log_every,
+                          threads=self.threads)
 
 
 @dataclass
@@ -83,7 +86,7 @@ def run_dir_of(cfg: TrainConfig) -> Path:
 
 
 def read_manifest(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / "manifest.json"
+    path = Path(data_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run jobs/prepare.py with --output {data_dir} first")
     return json.loads(path.read_text())
@@ -96,14 +99,14 @@ def write_side_data(spark, data_dir: str | Path, manifest: dict, path: Path) -> 
     import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
-    items = spark.read.format("delta").load(str(Path(data_dir) / "items")).select("item_id", "feature_ids").toArrow()
+    items = spark.read.format("delta").load(str(Path(data_dir) / ITEMS)).select("item_id", "feature_ids").toArrow()
     features = np.full((manifest["n_items"], max(manifest["max_features_per_item"], 1)), -1, dtype=np.int64)
     lists = items.column("feature_ids").combine_chunks()
     lengths = pc.list_value_length(lists).fill_null(0).to_numpy()
     flat = pc.list_flatten(lists).to_numpy()
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     features[np.repeat(items.column("item_id").to_numpy(), lengths), np.arange(len(flat)) - starts] = flat
-    users = (spark.read.format("delta").load(str(Path(data_dir) / "user_activity"))
+    users = (spark.read.format("delta").load(str(Path(data_dir) / USER_ACTIVITY))
              .select("user_id", (F.col("n_train") > 0).alias("known")).toArrow())
     known = np.zeros(manifest["n_users"], dtype=bool)
     known[users.column("user_id").to_numpy()] = users.column("known").to_numpy(zero_copy_only=False)
@@ -113,8 +116,11 @@ def write_side_data(spark, data_dir: str | Path, manifest: dict, path: Path) -> 
 
 
 def make_source(spark, cfg: TrainConfig, table: str, run_dir: Path):
+    """The rows of `table` for the ranks. FULL_HISTORIES are the `sequences` of a full-history view
+    (pipelines.views.full_history_view)."""
     from twots.training import loaders
 
+    table = SEQUENCES if table == FULL_HISTORIES else table
     df = spark.read.format("delta").load(str(Path(cfg.data) / table))
     if cfg.loader == "petastorm":
         return loaders.petastorm_source(spark, df, table, run_dir / "petastorm-cache", cfg.num_processes)
@@ -122,34 +128,28 @@ def make_source(spark, cfg: TrainConfig, table: str, run_dir: Path):
 
 
 def train(cfg: TrainConfig, spark) -> TrainResult:
-    from twots.training import distributed
     from twots.mlops import tracking
-    from twots.training.trainer import StageJob, run_stages
+    from twots.training import distributed
+    from twots.training.runs import run_jobs
+    from twots.training.trainer import run_stages
 
     manifest = read_manifest(cfg.data)
-    plans, previous = MODELS[cfg.model], cfg.stage1_model
-    if previous is not None:
-        if plans[0].name != "stage1":
-            raise ValueError(f"--stage1-model: model {cfg.model!r} has no stage 1 to skip")
-        if not Path(previous).exists():
-            raise FileNotFoundError(f"--stage1-model {previous}: no such file")
-        plans = plans[1:]
+    if cfg.stage1_model is not None and not Path(cfg.stage1_model).exists():
+        raise FileNotFoundError(f"--stage1-model {cfg.stage1_model}: no such file")
+    if cfg.stage1_model is not None and not KINDS[cfg.model].on_stage1:
+        raise ValueError(f"--stage1-model: model {cfg.model!r} has no stage 1 to skip")
     run_dir = run_dir_of(cfg)
     if not cfg.resume and run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run never picks up another run's checkpoints
     run_dir.mkdir(parents=True, exist_ok=True)
-    hparams = cfg.hparams(manifest, write_side_data(spark, cfg.data, manifest, run_dir / "side_data.npz"))
+    inputs = BuildInputs(cfg.dims(manifest), str(write_side_data(spark, cfg.data, manifest, run_dir / "side_data.npz")))
     with tracking.pipeline_run(cfg, run_dir, manifest, spark) as tracker:
-        jobs = []
-        for plan in plans:
-            jobs.append(StageJob(
-                name=plan.name, build=partial(plan.build, hparams), previous_model=previous,
-                source=make_source(spark, cfg, plan.table, run_dir), model_path=str(run_dir / f"{plan.name}.pt"),
-                checkpoint_dir=str(run_dir / "checkpoints"), epochs=getattr(cfg, f"{plan.name}_epochs"),
-                lr=getattr(cfg, f"{plan.name}_lr"), batch_size=getattr(cfg, f"{plan.name}_batch_size"),
-                seed=cfg.seed, use_gpu=cfg.use_gpu, resume=cfg.resume, log_every=cfg.log_every,
-                threads=cfg.threads))
-            previous = jobs[-1].model_path
+        plans = KINDS[cfg.model].stages
+        sources = {plan.table: make_source(spark, cfg, plan.table, run_dir) for plan in plans
+                   if not (plan.name == "stage1" and cfg.stage1_model)}
+        jobs, _ = run_jobs([cfg.model], inputs, sources, cfg.settings(), lambda model: run_dir, cfg.options(),
+                           cfg.stage1_model)
+        previous = jobs[-1].model_path
         # All stages in one launch: one set of rank processes and one process group.
         stages = distributed.run(run_stages, jobs, num_processes=cfg.num_processes, local_mode=cfg.local_mode,
                                  use_gpu=cfg.use_gpu)["stages"]
@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, spark) -> TrainResult:
         metrics = {}
         if cfg.evaluate:
             from twots.evaluation.evaluate import evaluate
-            from twots.models.two_time_scale import load_model
+            from twots.models.kinds import load_model
 
             report = evaluate(load_model(previous), cfg.data, spark)
             metrics = report["metrics"]

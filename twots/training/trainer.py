@@ -10,6 +10,7 @@ Only torch, numpy and pyarrow are needed here: no Spark, petastorm or MLflow at 
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -22,7 +23,8 @@ from torch import nn
 
 from twots.training import distributed
 from twots.training.loaders import epoch_seed
-from twots.models.two_time_scale import save_model, split_parameters
+from twots.models.kinds import save_model
+from twots.models.two_time_scale import split_parameters
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
     start = 0
     ckpt = latest_checkpoint(job) if job.resume else None
     if ckpt is not None:
-        state = torch.load(ckpt, map_location=ctx.device, weights_only=False)
+        state = load_checkpoint(ckpt, map_location=ctx.device)
         model.load_state_dict(state["model"])
         for opt, opt_state in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(opt_state)
@@ -121,11 +123,20 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
 
 
 def _save_checkpoint(path: Path, model, optimizers, history, epoch) -> None:
+    """The state dicts in `path` (tensors and plain values: it loads with weights_only=True), the epoch and the
+    loss history in `<path>.json` beside it, written first: the .pt appearing marks a complete checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-                "history": history}, tmp)
+    path.with_suffix(".json").write_text(json.dumps({"epoch": epoch, "history": history}))
+    torch.save({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers]}, tmp)
     os.replace(tmp, path)  # a killed run never leaves a half-written checkpoint behind
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """{"model", "optimizers", "epoch", "history"} of a checkpoint written by fit."""
+    path = Path(path)
+    return {**torch.load(path, map_location=map_location, weights_only=True),
+            **json.loads(path.with_suffix(".json").read_text())}
 
 
 def run_stages(jobs: list[StageJob]) -> dict:

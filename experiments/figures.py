@@ -1,0 +1,20 @@
+"""The paper's figures from the comparison's results: Fig. 3, 4 and 5 (twots.evaluation.plots draws them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def figures(results: dict, changes: dict, n_train, t_star: int, out: Path) -> list[Path]:
+    """Fig. 3 (test MRR per activity bucket), Fig. 5 (activity distribution), Fig. 4 (2TS, else 2TS-Plus)."""
+    from twots.evaluation import plots
+
+    paths = [plots.plot_mrr_by_bucket(
+        {m: {b: s["mrr"] for b, s in r["test"]["buckets"].items() if s["count"]} for m, r in results.items()},
+        t_star, out / "fig3_mrr_by_activity.png"),
+        plots.plot_activity_distribution(n_train, t_star, out / "fig5_activity_distribution.png")]
+    if changes:
+        name = "2ts" if "2ts" in changes else "2ts-plus"
+        paths.append(plots.plot_embedding_change(changes[name], out / "fig4_embedding_change.png",
+                                                 title=f"User embedding change per step ({name})"))
+    return paths

@@ -1,0 +1,36 @@
+"""The data contract in code: the Delta tables of a prepared folder and their columns (docs/design.md's table).
+
+Spark-free constants, shared by the pipeline that writes the tables, the loaders and evaluation that read them,
+serving and the tests. A column added to a table is added here first.
+"""
+
+from __future__ import annotations
+
+INTERACTIONS = "interactions"
+USERS = "users"
+ITEMS = "items"
+REJECTS = "rejects"
+USER_ACTIVITY = "user_activity"
+SEQUENCES = "sequences"
+STAGE1_OFFERS = "stage1_offers"
+EVAL_CANDIDATES = "eval_candidates"
+MANIFEST = "manifest.json"
+
+# Not a prepared table: rows of the `sequences` schema holding each user's last max_len training items, built by
+# pipelines.histories.full_sequences into a view (the full-history baselines and 2TS-SingleStage train on them).
+FULL_HISTORIES = "full_sequences"
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    INTERACTIONS: ("event_id", "user_id", "item_id", "ts", "split", "feature_ids"),
+    USERS: ("user_id", "raw_user_id"),
+    ITEMS: ("item_id", "raw_item_id", "feature_ids", "raw_features"),
+    REJECTS: ("raw", "reason", "source_file"),
+    USER_ACTIVITY: ("user_id", "n_train", "is_active"),
+    SEQUENCES: ("user_id", "is_active", "item_ids", "neg_item_ids", "prev_item_id"),
+    STAGE1_OFFERS: ("event_id", "user_id", "item_id", "neg_item_ids"),
+    EVAL_CANDIDATES: ("event_id", "user_id", "item_id", "ts", "split", "neg_item_ids"),
+}
+TABLES = tuple(COLUMNS)
+
+# Values of interactions.split / eval_candidates.split.
+TRAIN, VAL, TEST = "train", "val", "test"

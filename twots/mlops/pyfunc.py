@@ -1,0 +1,184 @@
+"""The served model: an MLflow pyfunc over raw ids that adapts each user online to their recent items.
+
+A request row is `user_id` (optional raw id), `recent_items` (raw item ids, oldest first; may be empty or absent),
+`k` and optionally `exclude_clicked`. A known active user starts from their stage-1 embedding phi, anyone else
+from psi; the model steps over the known recent items, then scores the whole catalogue with one matmul against
+the item matrix computed once at load, and returns the top k raw item ids with their scores. Unknown item ids are
+skipped and reported in `unknown_items`; a malformed request raises MlflowException(INVALID_PARAMETER_VALUE),
+which the scoring server answers with HTTP 400 and the message.
+
+This module and what it imports is all the logged model carries as code (twots.mlops.packaging); the batch job
+(twots.mlops.batch) runs it as a Spark UDF.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from pydantic import Field
+
+from twots.config import Section
+from twots.models.kinds import load_model
+from twots.models.two_time_scale import pad_lists
+
+# A batch of requests is scored in chunks of at most this many (request, item) scores: 128 MiB of float32,
+# so a batch job's Arrow batch over a 4M-item catalogue still fits in memory (8 requests per chunk).
+SCORES_PER_CHUNK = 1 << 25
+RESCORE_POOL = 256  # candidates of a bfloat16 scan rescored in float32, at least
+
+
+class ServeConfig(Section):
+    """Request limits baked into a logged model, and the batch-recommend job's settings (`serve:` section)."""
+
+    max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
+    max_history: int = Field(500, ge=0, description="most recent_items a request may send")
+    exclude_clicked: bool = Field(True, description="default for requests that do not say: drop recent_items "
+                                                    "from the top k")
+    scan: Literal["float32", "bfloat16"] = Field(
+        "float32", description="item matrix of the full-catalogue scan: bfloat16 halves its memory and time, and its "
+        "best max(256, 4k) candidates are rescored exactly in float32")
+    model_uri: str = Field("models:/twots@champion", description="recommend: the model to run")
+    tracking_uri: str | None = Field(None, description="recommend: MLflow tracking URI "
+                                                       "(default sqlite:///<data>/mlflow.db)")
+    registry_uri: str | None = Field(None, description="recommend: MLflow registry URI (default: the tracking URI)")
+    data: str | None = Field(None, description="recommend: folder of the prepared Delta tables")
+    output: str | None = Field(None, description="recommend: Delta table written with the top k of each user")
+    users: list[str] = Field([], description="recommend: raw user ids to score (empty: all users)")
+    k: int = Field(10, ge=1, description="recommend: items per user")
+    batch_size: int = Field(512, ge=1, description="recommend: users per Arrow batch handed to the model")
+
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([
+        ColSpec(DataType.string, "user_id", required=False),
+        ColSpec(Array(DataType.string), "recent_items", required=False),
+        ColSpec(DataType.long, "k"),
+        ColSpec(DataType.boolean, "exclude_clicked", required=False),
+    ]),
+    outputs=Schema([
+        ColSpec(DataType.string, "user_id", required=False),
+        ColSpec(DataType.string, "start"),
+        ColSpec(Array(DataType.string), "items"),
+        ColSpec(Array(DataType.double), "scores"),
+        ColSpec(Array(DataType.string), "unknown_items"),
+    ]),
+)
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(message)
+
+
+def _column(frame: pd.DataFrame, name: str, default) -> list:
+    if name not in frame.columns:
+        return [default] * len(frame)
+    return [default if _missing(v) else v for v in frame[name].tolist()]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _as_history(row: int, value) -> list[str]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = list(value)
+        if all(isinstance(v, str) for v in values):
+            return values
+    raise _bad_request(f"row {row}: recent_items must be a list of item id strings, got {value!r}")
+
+
+class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
+    """Artifacts: `model` (twots.models.two_time_scale.save_model file), `users` and `items` (raw-id maps as Parquet)."""
+
+    def load_context(self, context):
+        self.model = load_model(context.artifacts["model"]).eval()
+        users = pd.read_parquet(context.artifacts["users"])
+        items = pd.read_parquet(context.artifacts["items"])
+        self.user_index = pd.Index(users["raw_user_id"])
+        self.user_active = users["is_active"].to_numpy(dtype=bool)
+        self.item_index = pd.Index(items["raw_item_id"])
+        self.raw_items = items["raw_item_id"].to_numpy(dtype=object)
+        self.limits = ServeConfig(**(context.model_config or {}))
+        with torch.no_grad():
+            self.item_matrix = self.model.item_vectors(torch.arange(self.model.hparams["n_items"])).to(
+                getattr(torch, self.limits.scan)).contiguous()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        requests = list(zip(*self._parse(model_input)))
+        rows = max(1, SCORES_PER_CHUNK // len(self.raw_items))
+        with torch.no_grad():
+            return pd.concat([self._recommend(*zip(*requests[start:start + rows]))
+                              for start in range(0, len(requests), rows)], ignore_index=True)
+
+    def _parse(self, frame: pd.DataFrame):
+        if len(frame) == 0:
+            raise _bad_request("the request holds no rows")
+        max_k = min(self.limits.max_k, len(self.raw_items))
+        users = _column(frame, "user_id", None)
+        ks = _column(frame, "k", None)
+        excludes = _column(frame, "exclude_clicked", self.limits.exclude_clicked)
+        histories = [_as_history(i, h) for i, h in enumerate(_column(frame, "recent_items", []))]
+        for i, (user, k, history) in enumerate(zip(users, ks, histories)):
+            if user is not None and not isinstance(user, str):
+                raise _bad_request(f"row {i}: user_id must be a string or absent, got {user!r}")
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= max_k:
+                raise _bad_request(f"row {i}: k must be an integer in [1, {max_k}], got {k!r}")
+            if len(history) > self.limits.max_history:
+                raise _bad_request(f"row {i}: recent_items holds {len(history)} ids, more than the limit "
+                                   f"max_history={self.limits.max_history}")
+        return users, [int(k) for k in ks], [bool(e) for e in excludes], histories
+
+    def _top(self, state, scores, k: int):
+        """The k best (scores, ids) per row; a bfloat16 scan's best candidates are rescored in float32 first."""
+        if scores.dtype == torch.float32:
+            return scores.topk(k, dim=1)
+        pool = min(scores.shape[1], max(RESCORE_POOL, 4 * k))
+        rough, candidates = scores.topk(pool, dim=1)
+        exact = self.model.score(state, candidates)
+        top_scores, at = exact.masked_fill(torch.isneginf(rough), float("-inf")).topk(k, dim=1)
+        return top_scores, candidates.gather(1, at)
+
+    def _recommend(self, users, ks, excludes, histories) -> pd.DataFrame:
+        n = len(users)
+        user_ids = self.user_index.get_indexer([u if u is not None else "" for u in users])
+        known = np.array([u is not None for u in users]) & (user_ids >= 0)
+        active = known & self.user_active[np.where(known, user_ids, 0)]
+        active_t = torch.from_numpy(active)
+        state = self.model.init_state(torch.from_numpy(np.where(active, user_ids, 0)), active_t)
+
+        flat = self.item_index.get_indexer([i for h in histories for i in h])
+        offsets = np.cumsum([0] + [len(h) for h in histories])
+        unknown, clicked = [], []
+        for row in range(n):
+            ids = flat[offsets[row]:offsets[row + 1]]
+            unknown.append([histories[row][j] for j in np.flatnonzero(ids < 0)])
+            clicked.append(ids[ids >= 0])
+        steps = torch.from_numpy(pad_lists(clicked))
+        for t in range(steps.shape[1]):  # item -1 (a shorter history) leaves that row's state as it is
+            state = self.model.step(state, steps[:, t], active_t)
+
+        scores = self.model.user_vector(state).to(self.item_matrix.dtype) @ self.item_matrix.T
+        for row in range(n):
+            if excludes[row] and len(clicked[row]):
+                scores[row, torch.from_numpy(clicked[row])] = float("-inf")
+        top_scores, top_ids = self._top(state, scores, max(ks))
+        out_items, out_scores = [], []
+        for row in range(n):
+            s, i = top_scores[row, :ks[row]].numpy(), top_ids[row, :ks[row]].numpy()
+            finite = np.isfinite(s)
+            out_items.append(self.raw_items[i[finite]].tolist())
+            out_scores.append(s[finite].astype(float).tolist())
+        return pd.DataFrame({
+            "user_id": users,
+            "start": np.where(active, "phi", "psi"),
+            "items": out_items,
+            "scores": out_scores,
+            "unknown_items": unknown,
+        })

@@ -1,0 +1,82 @@
+"""One builder of training runs: the StageJobs that train model kinds (twots.models.kinds), each stage with its
+settings, and stage 1 trained once for every kind built on it. Used by jobs/train.py (through
+twots.training.train), the comparison, the demo and bench/train.py.
+
+Torch only (the jobs it builds are pickled into the ranks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from twots.models.kinds import KINDS, STAGE1, BuildInputs, StagePlan
+from twots.training.trainer import StageJob
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """How one stage trains: TrainConfig's stage1_* settings for offer rows, stage2_* for sequence rows."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every stage of a run shares."""
+
+    seed: int = 0
+    use_gpu: bool = False
+    resume: bool = False
+    log_every: int = 50
+    threads: int = 0
+
+
+def stage_job(plan: StagePlan, inputs: BuildInputs, source, settings: StageSettings, run_dir: Path,
+              previous: str | None, options: RunOptions, name: str | None = None) -> StageJob:
+    """One stage: builds with `inputs`, saves `<run_dir>/<name>.pt`, checkpoints under `<run_dir>/checkpoints`."""
+    name = name or plan.name
+    return StageJob(name=name, build=partial(plan.build, inputs), source=source, previous_model=previous,
+                    model_path=str(Path(run_dir) / f"{name}.pt"), checkpoint_dir=str(Path(run_dir) / "checkpoints"),
+                    epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, seed=options.seed,
+                    use_gpu=options.use_gpu, resume=options.resume, log_every=options.log_every,
+                    threads=options.threads)
+
+
+def run_jobs(models: list[str], inputs: BuildInputs, sources: Mapping[str, object],
+             settings: Mapping[str, StageSettings], run_dir: Callable[[str], Path], options: RunOptions,
+             stage1_model: str | None = None) -> tuple[list[StageJob], dict[str, list[int]]]:
+    """The StageJobs that train `models` in one launch, and model -> the indices of its stages' jobs.
+
+    `sources` maps a stage's table (StagePlan.table) to its rows, `settings` a StagePlan.settings to its
+    StageSettings, `run_dir(model)` is where a model's stages save. Stage 1 is one job shared by every kind built on
+    it, or, with `stage1_model` (a trained stage-1 model file), not trained at all.
+    """
+    jobs: list[StageJob] = []
+    shared: dict[StagePlan, int] = {}
+    stages_of: dict[str, list[int]] = {}
+    for model in models:
+        kind = KINDS[model]
+        if not kind.stages:
+            raise ValueError(f"model kind {model!r} is not trained by gradient")
+        plans, mine, previous = list(kind.stages), [], None
+        if stage1_model is not None:
+            if not kind.on_stage1 or len(plans) == 1:
+                raise ValueError(f"a stage-1 model was given but {model!r} has no stage 1 to skip")
+            plans, previous = plans[1:], stage1_model
+        for plan in plans:
+            if plan is STAGE1 and plan in shared:
+                mine.append(shared[plan])
+            else:
+                jobs.append(stage_job(plan, inputs, sources[plan.table], settings[plan.settings], run_dir(model),
+                                      previous, options))
+                mine.append(len(jobs) - 1)
+                if plan is STAGE1:
+                    shared[plan] = mine[-1]
+            previous = jobs[mine[-1]].model_path
+        stages_of[model] = mine
+    return jobs, stages_of
