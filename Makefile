@@ -1,4 +1,5 @@
-# twots: `make setup` builds the venv once (idempotent), `make test`, `make demo`, `make bench`.
+# twots: `make setup` builds the venv once (idempotent), `make test` (everything), `make test-fast` (the torch-only
+# lane), `make lint`, `make demo`, `make bench`.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 DATA ?= ../shared/data
 
-.PHONY: setup test demo bench compare clean
+.PHONY: setup test test-fast lint demo bench compare clean
 
 setup: $(STAMP)
 	@$(PIP) install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -27,6 +28,13 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q tests
 
+# No Spark session, no training ranks, no MLflow store: the markers of pyproject.toml.
+test-fast: setup
+	$(PY) -m pytest -q tests -m "not spark and not distributed and not mlflow and not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
 demo: setup
 	$(PY) -m experiments.demo --data $(DATA)/ml-latest-small --output demo-output
 
@@ -39,4 +47,4 @@ bench: setup
 	$(PY) bench/serve.py
 
 clean:
-	rm -rf demo-output compare-output bench-output spark-warehouse metastore_db derby.log .pytest_cache
+	rm -rf demo-output compare-output bench-output spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel, split_parameters
 from twots.evaluation.replay import Events, Warmup, replay
+from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel, split_parameters
 
 
 def timed(fn, device: torch.device) -> tuple[float, float]:

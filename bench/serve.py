@@ -4,7 +4,8 @@
     .venv/bin/python bench/serve.py [--items 10000 100000 1000000] [--requests 300] [--runs 3]
 
 Each catalogue gets synthetic Delta tables (users, user_activity, items, interactions with raw ids) and a random
-2TS model of the default dimensions (D = 64), logged through `twots.mlops.packaging.log_model` and registered @champion in
+2TS model of the default dimensions (D = 64), logged through `twots.mlops.packaging.log_model` and registered
+@champion in
 a sqlite registry under --workdir. A request is one known user (half of them active) with --history recent items
 and k=10, as JSON `dataframe_records`, sent one at a time (latency) and from --clients threads (requests/s).
 Latency is client-side wall time, server and client on the same box. Medians over --runs runs.
@@ -25,13 +26,13 @@ import mlflow
 import numpy as np
 import torch
 
-from twots.models.two_time_scale import TwoTimeScaleModel
-from twots.mlops.registry import use_registry
 from twots.config import resolve
 from twots.mlops.batch import RecommendConfig, batch_recommend
 from twots.mlops.packaging import log_model
 from twots.mlops.pyfunc import ServeConfig
+from twots.mlops.registry import use_registry
 from twots.mlops.server import local_server
+from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.spark import get_spark
 
 
@@ -132,7 +133,7 @@ def main() -> None:
 
         if n_items in args.batch_items:
             rates = []
-            for run in range(args.runs):
+            for _ in range(args.runs):
                 cfg = RecommendConfig(data=str(data), output=str(data / "recommendations"), model_uri=uri, k=10,
                                       users=[f"u{u}" for u in range(args.batch_users)])
                 started = time.perf_counter()

@@ -13,7 +13,8 @@ the baselines train on) and measures, each `--repeats` times (medians quoted):
 - evaluation events/s of the online replay (val + test) on the driver, one thread;
 - stage-1 step time as the embedding tables grow (users = items = 100k, 1M, 5M) with the sparse gradient sync.
 
-The `ranks` mode trains every kind of `--models` (twots.models.kinds.KINDS) on the export, the same epochs for all, stage 1
+The `ranks` mode trains every kind of `--models` (twots.models.kinds.KINDS) on the export, the same epochs for all,
+stage 1
 once for the kinds built on it, and prints per (model, stage) the wall seconds (build, data load, epochs, save; the
 slowest rank's) and throughput; `report` turns those lines into a table with a total per model, stage 1 counted in
 each kind built on it (as experiments.compare counts it).
@@ -220,8 +221,8 @@ def _scaling_rank(sizes, steps, batch) -> dict:
     comparison, with the dense all-reduce plain DDP would do. Small dims keep 5M-row tables in memory."""
     import torch
 
-    from twots.training import distributed
     from twots.models.two_time_scale import Stage1Model
+    from twots.training import distributed
     from twots.training.trainer import make_optimizers
 
     ctx = distributed.setup(use_gpu=False)
@@ -271,10 +272,10 @@ def _scaling_rank(sizes, steps, batch) -> dict:
 def main(args) -> None:
     from pyspark import cloudpickle
 
-    from twots.training import distributed
     from twots.evaluation.evaluate import evaluate
     from twots.models.kinds import load_model
     from twots.spark import get_spark
+    from twots.training import distributed
     from twots.training.train import make_source, read_manifest
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ranks cannot import bench/ as a module
@@ -298,7 +299,7 @@ def main(args) -> None:
     for world in (1, 2):
         sources = {t: make_source(spark, cfg.model_copy(update={"num_processes": world}), t, out / f"cache-{world}")
                    for t in (STAGE1_OFFERS, SEQUENCES)}
-        for repeat in range(args.repeats):
+        for _ in range(args.repeats):
             jobs, _ = stage_jobs(["2ts"], sources, inputs, out / f"run-{world}", epochs=2, use_gpu=False,
                                  batch=batches(args))
             for result in distributed.run(timed_stages, jobs, num_processes=world)["stages"]:

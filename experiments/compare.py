@@ -1,7 +1,7 @@
 """The paper's comparison (section 5) on your data: 2TS and 2TS-Plus against baselines and ablations.
 
-Every model reads the same tables, trains with the same DDP trainer (twots.training.trainer under TorchDistributor) on the
-same offer sets, and is replayed online on the same val/test candidates (twots.evaluation.evaluate). Per model:
+Every model reads the same tables, trains with the same DDP trainer (twots.training.trainer under TorchDistributor)
+on the same offer sets, and is replayed online on the same val/test candidates (twots.evaluation.evaluate). Per model:
 
   popularity        training click counts (Spark), nothing to train
   ccf               stage 1 alone (twots.models.two_time_scale.Stage1Model)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -122,13 +121,14 @@ def active_user_sample(spark, data_dir: str, t_star: int, users: int, max_events
     from pyspark.sql import functions as F
 
     from pipelines.histories import full_sequences
+    from twots.data.tables import SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY
     from twots.evaluation.evaluate import read_delta
     from twots.training.loaders import arrow_columns, fixed_shape
 
-    activity = read_delta(spark, data_dir, "user_activity").where(F.col("n_train") > t_star)
+    activity = read_delta(spark, data_dir, USER_ACTIVITY).where(F.col("n_train") > t_star)
     sample = activity.orderBy(F.rand(seed)).limit(users)
-    rows, layout = fixed_shape(full_sequences(read_delta(spark, data_dir, "stage1_offers"), sample, max_events),
-                               "sequences")
+    rows, layout = fixed_shape(full_sequences(read_delta(spark, data_dir, STAGE1_OFFERS), sample, max_events),
+                               SEQUENCES)
     cols = arrow_columns(rows.select("user_id", "item_ids", "neg_item_ids").toArrow())
     if len(cols["user_id"]) == 0:
         raise ValueError(f"no active users (n_train > {t_star}) in {data_dir} to estimate t** from")

@@ -1,8 +1,8 @@
 """Nightly batch: top k of every user (or --users) with a registered model, written to a Delta table."""
 
 from twots.config import load
-from twots.mlops.registry import use_registry
 from twots.mlops.batch import RecommendConfig, batch_recommend
+from twots.mlops.registry import use_registry
 from twots.spark import get_spark
 
 

@@ -18,10 +18,20 @@ from pyspark.sql import functions as F
 
 from pipelines.activity import sequences, split_column, user_activity
 from pipelines.config import PrepareConfig
-from twots.data.delta import read_table, write_table
 from pipelines.indexing import dense_ids, with_global_index
 from pipelines.negatives import eval_candidates, stage1_offers
 from pipelines.readers import read_source
+from twots.data.delta import read_table, write_table
+from twots.data.tables import (
+    EVAL_CANDIDATES,
+    INTERACTIONS,
+    ITEMS,
+    REJECTS,
+    SEQUENCES,
+    STAGE1_OFFERS,
+    USER_ACTIVITY,
+    USERS,
+)
 
 
 class PrepareError(ValueError):
@@ -106,36 +116,36 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         n_items = raw_items.count()
         _check_sizes(cfg, accepted, n_items, rejected)
 
-    with run.step("rejects"):
-        run.write(spark, "rejects", parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file"))
+    with run.step(REJECTS):
+        run.write(spark, REJECTS, parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file"))
 
-    with run.step("users"):
-        users = run.write(spark, "users", dense_ids(good, "raw_user_id", "user_id"))
+    with run.step(USERS):
+        users = run.write(spark, USERS, dense_ids(good, "raw_user_id", "user_id"))
 
-    with run.step("items"):
-        items = run.write(spark, "items", _items(raw_items))
+    with run.step(ITEMS):
+        items = run.write(spark, ITEMS, _items(raw_items))
 
-    with run.step("interactions"):
-        interactions = run.write(spark, "interactions", _interactions(good, users, items, cfg))
+    with run.step(INTERACTIONS):
+        interactions = run.write(spark, INTERACTIONS, _interactions(good, users, items, cfg))
 
-    with run.step("user_activity"):
-        activity = run.write(spark, "user_activity", user_activity(users, interactions, cfg.threshold))
+    with run.step(USER_ACTIVITY):
+        activity = run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold))
 
-    with run.step("stage1_offers"):
-        offers = run.write(spark, "stage1_offers", stage1_offers(interactions, n_items, cfg.negatives, cfg.seed))
+    with run.step(STAGE1_OFFERS):
+        offers = run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed))
 
-    with run.step("sequences"):
-        run.write(spark, "sequences", sequences(offers, activity, cfg.last_k))
+    with run.step(SEQUENCES):
+        run.write(spark, SEQUENCES, sequences(offers, activity, cfg.last_k))
 
-    with run.step("eval_candidates"):
-        run.write(spark, "eval_candidates",
+    with run.step(EVAL_CANDIDATES):
+        run.write(spark, EVAL_CANDIDATES,
                   eval_candidates(interactions, n_items, cfg.eval_negatives, cfg.seed, cfg.eval_sample))
 
     with run.step("manifest"):
-        written = run.tables["interactions"]["rows"] + run.tables["rejects"]["rows"]
-        if written != input_rows or run.tables["interactions"]["rows"] != accepted:
+        written = run.tables[INTERACTIONS]["rows"] + run.tables[REJECTS]["rows"]
+        if written != input_rows or run.tables[INTERACTIONS]["rows"] != accepted:
             raise PrepareError(f"row check failed: {input_rows} input rows, but interactions "
-                               f"{run.tables['interactions']['rows']} + rejects {run.tables['rejects']['rows']}")
+                               f"{run.tables[INTERACTIONS]['rows']} + rejects {run.tables[REJECTS]['rows']}")
         manifest = _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interactions)
         _write_json(output / "manifest.json", manifest)
     print(f"[prepare] wrote {len(run.tables)} tables and manifest.json under {output} "
@@ -199,7 +209,7 @@ def _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interac
         "accepted": accepted,
         "rejected": rejected,
         "n_users": users["users"],
-        "n_items": run.tables["items"]["rows"],
+        "n_items": run.tables[ITEMS]["rows"],
         "n_features": item_stats["features"],
         "max_features_per_item": item_stats["max_features"],
         "n_active": users["active"],
@@ -207,7 +217,7 @@ def _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interac
         "n_new": users["new"],
         "splits": {s: splits.get(s, 0) for s in ("train", "val", "test")},
         "eval_sample": {"fraction": cfg.eval_sample, "seed": cfg.seed, "unit": "user",
-                        "events": run.tables["eval_candidates"]["rows"]},
+                        "events": run.tables[EVAL_CANDIDATES]["rows"]},
         "tables": run.tables,
         "timings_s": run.timings,
     }

@@ -62,3 +62,10 @@ def prepared_movielens(spark, shared_data, tmp_path_factory) -> Path:
     prepare(PrepareConfig(source="movielens", input=str(shared_data / "ml-latest-small"), output=str(output),
                           threshold=20, last_k=10, negatives=10, eval_negatives=99, seed=7), spark)
     return output
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the Spark session (directly or through a fixture) is in the `spark` lane."""
+    for item in items:
+        if "spark" in item.fixturenames:
+            item.add_marker(pytest.mark.spark)

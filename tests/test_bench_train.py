@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from twots.models.baselines import GRU4Rec
-from twots.training.loaders import read_columns
 from twots.models.kinds import load_model
 from twots.models.two_time_scale import TwoTimeScaleModel
+from twots.training.loaders import read_columns
 
 REPO = Path(__file__).resolve().parent.parent
 TABLES = ("stage1_offers", "sequences", "full_sequences")
@@ -51,7 +51,8 @@ def test_report_totals_count_the_shared_stage1_in_each_kind():
         return {"model": model, "stage": stage, "world": world, "epochs": 2, "wall_s": wall, "epochs_s": wall - 0.5,
                 "interactions_per_s": 1000.0, "peak_rss_mb": wall * 100, "peak_gpu_mb": gpu}
 
-    runs = [run("2ts", "stage1", 1, 3.0, 50.0), run("2ts", "stage2", 1, 1.0, 80.0), run("gru4rec", "train", 1, 8.0, 40.0),
+    runs = [run("2ts", "stage1", 1, 3.0, 50.0), run("2ts", "stage2", 1, 1.0, 80.0),
+            run("gru4rec", "train", 1, 8.0, 40.0),
             run("2ts-plus", "stage1", 1, 3.0, 50.0), run("2ts-plus", "stage2", 1, 3.0, 90.0),
             run("gru4rec", "train", 2, 5.0)]
     rows = {(r["model"], r["stage"], r["processes"]): r for r in bench.report_rows(runs)}
@@ -72,6 +73,8 @@ def table_rows(markdown: str) -> dict[tuple[str, str, int], dict]:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_export_then_every_kind_under_torchrun(spark, prepared_movielens, tmp_path):
     max_len = 50
     export = bench.export(spark, prepared_movielens, tmp_path, max_len)

@@ -113,7 +113,7 @@ def test_jobs_load_into_databricks_sdk_and_schedules_are_quartz(target):
 
 @pytest.mark.parametrize("target", ["dev", "prod"])
 def test_every_task_runs_an_existing_job_with_flags_its_parser_accepts(target):
-    for name, (job, path) in bundle_jobs(target).items():
+    for job, path in bundle_jobs(target).values():
         keys = {task["task_key"] for task in job["tasks"]}
         clusters = {cluster["job_cluster_key"] for cluster in job["job_clusters"]}
         for task in job["tasks"]:

@@ -8,9 +8,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from twots.models.baselines import SASRec
 from experiments.compare import MODEL_NAMES, CompareConfig, compare, results_table
 from twots.config import ConfigError, resolve
+from twots.models.baselines import SASRec
 
 START = 1511539200  # the Taobao window (conf/taobao.yaml)
 CLUSTERS, ITEMS_PER_CLUSTER = 6, 12
@@ -66,6 +66,9 @@ def test_config_errors_name_the_key():
 # 9 models, 11 TorchDistributor runs and ~25 replays: 12 min on the shared 2-core box at load 11, over the
 # project's 900 s default at load 15-18 (see the report); too slow, kept whole until evaluation can reuse arrays.
 @pytest.mark.timeout(1800)
+@pytest.mark.distributed
+@pytest.mark.mlflow
+@pytest.mark.slow
 def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_path):
     out = tmp_path / "compare"
     cfg = resolve(CompareConfig, "compare", {

@@ -1,4 +1,5 @@
-"""experiments.demo: the results table and its failure modes (the full demo is `make demo`, timed in docs/training.md)."""
+"""experiments.demo: the results table and its failure modes (the full demo is `make demo`, timed in
+docs/training.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def summary(mrr: float, new_mrr: float | None) -> dict:
 
 
 def test_results_table_has_one_row_per_model_in_order():
-    lines = results_table({"2ts": {"test": summary(0.1234, 0.05)}, "2ts-plus": {"test": summary(0.2, None)}}).splitlines()
+    results = {"2ts": {"test": summary(0.1234, 0.05)}, "2ts-plus": {"test": summary(0.2, None)}}
+    lines = results_table(results).splitlines()
     assert lines[0] == "| model | MRR | Recall@10 | NDCG@10 | MRR active | MRR inactive | MRR new |"
     assert lines[2] == "| 2ts | 0.1234 | 0.2468 | 0.1851 | 0.1234 | 0.1234 | 0.0500 |"
     assert lines[3] == "| 2ts-plus | 0.2000 | 0.4000 | 0.3000 | 0.2000 | 0.2000 | - |"

@@ -38,12 +38,14 @@ def sync_toy_gradients() -> dict:
     return out
 
 
+@pytest.mark.distributed
 def test_crashed_rank_fails_the_job(spark, capsys):
     with pytest.raises(distributed.RankFailure, match="crash_on_rank_one"):
         distributed.run(crash_on_rank_one, num_processes=2, local_mode=True, use_gpu=False)
     assert "rank 1 fails on purpose" in capsys.readouterr().out  # it failed for the planted reason
 
 
+@pytest.mark.distributed
 def test_gradients_are_averaged_over_ranks_and_sparse_stays_sparse(spark):
     out = distributed.run(sync_toy_gradients, num_processes=2, local_mode=True, use_gpu=False)
     assert out["ranks_finished"] == 2

@@ -40,7 +40,7 @@ def ignored(path: str) -> bool:
 def test_every_copied_path_exists_and_is_in_the_build_context():
     copies = [shlex.split(args)[:-1] for op, args in instructions() if op == "COPY"]
     sources = [source for sources in copies for source in sources]
-    assert {"pyproject.toml", "twots", "pipelines", "conf", "jobs"} <= set(sources)
+    assert {"pyproject.toml", "twots", "pipelines", "experiments", "conf", "jobs"} <= set(sources)
     for source in sources:
         assert (REPO / source).exists(), source
         assert not ignored(source), f"{source} is excluded by Dockerfile.dockerignore"

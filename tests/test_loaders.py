@@ -1,4 +1,5 @@
-"""twots.training.loaders: both backends over real Spark/Delta tables; equal steps, disjoint shards, deterministic order."""
+"""twots.training.loaders: both backends over real Spark/Delta tables; equal steps, disjoint shards, deterministic
+order."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def offers(spark, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("offers") / "stage1_offers"
     (spark.range(ROWS).select(
-        F.col("id").alias("event_id"), F.col("id").cast("int").alias("user_id"), F.col("id").cast("int").alias("item_id"),
+        F.col("id").alias("event_id"), F.col("id").cast("int").alias("user_id"),
+        F.col("id").cast("int").alias("item_id"),
         F.array_repeat(F.col("id").cast("int"), P).alias("neg_item_ids"))
      .repartition(5).write.format("delta").save(str(path)))
     return spark.read.format("delta").load(str(path))

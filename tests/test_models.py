@@ -1,9 +1,15 @@
 import pytest
 import torch
 
-from twots.models.losses import offer_softmax_loss
 from twots.models.kinds import load_model, register_model_class, save_model
-from twots.models.two_time_scale import ItemEncoder, SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
+from twots.models.losses import offer_softmax_loss
+from twots.models.two_time_scale import (
+    ItemEncoder,
+    SequentialRecommender,
+    Stage1Model,
+    TwoTimeScaleModel,
+    split_parameters,
+)
 
 N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES = 12, 30, 5, 3
 DIMS = dict(item_dim=6, feature_dim=2)

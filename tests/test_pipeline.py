@@ -12,9 +12,8 @@ import pytest
 from pipelines import PrepareConfig, PrepareError, prepare
 from pipelines.negatives import eval_candidates
 from twots.config import ConfigError, load, resolve
+from twots.data.tables import TABLES
 
-TABLES = ["rejects", "users", "items", "interactions", "user_activity", "stage1_offers", "sequences",
-          "eval_candidates"]
 BASE = {"source": "taobao", "input": "x", "output": "y"}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -39,7 +39,7 @@ def test_lastfm_sample(spark, shared_data):
     first = rows[0]  # empty track MBID: the item is "artist - track"
     assert first["raw_item_id"] == "Deep Dish - Fuck Me Im Famous (Pacha Ibiza)-09-28-2007"
     assert first["raw_features"] == ["f1b1cf71-bd35-4e99-8624-24a6e15f133a"]
-    assert first["ts"] == int(datetime(2009, 5, 4, 23, 8, 57, tzinfo=timezone.utc).timestamp())
+    assert first["ts"] == int(datetime(2009, 5, 4, 23, 8, 57, tzinfo=UTC).timestamp())
     assert parsed.select("raw_item_id").distinct().count() == 881 + 311  # track MBIDs + artist/track names
     assert parsed.selectExpr("explode(raw_features)").distinct().count() == 235
 

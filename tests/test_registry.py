@@ -15,9 +15,23 @@ import pytest
 import torch
 from test_serving import random_model
 
-from twots.mlops.registry import (CHALLENGER, CHAMPION, REASON, STATUS, RegistryConfig, promote, register, release,
-                            serve_command, use_registry, validate, verdict)
 from twots.mlops.packaging import log_model
+from twots.mlops.registry import (
+    CHALLENGER,
+    CHAMPION,
+    REASON,
+    STATUS,
+    RegistryConfig,
+    promote,
+    register,
+    release,
+    serve_command,
+    use_registry,
+    validate,
+    verdict,
+)
+
+pytestmark = pytest.mark.mlflow
 
 NAME = "twots-registry-test"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,7 +183,8 @@ def last_week(spark, shared_data, prepared_movielens, tmp_path_factory):
 
 
 def expected_against_last_week(spark, data, old):
-    """Independently of twots.evaluation.remap: the val users and candidate items of `data` unknown to the tables `old` (as
+    """Independently of twots.evaluation.remap: the val users and candidate items of `data` unknown to the tables
+    `old` (as
     "unknown/total"), and the val MRR of the popularity model of `old` (popularity_model) when items it does not
     know score -inf."""
     from twots.evaluation.metrics import ranks_from_scores

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.evaluation.remap import RemappedModel
 from twots.evaluation.replay import Events, Warmup, replay
+from twots.models.two_time_scale import TwoTimeScaleModel
 
 N_USERS, N_ITEMS = 7, 12
 ACTIVE = np.array([True, False, True, False, True, False, False])  # users 5 and 6 are new in WARMUP

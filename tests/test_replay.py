@@ -4,8 +4,8 @@ import torch
 
 import twots.evaluation.replay
 from twots.evaluation.metrics import ranks_from_scores, summarize
-from twots.models.two_time_scale import SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
 from twots.evaluation.replay import Events, Warmup, replay
+from twots.models.two_time_scale import SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
 
 
 class SeenItems(SequentialRecommender):
@@ -85,7 +85,8 @@ def naive_replay(model, warm: Warmup, evs: Events):
 
 @pytest.mark.parametrize("plus", [False, True])
 def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
-    monkeypatch.setattr(twots.evaluation.replay, "STATE_CHUNK", 2)  # chunk boundaries in the start states and warm-up too
+    # chunk boundaries in the start states and warm-up too
+    monkeypatch.setattr(twots.evaluation.replay, "STATE_CHUNK", 2)
     torch.manual_seed(3)
     rng = np.random.default_rng(3)
     n_users, n_items = 9, 40

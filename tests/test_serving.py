@@ -13,13 +13,15 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 
-from twots.models.two_time_scale import TwoTimeScaleModel
-from twots.mlops.registry import use_registry
 from twots.mlops.batch import RecommendConfig, batch_recommend
 from twots.mlops.packaging import log_model
 from twots.mlops.pyfunc import ServeConfig
+from twots.mlops.registry import use_registry
 from twots.mlops.server import local_server
+from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.training.train import write_side_data
+
+pytestmark = pytest.mark.mlflow
 
 NAME = "twots-serving-test"
 URI = f"models:/{NAME}@champion"

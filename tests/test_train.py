@@ -24,6 +24,9 @@ def weights(path) -> dict[str, torch.Tensor]:
     return load_model(path).state_dict()
 
 
+@pytest.mark.distributed
+@pytest.mark.mlflow
+@pytest.mark.slow
 def test_two_stage_training_tracking_determinism_and_resume(spark, prepared_movielens, tmp_path):
     cfg = config(prepared_movielens, tmp_path / "a", model="2ts-plus", loader="petastorm")
     result = train(cfg, spark)
@@ -78,6 +81,8 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, prepared_movi
     assert resumed.metrics == result.metrics
 
 
+@pytest.mark.distributed
+@pytest.mark.mlflow
 def test_stage2_on_a_given_stage1_model(spark, prepared_movielens, tmp_path):
     base = config(prepared_movielens, tmp_path / "s1", model="2ts", stage1_epochs=1, stage2_epochs=1,
                   loader="parquet", evaluate=False)

@@ -4,8 +4,8 @@
 rows of `eval_candidates` from Delta into arrays (`load_arrays`; callers replaying many models on one folder load them
 once and call `evaluate_loaded`), replays val then test in time order through `twots.evaluation.replay`
 (score the 1 + 499 candidates with the user's current state, then feed the true item), and summarizes the ranks
-with `twots.evaluation.metrics` per split: overall, active / inactive / new users and per activity bucket. It also returns
-the per-step embedding changes of the test replay (the paper's Fig. 4).
+with `twots.evaluation.metrics` per split: overall, active / inactive / new users and per activity bucket. It also
+returns the per-step embedding changes of the test replay (the paper's Fig. 4).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from twots.evaluation import metrics
 from twots.config import Section
-from twots.training.loaders import arrow_columns, fixed_shape
+from twots.data.tables import EVAL_CANDIDATES, SEQUENCES, USER_ACTIVITY
+from twots.evaluation import metrics
 from twots.evaluation.replay import Events, Warmup, replay
+from twots.training.loaders import arrow_columns, fixed_shape
 
 SPLITS = ("val", "test")
 
@@ -72,15 +73,15 @@ def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:
     unknown = set(splits) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown splits {sorted(unknown)}; evaluation replays {SPLITS}")
-    sequences, _ = fixed_shape(read_delta(spark, data_dir, "sequences"), "sequences")
+    sequences, _ = fixed_shape(read_delta(spark, data_dir, SEQUENCES), SEQUENCES)
     warm = arrow_columns(sequences.select("user_id", "is_active", "item_ids").toArrow())
     warmup = Warmup(warm["user_id"], warm["is_active"], warm["item_ids"])
-    rows = arrow_columns(read_delta(spark, data_dir, "eval_candidates").where(F.col("split").isin(list(splits)))
+    rows = arrow_columns(read_delta(spark, data_dir, EVAL_CANDIDATES).where(F.col("split").isin(list(splits)))
                          .select("user_id", "ts", "event_id", "item_id", "split", "neg_item_ids").toArrow())
     if len(rows["user_id"]) == 0:
         raise ValueError(f"{data_dir}/eval_candidates has no rows in splits {list(splits)}")
     events = Events(rows["user_id"], rows["ts"], rows["event_id"], rows["item_id"], rows["neg_item_ids"])
-    act = arrow_columns(read_delta(spark, data_dir, "user_activity").select("user_id", "n_train", "is_active")
+    act = arrow_columns(read_delta(spark, data_dir, USER_ACTIVITY).select("user_id", "n_train", "is_active")
                         .toArrow())
     activity = {"n_train": np.zeros(int(act["user_id"].max()) + 1, dtype=np.int64)}
     activity["is_active"] = np.zeros_like(activity["n_train"], dtype=bool)

@@ -98,7 +98,8 @@ class ReplayResult:
     is_new: np.ndarray
 
     def change_records(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Columns is_active, step, change for twots.evaluation.plots.plot_embedding_change (new users count as inactive)."""
+        """Columns is_active, step, change for twots.evaluation.plots.plot_embedding_change (new users count as
+        inactive)."""
         keep = slice(None) if mask is None else np.asarray(mask, dtype=bool)
         return {"is_active": self.is_active[keep], "step": self.step[keep], "change": self.change[keep]}
 

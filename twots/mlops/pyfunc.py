@@ -95,7 +95,7 @@ def _as_history(row: int, value) -> list[str]:
 
 
 class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
-    """Artifacts: `model` (twots.models.two_time_scale.save_model file), `users` and `items` (raw-id maps as Parquet)."""
+    """Artifacts: `model` (a twots.models.kinds.save_model file), `users` and `items` (raw-id maps as Parquet)."""
 
     def load_context(self, context):
         self.model = load_model(context.artifacts["model"]).eval()

@@ -5,8 +5,8 @@ writes the same verdict, promote does nothing when there is no challenger. A ver
 when its test MRR clears an absolute floor and beats @champion's (scored on the same candidates of the same Delta
 table version) by a relative margin; promote refuses a challenger validated against another champion than the
 current one, so a worse model is never promoted. A model trained on other users/items tables (an older champion
-after a retrain on refreshed data) is scored through its own raw-id maps (twots.evaluation.remap), as it would serve. Each step
-publishes its result as a Databricks task value (on Databricks) and prints it as one JSON line.
+after a retrain on refreshed data) is scored through its own raw-id maps (twots.evaluation.remap), as it would serve.
+Each step publishes its result as a Databricks task value (on Databricks) and prints it as one JSON line.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from twots.config import Section
+from twots.data.tables import EVAL_CANDIDATES
 from twots.evaluation.evaluate import SPLITS, EvalData, evaluate_loaded, load_arrays
 from twots.evaluation.remap import RemappedModel
 from twots.mlops.packaging import id_maps_fingerprint, read_id_maps
-from twots.spark import on_databricks
 from twots.mlops.tracking import default_tracking_uri, table_versions
+from twots.spark import on_databricks
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 STATUS, REASON = "validation_status", "validation_reason"
@@ -98,8 +99,8 @@ def score(name: str, version: str, data: EvalData, split: str, users: pd.DataFra
           id_maps: str) -> tuple[float, dict[str, int] | None]:
     """The version's MRR on `split` of the replay arrays `data` (loaded for replayed_splits(split)), whose raw-id maps
     are `users` and `items` (read_id_maps) with fingerprint `id_maps`. A version trained on other maps is scored
-    through its own (twots.evaluation.remap); then also returned: how many of the replayed users and candidate items it does
-    not know, else None."""
+    through its own (twots.evaluation.remap); then also returned: how many of the replayed users and candidate items
+    it does not know, else None."""
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     served = pyfunc.unwrap_python_model()
     model, unknown = served.model, None
@@ -153,14 +154,14 @@ def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> 
     if champion == version:
         print(f"validate: {name} v{version} is already @{CHAMPION}", flush=True)
         return True
-    table_version = table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"]
+    table_version = table_versions(spark, cfg.data, [EVAL_CANDIDATES])[EVAL_CANDIDATES]
     users, items = read_id_maps(spark, cfg.data)
     id_maps = id_maps_fingerprint(users, items)
     data = load_arrays(cfg.data, spark, replayed_splits(cfg.split))  # read once, replayed for both
     mrr, unknown = score(name, version, data, cfg.split, users, items, id_maps)
     champion_mrr, champion_unknown = (score(name, champion, data, cfg.split, users, items, id_maps) if champion
                                       else (None, None))
-    if table_versions(spark, cfg.data, ["eval_candidates"])["eval_candidates"] != table_version:
+    if table_versions(spark, cfg.data, [EVAL_CANDIDATES])[EVAL_CANDIDATES] != table_version:
         raise RuntimeError(f"{cfg.data}/eval_candidates changed while validating; rerun validate")
     reason = verdict(mrr, champion_mrr, cfg.mrr_floor, cfg.min_relative_gain)
     tags = {

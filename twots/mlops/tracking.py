@@ -61,14 +61,15 @@ class Tracker:
         log_evaluation(report, run_dir)
 
     def log_model(self, model_path: str, data_dir: str, spark) -> None:
-        from twots.models.kinds import load_model
         from twots.mlops.packaging import log_model
+        from twots.models.kinds import load_model
 
         log_model(load_model(model_path), data_dir, spark=spark)
 
 
 def log_evaluation(report: dict, out_dir: Path) -> None:
-    """Metrics of twots.evaluation.evaluate.evaluate (flat names per split), its JSON and the Fig. 4 plot, to the active run."""
+    """Metrics of twots.evaluation.evaluate.evaluate (flat names per split), its JSON and the Fig. 4 plot, to the
+    active run."""
     from twots.evaluation.metrics import flatten
     from twots.evaluation.plots import plot_embedding_change
 

@@ -5,9 +5,9 @@ SumPooling  user = a dense layer over the mean of the items seen so far (and a l
 GRU4Rec     one GRU for every user over the whole training sequence, from one learned start state
 SASRec      2-layer causal self-attention over the last `window` items, behind a learned start token
 
-Items are `twots.models.two_time_scale.ItemEncoder` vectors [x_i, g(f_i)], trained from scratch by each model (no stage 1), and
-every trainable model's loss is the same offer-set softmax of `twots.models.losses` on rows of the `sequences` schema
-(see pipelines.histories for the full-history version they train on).
+Items are `twots.models.two_time_scale.ItemEncoder` vectors [x_i, g(f_i)], trained from scratch by each model (no
+stage 1), and every trainable model's loss is the same offer-set softmax of `twots.models.losses` on rows of the
+`sequences` schema (pipelines.histories builds the full-history version they train on).
 """
 
 from __future__ import annotations
@@ -16,8 +16,14 @@ import torch
 from torch import nn
 
 from twots.models.losses import offer_softmax_loss
-from twots.models.two_time_scale import (DEFAULT_FEATURE_DIM, DEFAULT_ITEM_DIM, INIT_STD, ItemEncoder,
-                                         SequentialRecommender, State)
+from twots.models.two_time_scale import (
+    DEFAULT_FEATURE_DIM,
+    DEFAULT_ITEM_DIM,
+    INIT_STD,
+    ItemEncoder,
+    SequentialRecommender,
+    State,
+)
 
 
 def _sequence_loss(users: torch.Tensor, items: ItemEncoder, item_ids: torch.Tensor,

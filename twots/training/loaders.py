@@ -23,6 +23,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from twots.data.tables import SEQUENCES, STAGE1_OFFERS
+
 STAGE1_COLUMNS = ("user_id", "item_id", "neg_item_ids")
 STAGE2_COLUMNS = ("user_id", "is_active", "item_ids", "neg_item_ids", "prev_item_id")
 PAD_ITEM = -1        # padding in item_ids (docs/design.md)
@@ -76,10 +78,10 @@ def fixed_shape(df, table: str):
     """DataFrame of a training table -> (DataFrame with fixed-length arrays, Layout)."""
     from pyspark.sql import functions as F
 
-    if table == "stage1_offers":
+    if table == STAGE1_OFFERS:
         df = df.select(*STAGE1_COLUMNS)
         return df, Layout(STAGE1_COLUMNS, df.count())
-    if table != "sequences":
+    if table != SEQUENCES:
         raise ValueError(f"no training layout for table {table!r}")
     stats = df.agg(F.max(F.size("item_ids")).alias("L"), F.count("*").alias("rows"),
                    F.max(F.size("neg_item_ids") / F.greatest(F.size("item_ids"), F.lit(1))).alias("p")).first()

@@ -1,7 +1,8 @@
 """Two-stage training on the driver: Delta tables -> distributed stages -> evaluation -> MLflow.
 
 `train(cfg, spark)` runs each stage of the chosen model kind (twots.models.kinds.KINDS) under TorchDistributor
-(twots.training.trainer.run_stages on every rank, the jobs from twots.training.runs), then evaluates the final model on val/test and logs config, data versions,
+(twots.training.trainer.run_stages on every rank, the jobs from twots.training.runs), then evaluates the final
+model on val/test and logs config, data versions,
 losses, throughput, metrics, plots and the model to one MLflow run.
 
 Driver-side packages (pyspark, petastorm, mlflow) are imported inside functions.
@@ -27,8 +28,8 @@ class TrainConfig(Section):
     """Two-stage 2TS training with TorchDistributor, evaluation and MLflow tracking."""
 
     data: str = Field(description="folder of the prepared Delta tables and manifest.json (prepare's --output)")
-    model: str = Field("2ts", description="model kind: a trainable kind of twots.models.kinds.KINDS (the full-history kinds "
-                                    "train on a full-history view: jobs/train.py makes it)")
+    model: str = Field("2ts", description="model kind: a trainable kind of twots.models.kinds.KINDS (the "
+                                          "full-history kinds train on a full-history view: jobs/train.py makes it)")
     run_dir: str | None = Field(None, description="checkpoints and models; default <data>/runs/<model>")
     item_dim: int = Field(48, ge=1, description="dimension of the transductive item embedding x_i")
     feature_dim: int = Field(16, ge=0, description="dimension of the item feature embedding g(f_i)")

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from twots.training import distributed
-from twots.training.loaders import epoch_seed
 from twots.models.kinds import save_model
 from twots.models.two_time_scale import split_parameters
+from twots.training import distributed
+from twots.training.loaders import epoch_seed
 
 
 @dataclass(frozen=True)
