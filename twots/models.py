@@ -271,7 +271,7 @@ class TwoTimeScaleModel(SequentialRecommender):
         valid = item_ids >= 0
         # Padding is at the end, so a row with n clicks needs the GRU over its first n - 1 (at least 1: packing
         # refuses empty rows; the extra state is masked). Groups and lengths go to the host once (packing needs
-        # them there), before any other kernel is queued.
+        # them there), before the heavy kernels are queued: the one host sync of the forward.
         groups, inputs = torch.stack([is_active.long(), (valid.sum(1) - 1).clamp(min=1)]).cpu()
         h0, _ = self.init_state(batch["user_id"], is_active)
         x = self.items(item_ids.clamp(min=0))
