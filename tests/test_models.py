@@ -173,6 +173,62 @@ def test_stage2_loss_scores_each_step_with_the_state_before_it(plus):
     assert model(batch).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def stepwise_loss(model: TwoTimeScaleModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The stage-2 loss through the replay's cell-based `step`, one position at a time (the reference recurrence)."""
+    item_ids, is_active = batch["item_ids"], batch["is_active"]
+    state = (model.init_state(batch["user_id"], is_active)[0], batch["prev_item_id"])
+    users = []
+    for t in range(item_ids.shape[1]):
+        users.append(model.user_vector(state))
+        state = model.step(state, item_ids[:, t], is_active)
+    n, dim = item_ids.numel(), users[0].shape[1]
+    return offer_softmax_loss(torch.stack(users, 1).reshape(n, dim), model.items(item_ids.clamp(min=0)).reshape(n, dim),
+                              model.items(batch["neg_item_ids"]).reshape(n, -1, dim), mask=(item_ids >= 0).reshape(-1))
+
+
+def random_stage2_batch(gen: torch.Generator, rows: int, length: int, active_share: float) -> dict[str, torch.Tensor]:
+    """Sequences of 0..length clicks padded with -1 at the end (one full row, one of a single click)."""
+    counts = torch.randint(0, length + 1, (rows,), generator=gen)
+    counts[:2] = torch.tensor([length, 1])
+    items = torch.randint(0, N_ITEMS, (rows, length), generator=gen)
+    items[torch.arange(length)[None] >= counts[:, None]] = -1
+    return {"user_id": torch.randint(0, N_USERS, (rows,), generator=gen),
+            "is_active": torch.rand(rows, generator=gen) < active_share, "item_ids": items,
+            "neg_item_ids": torch.randint(0, N_ITEMS, (rows, length, 5), generator=gen),
+            "prev_item_id": torch.randint(-1, N_ITEMS, (rows,), generator=gen)}
+
+
+@pytest.mark.parametrize("plus", [False, True])
+@pytest.mark.parametrize("ablation", [{}, {"use_phi": False}, {"freeze_stage1": False}],
+                         ids=["2ts", "2-gru", "single-stage"])
+def test_fused_forward_equals_the_stepwise_cell_recurrence_with_the_same_gradients(plus, ablation):
+    model = TwoTimeScaleModel.from_stage1(stage1(), plus=plus, **ablation)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def gradients(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        # Every trainable parameter gets a gradient on every batch (the ranks' all-reduce needs the same list).
+        assert [n for n, p in trainable.items() if p.grad is None] == []
+        return {n: p.grad.to_dense() if p.grad.is_sparse else p.grad.clone() for n, p in trainable.items()}
+
+    # Both groups mixed; one group only (the other's fused call is skipped).
+    for rows, length, active_share in [(23, 7, 0.5), (9, 5, 0.5), (6, 4, 1.0), (6, 4, 0.0)]:
+        batch = random_stage2_batch(gen, rows, length, active_share)
+        loss, expected_loss = model(batch), stepwise_loss(model, batch)
+        assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-6)
+        fused, expected = gradients(loss), gradients(expected_loss)
+        for name in trainable:
+            assert torch.allclose(fused[name], expected[name], atol=1e-6), name
+        assert sum(g.abs().sum() for g in fused.values()) > 0
+    single_step = random_stage2_batch(gen, 5, 1, 0.5)  # no GRU input at all
+    assert model(single_step).item() == pytest.approx(stepwise_loss(model, single_step).item(), rel=1e-6)
+
+
 def test_padding_step_keeps_the_state():
     model = TwoTimeScaleModel.from_stage1(stage1(), plus=True)
     state = model.init_state(torch.tensor([0, 1]), torch.tensor([True, False]))

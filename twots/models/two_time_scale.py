@@ -9,6 +9,8 @@ Saving and loading, and the table of model kinds: twots.models.kinds.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -265,17 +267,60 @@ class TwoTimeScaleModel(SequentialRecommender):
         item_ids, neg_ids = batch["item_ids"], batch["neg_item_ids"]
         is_active = batch["is_active"].bool()
         batch_size, length = item_ids.shape
-        h, _ = self.init_state(batch["user_id"], is_active)
-        state = (h, batch["prev_item_id"])
-        users = []
-        for t in range(length):
-            users.append(self.user_vector(state))
-            if t + 1 < length:
-                state = self.step(state, item_ids[:, t], is_active)
-        users = torch.stack(users, dim=1).reshape(batch_size * length, -1)
-        pos = self.items(item_ids.clamp(min=0)).reshape(batch_size * length, -1)
+        valid = item_ids >= 0
+        # Padding is at the end, so a row with n clicks needs the GRU over its first n - 1 (at least 1: packing
+        # refuses empty rows; the extra state is masked). Groups and lengths go to the host once (packing needs
+        # them there), before the heavy kernels are queued: the one host sync of the forward.
+        groups, inputs = torch.stack([is_active.long(), (valid.sum(1) - 1).clamp(min=1)]).cpu()
+        h0, _ = self.init_state(batch["user_id"], is_active)
+        x = self.items(item_ids.clamp(min=0))
+        h = h0.unsqueeze(1)
+        if length > 1:
+            h = torch.cat([h, self._run_groups(x[:, :-1], h0, groups.bool(), inputs)], dim=1)
+        if self.mix is None:
+            users = h
+        else:
+            prev = batch["prev_item_id"]
+            first = self.items(prev.clamp(min=0)) * (prev >= 0).unsqueeze(-1)
+            users = self.mix(torch.cat([h, torch.cat([first.unsqueeze(1), x[:, :-1]], dim=1)], dim=-1))
         neg = self.items(neg_ids.clamp(min=0)).reshape(batch_size * length, neg_ids.shape[2], -1)
-        return offer_softmax_loss(users, pos, neg, mask=(item_ids >= 0).reshape(-1))
+        return offer_softmax_loss(users.reshape(batch_size * length, -1), x.reshape(batch_size * length, -1), neg,
+                                  mask=valid.reshape(-1))
+
+    def _run_groups(self, x: torch.Tensor, h0: torch.Tensor, is_active: torch.Tensor,
+                    lengths: torch.Tensor) -> torch.Tensor:
+        """[B, T, D]: each row's state after each of its first lengths[b] inputs x [B, T, D] (0 after), from h0;
+        active rows (is_active and lengths on the host) through Theta_2, the others through Theta_1, each group in
+        one fused GRU call: the same recurrence as `step`, without a Python loop over T."""
+        out = x.new_zeros(x.shape)
+        for cell, rows in ((self.gru_active, is_active), (self.gru_inactive, ~is_active)):
+            index = rows.nonzero().squeeze(1)
+            if index.numel():
+                on_device = index.to(x.device)
+                out = out.index_copy(0, on_device, fused_gru(cell, x[on_device], h0[on_device], lengths[index]))
+            else:
+                # An empty group's cell still gets a (zero) gradient, as when both cells ran on every row: the ranks'
+                # dense all-reduce needs the same gradients everywhere, and Adam steps the same parameters.
+                out = out + sum(w.sum() for w in cell.parameters()) * 0
+        return out
+
+
+def fused_gru(cell: nn.GRUCell, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """`cell` along x [N, T, D] from h0 [N, H], row n over its first lengths[n] >= 1 inputs (lengths on the host):
+    [N, T, H], the state after each input, 0 past a row's length. One call of the kernel behind a packed nn.GRU
+    (cuDNN on GPUs) with the cell's own weights: GRUCell and GRU share the gate layout."""
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    with warnings.catch_warnings():
+        # cuDNN copies separate weight tensors into its flat buffer on each call (four small matrices here) and
+        # warns, as for an nn.GRU whose flattened weights were lost.
+        warnings.filterwarnings("ignore", message="RNN module weights are not part of single contiguous chunk")
+        out, _ = torch.gru(packed.data, packed.batch_sizes, h0[packed.sorted_indices].unsqueeze(0), weights,
+                           True, 1, 0.0, cell.training, False)
+    padded, _ = nn.utils.rnn.pad_packed_sequence(
+        nn.utils.rnn.PackedSequence(out, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices),
+        batch_first=True, total_length=x.shape[1])
+    return padded
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
