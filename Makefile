@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 DATA ?= ../shared/data
 
-.PHONY: setup test demo bench compare clean
+.PHONY: setup test demo bench compare clean image
 
 setup: $(STAMP)
 	@$(PIP) install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -40,3 +40,14 @@ bench: setup
 
 clean:
 	rm -rf demo-output compare-output bench-output spark-warehouse metastore_db derby.log .pytest_cache
+
+# The image (docker/Dockerfile) with buildah, as root, on a base built from Debian packages when it is missing
+# (docker/base.sh; no registry needed). IMAGE_BASE=python:3.11.11-slim-bookworm builds on the pulled base instead.
+IMAGE ?= localhost/twots:latest
+IMAGE_BASE ?= localhost/twots-base:bookworm
+image:
+	@case $(IMAGE_BASE) in localhost/*) buildah inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 \
+		|| docker/base.sh $(IMAGE_BASE);; esac
+	buildah bud --isolation chroot --layers -f docker/Dockerfile --ignorefile docker/Dockerfile.dockerignore \
+		--build-arg BASE_IMAGE=$(IMAGE_BASE) -t $(IMAGE) .
+	@buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
