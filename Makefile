@@ -43,11 +43,18 @@ clean:
 
 # The image (docker/Dockerfile) with buildah, as root, on a base built from Debian packages when it is missing
 # (docker/base.sh; no registry needed). IMAGE_BASE=python:3.11.11-slim-bookworm builds on the pulled base instead.
+# Behind a TLS-intercepting proxy (as here) pip and Maven need this machine's CA bundle and Java truststore: they
+# are bind-mounted for the RUN steps only and named by build arguments, so nothing of them lands in the image.
 IMAGE ?= localhost/twots:latest
 IMAGE_BASE ?= localhost/twots-base:bookworm
+HOST_CA ?= /etc/ssl/certs/ca-certificates.crt
+HOST_JAVA_CA ?= /etc/ssl/certs/java/cacerts
+IMAGE_TRUST = $(if $(wildcard $(HOST_CA)),--volume $(HOST_CA):/run/build-ca/ca.crt:ro \
+	--build-arg PIP_CERT=/run/build-ca/ca.crt) $(if $(wildcard $(HOST_JAVA_CA)),--volume \
+	$(HOST_JAVA_CA):/run/build-ca/cacerts:ro --build-arg JAVA_TOOL_OPTIONS=-Djavax.net.ssl.trustStore=/run/build-ca/cacerts)
 image:
 	@case $(IMAGE_BASE) in localhost/*) buildah inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 \
 		|| docker/base.sh $(IMAGE_BASE);; esac
-	buildah bud --isolation chroot --layers -f docker/Dockerfile --ignorefile docker/Dockerfile.dockerignore \
-		--build-arg BASE_IMAGE=$(IMAGE_BASE) -t $(IMAGE) .
+	buildah bud --isolation chroot --layers --force-rm --pull=false -f docker/Dockerfile \
+		--ignorefile docker/Dockerfile.dockerignore --build-arg BASE_IMAGE=$(IMAGE_BASE) $(IMAGE_TRUST) -t $(IMAGE) .
 	@buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
