@@ -117,8 +117,8 @@ def post(url: str, payload: dict) -> dict:
 @pytest.fixture
 def image_server():
     """The image's own command (its CMD) run in a buildah container on 127.0.0.1 and a free port (chroot isolation
-    shares the host's network), with the demo output mounted read-only at the same path (its registry holds
-    absolute artifact paths). Yields the base URL once /ping answers; the container is removed afterwards."""
+    shares the host's network), with the demo output mounted at the same path (its registry holds absolute
+    artifact paths; serving a local model writes a `registered_model_meta` file beside it, as it does outside). Yields the base URL once /ping answers; the container is removed afterwards."""
     reason = image_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -135,7 +135,7 @@ def image_server():
     process = None
     try:
         process = subprocess.Popen(
-            ["buildah", "run", "--isolation", "chroot", "--volume", f"{DEMO}:{DEMO}:ro",
+            ["buildah", "run", "--isolation", "chroot", "--volume", f"{DEMO}:{DEMO}",
              "--env", f"MLFLOW_TRACKING_URI=sqlite:///{DEMO}/mlflow.db", container, "--", *command],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
