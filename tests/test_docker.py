@@ -72,7 +72,7 @@ def test_base_image_java_and_python_match_the_project():
     base = next(args for op, args in ops if op == "ARG" and args.startswith("BASE_IMAGE="))
     assert re.fullmatch(r"BASE_IMAGE=python:3\.11\.\d+-slim-bookworm", base), base  # pinned to a patch release
     # The local base (`make image`) is the same Debian release with its own python3.11.
-    debootstrap = re.search(r"^debootstrap .*$", (REPO / "docker" / "base.sh").read_text(), re.M).group(0)
+    debootstrap = re.search(r"^debootstrap .*$", (REPO / "docker" / "base.sh").read_text(), re.MULTILINE).group(0)
     assert " bookworm " in debootstrap and "python3.11," in debootstrap and "python3.11-venv" in debootstrap
     assert ">=3.11,<3.12" == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     runs = " ".join(args for op, args in ops if op == "RUN")
@@ -101,7 +101,8 @@ def image_skip_reason() -> str | None:
         return "buildah is not installed (apt-get install buildah): the image cannot be run here"
     if os.geteuid() != 0:
         return "running the image with buildah's chroot isolation needs root"
-    if subprocess.run(["buildah", "inspect", "--type", "image", IMAGE], capture_output=True).returncode != 0:
+    if subprocess.run(["buildah", "inspect", "--type", "image", IMAGE], capture_output=True,
+                      check=False).returncode != 0:
         return f"image {IMAGE} is not built: run `make image`"
     if not (DEMO / "mlflow.db").exists():
         return f"no demo registry at {DEMO}/mlflow.db: run `make demo` (or set TWOTS_DEMO_OUTPUT)"
@@ -118,7 +119,8 @@ def post(url: str, payload: dict) -> dict:
 def image_server():
     """The image's own command (its CMD) run in a buildah container on 127.0.0.1 and a free port (chroot isolation
     shares the host's network), with the demo output mounted at the same path (its registry holds absolute
-    artifact paths; serving a local model writes a `registered_model_meta` file beside it, as it does outside). Yields the base URL once /ping answers; the container is removed afterwards."""
+    artifact paths; serving a local model writes a `registered_model_meta` file beside it, as it does outside).
+    Yields the base URL once /ping answers; the container is removed afterwards."""
     reason = image_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -131,30 +133,29 @@ def image_server():
     command[command.index("-h") + 1], command[command.index("-p") + 1] = "127.0.0.1", str(port)
     container = subprocess.run(["buildah", "from", "--pull=never", IMAGE], capture_output=True, text=True,
                                check=True).stdout.strip()
-    log = tempfile.TemporaryFile(mode="w+")
     process = None
-    try:
-        process = subprocess.Popen(
-            ["buildah", "run", "--isolation", "chroot", "--volume", f"{DEMO}:{DEMO}",
-             "--env", f"MLFLOW_TRACKING_URI=sqlite:///{DEMO}/mlflow.db", container, "--", *command],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
-        while not _answers(f"{url}/ping"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"{' '.join(command)} in {IMAGE} did not answer /ping:\n{log.read()[-5000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        subprocess.run(["buildah", "rm", container], capture_output=True, check=True)
-        log.close()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        try:
+            process = subprocess.Popen(
+                ["buildah", "run", "--isolation", "chroot", "--volume", f"{DEMO}:{DEMO}",
+                 "--env", f"MLFLOW_TRACKING_URI=sqlite:///{DEMO}/mlflow.db", container, "--", *command],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+            while not _answers(f"{url}/ping"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"{' '.join(command)} in {IMAGE} did not answer /ping:\n{log.read()[-5000:]}")
+                time.sleep(1)
+            yield url
+        finally:
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+            subprocess.run(["buildah", "rm", container], capture_output=True, check=True)
 
 
 @pytest.mark.slow
