@@ -50,8 +50,9 @@ IMAGE_BASE ?= localhost/twots-base:bookworm
 HOST_CA ?= /etc/ssl/certs/ca-certificates.crt
 HOST_JAVA_CA ?= /etc/ssl/certs/java/cacerts
 IMAGE_TRUST = $(if $(wildcard $(HOST_CA)),--volume $(HOST_CA):/run/build-ca/ca.crt:ro \
-	--build-arg PIP_CERT=/run/build-ca/ca.crt) $(if $(wildcard $(HOST_JAVA_CA)),--volume \
-	$(HOST_JAVA_CA):/run/build-ca/cacerts:ro --build-arg JAVA_TOOL_OPTIONS=-Djavax.net.ssl.trustStore=/run/build-ca/cacerts)
+	--build-arg PIP_CERT=/run/build-ca/ca.crt) \
+	$(if $(wildcard $(HOST_JAVA_CA)),--volume $(HOST_JAVA_CA):/run/build-ca/cacerts:ro \
+	--build-arg JAVA_TOOL_OPTIONS=-Djavax.net.ssl.trustStore=/run/build-ca/cacerts)
 image:
 	@case $(IMAGE_BASE) in localhost/*) buildah inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 \
 		|| docker/base.sh $(IMAGE_BASE);; esac

@@ -15,14 +15,17 @@ security=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 rootfs=$(mktemp -d /tmp/twots-base.XXXXXX)
 container=""
 cleanup() {
-    if [[ -n $container ]]; then buildah umount "$container" >/dev/null 2>&1 || true; buildah rm "$container" >/dev/null 2>&1 || true; fi
+    if [[ -n $container ]]; then
+        buildah umount "$container" >/dev/null 2>&1 || true
+        buildah rm "$container" >/dev/null 2>&1 || true
+    fi
     rm -rf "$rootfs" "$rootfs.log"
 }
 trap cleanup EXIT
 
 echo "base: debootstrap bookworm (minbase, python3.11) from $mirror"
-debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-distutils,ca-certificates bookworm "$rootfs" "$mirror" \
-    > "$rootfs.log" 2>&1 || { tail -20 "$rootfs.log"; exit 1; }
+debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-distutils,ca-certificates bookworm \
+    "$rootfs" "$mirror" > "$rootfs.log" 2>&1 || { tail -20 "$rootfs.log"; exit 1; }
 version=$(chroot "$rootfs" python3.11 --version)
 cat > "$rootfs/etc/apt/sources.list" <<EOF
 deb $mirror bookworm main
