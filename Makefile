@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 DATA ?= ../shared/data
 
-.PHONY: setup test test-fast lint demo bench compare clean
+.PHONY: setup test test-fast lint demo bench compare clean image
 
 setup: $(STAMP)
 	@$(PIP) install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -48,3 +48,22 @@ bench: setup
 
 clean:
 	rm -rf demo-output compare-output bench-output spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache
+
+# The image (docker/Dockerfile) with buildah, as root, on a base built from Debian packages when it is missing
+# (docker/base.sh; no registry needed). IMAGE_BASE=python:3.11.11-slim-bookworm builds on the pulled base instead.
+# Behind a TLS-intercepting proxy (as here) pip and Maven need this machine's CA bundle and Java truststore: they
+# are bind-mounted for the RUN steps only and named by build arguments, so nothing of them lands in the image.
+IMAGE ?= localhost/twots:latest
+IMAGE_BASE ?= localhost/twots-base:bookworm
+HOST_CA ?= /etc/ssl/certs/ca-certificates.crt
+HOST_JAVA_CA ?= /etc/ssl/certs/java/cacerts
+IMAGE_TRUST = $(if $(wildcard $(HOST_CA)),--volume $(HOST_CA):/run/build-ca/ca.crt:ro \
+	--build-arg PIP_CERT=/run/build-ca/ca.crt) \
+	$(if $(wildcard $(HOST_JAVA_CA)),--volume $(HOST_JAVA_CA):/run/build-ca/cacerts:ro \
+	--build-arg JAVA_TOOL_OPTIONS=-Djavax.net.ssl.trustStore=/run/build-ca/cacerts)
+image:
+	@case $(IMAGE_BASE) in localhost/*) buildah inspect --type image $(IMAGE_BASE) >/dev/null 2>&1 \
+		|| docker/base.sh $(IMAGE_BASE);; esac
+	buildah bud --isolation chroot --layers --force-rm --pull=false -f docker/Dockerfile \
+		--ignorefile docker/Dockerfile.dockerignore --build-arg BASE_IMAGE=$(IMAGE_BASE) $(IMAGE_TRUST) -t $(IMAGE) .
+	@buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' $(IMAGE)
