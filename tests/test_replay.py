@@ -5,7 +5,8 @@ import torch
 import twots.replay
 from twots.metrics import ranks_from_scores, summarize
 from twots.models import SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
-from twots.replay import Events, Warmup, replay
+from twots.remap import RemappedModel
+from twots.replay import Events, History, Warmup, full_batch_for, replay
 
 
 class SeenItems(SequentialRecommender):
@@ -109,6 +110,88 @@ def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
     assert got.is_new.tolist() == [u in (5, 6, 7) for u in evs.user_id]
 
 
+@torch.no_grad()
+def brute_force_full_ranks(model, warm: Warmup, evs: Events, full: np.ndarray, history: History | None):
+    """Per user, per event, in numpy float64: every item's score with the user's state at the event, rank =
+    1 + #higher + #ties/2 among the other items, leaving out (with `history`) the items clicked before, but not the
+    positive."""
+    table = model.item_vectors(torch.arange(model.hparams["n_items"])).double().numpy()
+    ranks = np.full(len(evs), np.nan)
+    for user in np.unique(evs.user_id):
+        rows = np.flatnonzero(warm.user_id == user)
+        active = torch.tensor([bool(warm.is_active[rows[0]]) if len(rows) else False])
+        state = model.init_state(torch.tensor([user]), active)
+        for item in (warm.item_ids[rows[0]] if len(rows) else []):
+            if item >= 0:
+                state = model.step(state, torch.tensor([item]), active)
+        seen = set() if history is None else set(history.item_id[history.user_id == user].tolist())
+        mine = np.flatnonzero(evs.user_id == user)
+        for e in mine[np.lexsort((evs.event_id[mine], evs.ts[mine]))]:
+            if full[e]:
+                scores = table @ model.user_vector(state)[0].double().numpy()
+                pos = evs.item_id[e]
+                others = np.ones(len(table), bool)
+                others[pos] = False
+                if history is not None:
+                    others[list(seen - {pos})] = False
+                ranks[e] = 1 + np.sum(scores[others] > scores[pos]) + np.sum(scores[others] == scores[pos]) / 2
+            state = model.step(state, torch.tensor([evs.item_id[e]]), active)
+            seen.add(int(evs.item_id[e]))
+    return ranks
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_full_ranks_match_a_brute_force_over_the_catalogue(exclude_seen):
+    torch.manual_seed(5)
+    rng = np.random.default_rng(5)
+    n_users, n_items = 9, 30
+    model = TwoTimeScaleModel(n_users, n_items, item_dim=6, feature_dim=2, plus=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    warm = Warmup.from_lists([0, 1, 2, 3, 4, 8], [True, True, False, False, True, False],
+                             [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15], []])
+    # Training history: longer than the warm-up (active users warm up on their last K items only), with repeats.
+    history = History([0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 7], [20, 21, 20, 1, 2, 4, 25, 5, 10, 12, 29])
+    n = 60
+    # Few items per user so that repeat clicks (positives seen before) occur.
+    evs = Events(rng.integers(0, n_users, n), rng.integers(0, 6, n), rng.permutation(n),
+                 rng.integers(0, 8, n) * 3, rng.integers(0, n_items, (n, 7)))
+    full = rng.random(n) < 0.7
+    got = replay(model, warm, evs, batch_users=3, full=full, full_batch=2, exclude=history if exclude_seen else None)
+    expected = brute_force_full_ranks(model, warm, evs, full, history if exclude_seen else None)
+    assert np.array_equal(np.isnan(got.full_rank), ~full)
+    assert np.allclose(got.full_rank[full], expected[full], atol=1e-9)
+    # The sampled ranks are those of the replay without full ranking.
+    assert np.array_equal(got.rank, replay(model, warm, evs, batch_users=3).rank)
+    if exclude_seen:  # leaving items out only lowers ranks, and did lower some
+        plain = replay(model, warm, evs, batch_users=3, full=full, full_batch=5)
+        assert np.all(got.full_rank[full] <= plain.full_rank[full])
+        assert np.any(got.full_rank[full] < plain.full_rank[full])
+
+
+def test_full_ranks_by_hand_with_ties_and_exclusion():
+    """SeenItems scores 1 for items the user clicked, 0 otherwise; 20 items."""
+    warm = Warmup.from_lists([0], [False], [[1, 2]])
+    evs = Events([0, 0, 0], [1, 2, 3], [0, 1, 2], [3, 1, 3], np.tile(np.arange(10, 20), (3, 1)))
+    everything = np.ones(3, bool)
+    kept = replay(SeenItems(20), warm, evs, full=everything)
+    # item 3 unseen: the 2 seen items above it, 17 unseen ties; item 1 seen: ties with 2 and 3; 3 again: ties 1, 2.
+    assert kept.full_rank.tolist() == [1 + 2 + 17 / 2, 1 + 2 / 2, 1 + 2 / 2]
+    dropped = replay(SeenItems(20), warm, evs, full=everything, exclude=History([0, 0, 0], [1, 2, 2]))
+    # Training items 1, 2 and the replayed 3 are left out, except the positive itself.
+    assert dropped.full_rank.tolist() == [1 + 17 / 2, 1, 1]
+    # A model with its own score_all (RemappedModel: an unknown item scores -inf) is ranked through it.
+    remapped = RemappedModel(SeenItems(20), [0], [False], [*range(19), -1])
+    assert replay(remapped, warm, evs, full=everything).full_rank.tolist() == [1 + 2 + 16 / 2, 2, 2]
+
+
+def test_full_batch_fits_the_memory_budget():
+    assert full_batch_for(4_000_000, 512) == 512 * 2**20 // (4_000_000 * 6) == 22
+    assert full_batch_for(4_000_000, 1) == 1
+    assert full_batch_for(1000, 512) == 89478
+
+
 def test_ccf_replay_is_static():
     torch.manual_seed(0)
     model = Stage1Model(5, 30, item_dim=6, feature_dim=2)
@@ -133,6 +216,10 @@ def test_bad_warmup_and_events_are_rejected():
         Events([0], [1], [0], [2], [3, 4])
     with pytest.raises(ValueError, match="integer ids"):
         Events([0], [1], [0], [2], [[3.0, 4.0]])
+    with pytest.raises(ValueError, match="one length"):
+        History([0, 1], [2])
+    with pytest.raises(ValueError, match="one per event"):
+        replay(SeenItems(20), Warmup.from_lists([0], [False], [[1]]), events([(0, 1, 0, 2)]), full=[True, False])
 
 
 def test_trained_2ts_ranks_far_above_random_for_every_user_group():
