@@ -462,7 +462,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 if name in ("2ts", "2ts-plus"):
                     changes[name] = report["changes"]
                 results[name] = row = {"model": name, "test": report["metrics"]["test"], "params": n_params(model),
-                                       **row}
+                                       "full_ranking": report["full"], **row}
                 log_model_run(row)
                 log(f"[compare] {name}: test MRR {row['test']['overall']['mrr']:.4f}, "
                     f"trained in {row['train_seconds']:.1f}s")
@@ -477,16 +477,21 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
 
 
 COLUMNS = (("MRR", ("overall", "mrr")), ("Recall@10", ("overall", "recall@10")), ("NDCG@10", ("overall", "ndcg@10")),
-           ("MRR active", ("active", "mrr")), ("MRR inactive", ("inactive", "mrr")), ("MRR new", ("new", "mrr")))
+           ("MRR active", ("active", "mrr")), ("MRR inactive", ("inactive", "mrr")), ("MRR new", ("new", "mrr")),
+           ("full MRR", ("overall", "full_mrr")), ("full Recall@10", ("overall", "full_recall@10")),
+           ("full NDCG@10", ("overall", "full_ndcg@10")))
 
 
 def results_table(results: dict[str, dict], threshold: dict) -> str:
-    """The Markdown results table (test split)."""
+    """The Markdown results table (test split): sampled metrics, then the full-ranking ones (full ...)."""
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
 
     head = ["model", *(c for c, _ in COLUMNS), "train s", "peak MB", "params", "lr", "epochs"]
+    full = next(iter(results.values()))["full_ranking"] if results else None
     lines = [f"t* = {threshold['t_star']} ({threshold['source']})", "",
+             *([f"full ranking: the test events of {full['users']:,} users against all {full['n_items']:,} items, "
+                f"clicked items {'excluded' if full['exclude_seen'] else 'kept'}", ""] if full else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results.items():
         metrics = [cell(row["test"][group][key], ".4f") for _, (group, key) in COLUMNS]
