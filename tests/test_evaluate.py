@@ -102,7 +102,9 @@ def integer_ccf(prepared_movielens) -> Stage1Model:
 def brute_force(spark, prepared_movielens, integer_ccf) -> dict:
     """Independent of the replay: each test event's rank among every item, by numpy over the Delta tables, kept or
     with the items clicked before (training, then val/test events in (ts, event_id) order) left out."""
-    read = lambda table: spark.read.format("delta").load(str(prepared_movielens / table))  # noqa: E731
+    def read(table):
+        return spark.read.format("delta").load(str(prepared_movielens / table))
+
     events = read("eval_candidates").select("user_id", "ts", "event_id", "item_id", "split").toPandas()
     events = events.sort_values(["user_id", "ts", "event_id"]).reset_index(drop=True)
     train = read("interactions").where("split = 'train'").select("user_id", "item_id").toPandas()

@@ -4,7 +4,12 @@ import torch
 
 import twots.replay
 from twots.metrics import ranks_from_scores, summarize
-from twots.models import SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
+from twots.models import (
+    SequentialRecommender,
+    Stage1Model,
+    TwoTimeScaleModel,
+    split_parameters,
+)
 from twots.remap import RemappedModel
 from twots.replay import Events, History, Warmup, full_batch_for, replay
 
@@ -61,16 +66,22 @@ def test_each_event_is_scored_before_its_item_is_fed_in_time_order():
     assert records["step"].tolist() == [4, 3, 2, 1] and records["change"].tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
+def start_state(model, warm: Warmup, user: int):
+    """One user's state after init_state and its warm-up items, and its is_active flag."""
+    rows = np.flatnonzero(warm.user_id == user)
+    active = torch.tensor([bool(warm.is_active[rows[0]]) if len(rows) else False])
+    state = model.init_state(torch.tensor([user]), active)
+    for item in (warm.item_ids[rows[0]] if len(rows) else []):
+        if item >= 0:
+            state = model.step(state, torch.tensor([item]), active)
+    return state, active
+
+
 def naive_replay(model, warm: Warmup, evs: Events):
     """One user at a time, one event at a time: the definition the batched replay must match."""
     rank, change, step = np.zeros(len(evs)), np.zeros(len(evs)), np.zeros(len(evs), dtype=int)
     for user in np.unique(evs.user_id):
-        rows = np.flatnonzero(warm.user_id == user)
-        active = torch.tensor([bool(warm.is_active[rows[0]]) if len(rows) else False])
-        state = model.init_state(torch.tensor([user]), active)
-        for item in (warm.item_ids[rows[0]] if len(rows) else []):
-            if item >= 0:
-                state = model.step(state, torch.tensor([item]), active)
+        state, active = start_state(model, warm, user)
         mine = np.flatnonzero(evs.user_id == user)
         mine = mine[np.lexsort((evs.event_id[mine], evs.ts[mine]))]
         for r, e in enumerate(mine):
@@ -84,18 +95,24 @@ def naive_replay(model, warm: Warmup, evs: Events):
     return rank, change, step
 
 
-@pytest.mark.parametrize("plus", [False, True])
-def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
-    monkeypatch.setattr(twots.replay, "STATE_CHUNK", 2)  # chunk boundaries in the start states and warm-up too
-    torch.manual_seed(3)
-    rng = np.random.default_rng(3)
-    n_users, n_items = 9, 40
+def random_2ts(n_users: int, n_items: int, plus: bool, seed: int) -> tuple[TwoTimeScaleModel, Warmup]:
+    """A 2TS model with random weights, and warm-up items for active, inactive and (users 5-7) new users."""
+    torch.manual_seed(seed)
     model = TwoTimeScaleModel(n_users, n_items, item_dim=6, feature_dim=2, plus=plus)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     warm = Warmup.from_lists([0, 1, 2, 3, 4, 8], [True, True, False, False, True, False],
                              [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15], []])
+    return model, warm
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
+    monkeypatch.setattr(twots.replay, "STATE_CHUNK", 2)  # chunk boundaries in the start states and warm-up too
+    rng = np.random.default_rng(3)
+    n_users, n_items = 9, 40
+    model, warm = random_2ts(n_users, n_items, plus, seed=3)
     n = 40
     evs = Events(rng.integers(0, n_users, n), rng.integers(0, 6, n), rng.permutation(n),
                  rng.integers(0, n_items, n), rng.integers(0, n_items, (n, 7)))
@@ -118,12 +135,7 @@ def brute_force_full_ranks(model, warm: Warmup, evs: Events, full: np.ndarray, h
     table = model.item_vectors(torch.arange(model.hparams["n_items"])).double().numpy()
     ranks = np.full(len(evs), np.nan)
     for user in np.unique(evs.user_id):
-        rows = np.flatnonzero(warm.user_id == user)
-        active = torch.tensor([bool(warm.is_active[rows[0]]) if len(rows) else False])
-        state = model.init_state(torch.tensor([user]), active)
-        for item in (warm.item_ids[rows[0]] if len(rows) else []):
-            if item >= 0:
-                state = model.step(state, torch.tensor([item]), active)
+        state, active = start_state(model, warm, user)
         seen = set() if history is None else set(history.item_id[history.user_id == user].tolist())
         mine = np.flatnonzero(evs.user_id == user)
         for e in mine[np.lexsort((evs.event_id[mine], evs.ts[mine]))]:
@@ -142,15 +154,9 @@ def brute_force_full_ranks(model, warm: Warmup, evs: Events, full: np.ndarray, h
 
 @pytest.mark.parametrize("exclude_seen", [False, True])
 def test_full_ranks_match_a_brute_force_over_the_catalogue(exclude_seen):
-    torch.manual_seed(5)
     rng = np.random.default_rng(5)
     n_users, n_items = 9, 30
-    model = TwoTimeScaleModel(n_users, n_items, item_dim=6, feature_dim=2, plus=True)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    warm = Warmup.from_lists([0, 1, 2, 3, 4, 8], [True, True, False, False, True, False],
-                             [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15], []])
+    model, warm = random_2ts(n_users, n_items, plus=True, seed=5)
     # Training history: longer than the warm-up (active users warm up on their last K items only), with repeats.
     history = History([0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 7], [20, 21, 20, 1, 2, 4, 25, 5, 10, 12, 29])
     n = 60

@@ -490,8 +490,8 @@ def results_table(results: dict[str, dict], threshold: dict) -> str:
     head = ["model", *(c for c, _ in COLUMNS), "train s", "peak MB", "params", "lr", "epochs"]
     full = next(iter(results.values()))["full_ranking"] if results else None
     lines = [f"t* = {threshold['t_star']} ({threshold['source']})", "",
-             *([f"full ranking: the test events of {full['users']:,} users against all {full['n_items']:,} items, "
-                f"clicked items {'excluded' if full['exclude_seen'] else 'kept'}", ""] if full else []),
+             *([(f"full ranking: the test events of {full['users']:,} users against all {full['n_items']:,} items, "
+                 f"clicked items {'excluded' if full['exclude_seen'] else 'kept'}"), ""] if full else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results.items():
         metrics = [cell(row["test"][group][key], ".4f") for _, (group, key) in COLUMNS]

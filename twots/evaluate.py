@@ -131,22 +131,25 @@ def full_ranked(events: Events, split: np.ndarray, full: FullRankingConfig, on_g
 
 
 def evaluate(model, data_dir: str | Path, spark, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1,
-             full: FullRankingConfig = FullRankingConfig()) -> dict:
+             full: FullRankingConfig | None = None) -> dict:
     """Replay `splits` of the prepared folder `data_dir` in time order through `model` (see evaluate_loaded)."""
+    full = full or FullRankingConfig()
     return evaluate_loaded(model, load_arrays(data_dir, spark, splits), tuple(splits), batch_users=batch_users,
                            threads=threads, full=full,
                            history=load_history(data_dir, spark) if full.exclude_seen else None)
 
 
 def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1,
-                    full: FullRankingConfig = FullRankingConfig(), history: History | None = None) -> dict:
+                    full: FullRankingConfig | None = None, history: History | None = None) -> dict:
     """Replay the events of `splits` in time order through `model`; returns {"metrics": {split: summary},
     "changes": Fig. 4 records of the last split, "events", "seconds", "events_per_s", "full": what was ranked
-    against the whole catalogue and how long it took}. With full.exclude_seen, `history` is load_history's.
+    against the whole catalogue and how long it took}. `full`: default FullRankingConfig(); with its exclude_seen,
+    `history` is load_history's.
 
     `threads`: torch threads during the replay. Its rounds are many small ops; on a shared CPU more than one
     thread spins in OpenMP barriers (measured 30x slower with 2 threads than 1 on the 2-core box under load).
     """
+    full = full or FullRankingConfig()
     if full.exclude_seen and history is None:
         raise ValueError("exclude_seen needs the users' training items: pass history=load_history(data_dir, spark)")
     data = data.only(splits)
