@@ -180,6 +180,8 @@ def test_full_ranking_of_a_user_sample(spark, prepared_movielens, integer_ccf, b
     assert len(users) == 40 and np.array_equal(chosen, np.isin(test_only.events.user_id, users))
     assert np.array_equal(chosen, full_ranked(test_only.events, test_only.split, full, on_gpu=False))  # by seed
     assert full_ranked(test_only.events, test_only.split, full, on_gpu=True).all()  # a GPU ranks every user
+    off = full.model_copy(update={"full_users": 0})
+    assert not full_ranked(test_only.events, test_only.split, off, on_gpu=True).any()
     report = evaluate_loaded(integer_ccf, loaded, ("val", "test"), full=full,
                              history=load_history(prepared_movielens, spark))
     test = brute_force["test"]

@@ -35,7 +35,8 @@ class FullRankingConfig(Section):
     """Full-ranking metrics: which replayed events are also ranked against the whole catalogue, and how."""
 
     full_users: int | None = Field(1000, ge=0, description="users whose events are ranked against the whole "
-                                   "catalogue on CPU, sampled by full_seed (0: none, None: all); on a GPU all users")
+                                   "catalogue on CPU, sampled by full_seed (0: none, None: all); on a GPU all "
+                                   "users unless 0")
     full_splits: list[str] = Field(["test"], description="splits whose events are ranked against the catalogue")
     exclude_seen: bool = Field(False, description="leave the items a user clicked before the event (training and "
                                "earlier replayed events) out of its full ranking; off: repeat clicks are real")
@@ -123,7 +124,7 @@ def load_history(data_dir: str | Path, spark) -> History:
 
 def full_ranked(events: Events, split: np.ndarray, full: FullRankingConfig, on_gpu: bool) -> np.ndarray:
     """[N] bool: the events ranked against the whole catalogue, those of full_splits of the sampled users."""
-    in_splits = np.isin(split, full.full_splits)
+    in_splits = np.isin(split, full.full_splits) & (full.full_users != 0)
     users = np.unique(events.user_id[in_splits])
     if not on_gpu and full.full_users is not None and full.full_users < len(users):
         users = np.random.default_rng(full.full_seed).choice(users, full.full_users, replace=False)
@@ -133,7 +134,7 @@ def full_ranked(events: Events, split: np.ndarray, full: FullRankingConfig, on_g
 def evaluate(model, data_dir: str | Path, spark, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1,
              full: FullRankingConfig | None = None) -> dict:
     """Replay `splits` of the prepared folder `data_dir` in time order through `model` (see evaluate_loaded)."""
-    full = full or FullRankingConfig()
+    full = FullRankingConfig() if full is None else full
     return evaluate_loaded(model, load_arrays(data_dir, spark, splits), tuple(splits), batch_users=batch_users,
                            threads=threads, full=full,
                            history=load_history(data_dir, spark) if full.exclude_seen else None)
@@ -149,7 +150,7 @@ def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 
     `threads`: torch threads during the replay. Its rounds are many small ops; on a shared CPU more than one
     thread spins in OpenMP barriers (measured 30x slower with 2 threads than 1 on the 2-core box under load).
     """
-    full = full or FullRankingConfig()
+    full = FullRankingConfig() if full is None else full
     if full.exclude_seen and history is None:
         raise ValueError("exclude_seen needs the users' training items: pass history=load_history(data_dir, spark)")
     data = data.only(splits)
