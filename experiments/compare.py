@@ -110,7 +110,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 if name in ("2ts", "2ts-plus"):
                     changes[name] = report["changes"]
                 results[name] = row = {"model": name, "test": report["metrics"]["test"], "params": n_params(model),
-                                       **row}
+                                       "full_ranking": report["full"], **row}
                 log_model_run(row)
                 log(f"[compare] {name}: test MRR {row['test']['overall']['mrr']:.4f}, "
                     f"trained in {row['train_seconds']:.1f}s")

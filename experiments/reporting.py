@@ -6,24 +6,33 @@ import json
 from pathlib import Path
 
 METRICS = (("MRR", ("overall", "mrr")), ("Recall@10", ("overall", "recall@10")), ("NDCG@10", ("overall", "ndcg@10")),
-           ("MRR active", ("active", "mrr")), ("MRR inactive", ("inactive", "mrr")), ("MRR new", ("new", "mrr")))
+           ("MRR active", ("active", "mrr")), ("MRR inactive", ("inactive", "mrr")), ("MRR new", ("new", "mrr")),
+           ("full MRR", ("overall", "full_mrr")), ("full Recall@10", ("overall", "full_recall@10")),
+           ("full NDCG@10", ("overall", "full_ndcg@10")))
 # Training columns, shown when the rows have them (the comparison's; the demo's rows hold test metrics only).
 TRAINING = (("train s", "train_seconds", ".1f"), ("peak MB", "peak_memory_mb", ".0f"), ("params", "params", ","),
             ("lr", "lr", "g"), ("epochs", "epochs", "d"))
 
 
 def results_table(results: dict[str, dict], threshold: dict | None = None) -> str:
-    """The Markdown results table of the test split: one row per model ({"test": metrics, ...training fields})."""
+    """The Markdown results table of the test split: one row per model ({"test": metrics, ...training fields});
+    sampled metrics, then the full-ranking ones (full ..., when evaluated), with a line saying what was fully ranked
+    when the rows carry it (`full_ranking`, the comparison's rows)."""
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
 
+    metrics = [c for c in METRICS if any(c[1][1] in row["test"]["overall"] for row in results.values())]
     training = [c for c in TRAINING if all(c[1] in row for row in results.values())]
-    head = ["model", *(c for c, _ in METRICS), *(c for c, _, _ in training)]
+    head = ["model", *(c for c, _ in metrics), *(c for c, _, _ in training)]
     lines = [f"t* = {threshold['t_star']} ({threshold['source']})", ""] if threshold else []
+    full = next((row["full_ranking"] for row in results.values() if row.get("full_ranking")), None)
+    if full:
+        lines += [f"full ranking: the test events of {full['users']:,} users against all {full['n_items']:,} items, "
+                  f"clicked items {'excluded' if full['exclude_seen'] else 'kept'}", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results.items():
-        metrics = [cell(row["test"][group][key], ".4f") for _, (group, key) in METRICS]
-        lines.append("| " + " | ".join([name, *metrics, *(cell(row[key], fmt) for _, key, fmt in training)]) + " |")
+        cells = [cell(row["test"][group].get(key), ".4f") for _, (group, key) in metrics]
+        lines.append("| " + " | ".join([name, *cells, *(cell(row[key], fmt) for _, key, fmt in training)]) + " |")
     return "\n".join(lines) + "\n"
 
 

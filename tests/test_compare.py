@@ -124,8 +124,13 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
 
 
 def test_results_table_marks_missing_groups():
-    row = {"test": {g: {"mrr": 0.5, "recall@10": 0.9, "ndcg@10": 0.6} for g in ("overall", "active", "inactive")},
-           "train_seconds": 1.0, "peak_memory_mb": None, "params": 1234, "lr": None, "epochs": None}
-    row["test"]["new"] = {"mrr": None, "recall@10": None, "ndcg@10": None}
+    metrics = {"mrr": 0.5, "recall@10": 0.9, "ndcg@10": 0.6, "full_mrr": 0.05, "full_recall@10": 0.2,
+               "full_ndcg@10": 0.1}
+    row = {"test": {g: dict(metrics) for g in ("overall", "active", "inactive")},
+           "train_seconds": 1.0, "peak_memory_mb": None, "params": 1234, "lr": None, "epochs": None,
+           "full_ranking": {"users": 300, "events": 4000, "seconds": 2.0, "exclude_seen": False, "n_items": 9000}}
+    row["test"]["new"] = {name: None for name in metrics}
     table = results_table({"popularity": row}, {"t_star": 20, "source": "prepared"})
-    assert "| popularity | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 1.0 | - | 1,234 | - | - |" in table
+    assert ("| popularity | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 0.0500 | 0.2000 | 0.1000 | 1.0 | - | "
+            "1,234 | - | - |") in table
+    assert "the test events of 300 users against all 9,000 items, clicked items kept" in table

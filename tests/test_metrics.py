@@ -1,3 +1,4 @@
+import doctest
 import math
 
 import numpy as np
@@ -5,7 +6,12 @@ import pytest
 import torch
 from mlflow.utils.validation import validate_param_and_metric_name
 
-from twots.evaluation.metrics import flatten, rank_metrics, ranks_from_scores, summarize
+import twots.evaluation.metrics
+from twots.evaluation.metrics import catalogue_ranks, flatten, rank_metrics, ranks_from_scores, summarize
+
+
+def test_docstring_examples():
+    assert doctest.testmod(twots.evaluation.metrics).failed == 0
 
 
 def test_rank_counts_higher_negatives_and_half_the_ties():
@@ -21,6 +27,26 @@ def test_rank_counts_higher_negatives_and_half_the_ties():
     assert ranks_from_scores(torch.tensor(pos), torch.tensor(neg)).tolist() == expected
 
 
+def test_catalogue_ranks_match_a_brute_force_count():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, (50, 30)).astype(np.float32)  # few values: many ties
+    positives = rng.integers(0, 30, 50)
+    excluded = np.unique(rng.integers(0, 50 * 30, 300))  # distinct (row, item) pairs, some on positives
+    rows, items = excluded // 30, excluded % 30
+    for pairs in (None, (rows, items)):
+        expected = []
+        for row, pos in enumerate(positives):
+            others = np.ones(30, bool)
+            others[pos] = False
+            if pairs is not None:
+                others[items[(rows == row) & (items != pos)]] = False
+            expected.append(1 + np.sum(scores[row, others] > scores[row, pos])
+                            + np.sum(scores[row, others] == scores[row, pos]) / 2)
+        got = catalogue_ranks(torch.from_numpy(scores), torch.from_numpy(positives),
+                              *(() if pairs is None else (torch.from_numpy(rows), torch.from_numpy(items))))
+        assert got.tolist() == expected
+
+
 def test_rank_metrics_by_hand():
     ranks = np.array([1.0, 2.0, 10.0, 11.0, 2.5])
     got = rank_metrics(ranks)
@@ -30,6 +56,7 @@ def test_rank_metrics_by_hand():
     ndcg = (1 + 1 / math.log2(3) + 1 / math.log2(11) + 0 + 1 / math.log2(3.5)) / 5
     assert got["ndcg@10"] == pytest.approx(ndcg)
     assert rank_metrics(np.array([])) == {"count": 0, "mrr": None, "recall@10": None, "ndcg@10": None}
+    assert rank_metrics(ranks, prefix="full_") == {f"full_{name}": value for name, value in got.items()}
 
 
 def test_summary_splits_users_into_groups_and_activity_buckets():
@@ -46,6 +73,30 @@ def test_summary_splits_users_into_groups_and_activity_buckets():
     assert got["buckets"]["51-100"]["mrr"] == pytest.approx((1 / 5 + 1 / 10) / 2)
     # an explicit is_new overrides n_train == 0
     assert summarize(ranks, n_train, is_active, is_new=np.zeros(8, bool))["new"]["count"] == 0
+
+
+def test_full_ranks_are_summarized_beside_the_sampled_ones_where_given():
+    ranks = np.array([1.0, 2.0, 4.0, 5.0, 10.0, 20.0])
+    full = np.array([3.0, np.nan, 40.0, np.nan, 11.0, 1.0])  # NaN: not ranked against the catalogue
+    n_train = np.array([0, 0, 50, 51, 400, 400])
+    got = summarize(ranks, n_train, n_train > 100, full_ranks=full)
+    assert got["overall"]["mrr"] == pytest.approx(np.mean(1 / ranks))  # the sampled metrics are unchanged
+    assert got["overall"]["full_count"] == 4
+    assert got["overall"]["full_mrr"] == pytest.approx((1 / 3 + 1 / 40 + 1 / 11 + 1) / 4)
+    assert got["overall"]["full_recall@10"] == pytest.approx(2 / 4)
+    assert got["active"]["full_ndcg@10"] == pytest.approx((0 + 1) / 2)
+    assert got["new"]["full_count"] == 1 and got["new"]["full_mrr"] == pytest.approx(1 / 3)
+    assert got["buckets"]["51-100"]["count"] == 1 and got["buckets"]["51-100"]["full_count"] == 0
+    assert got["buckets"]["51-100"]["full_mrr"] is None
+    assert summarize(ranks, n_train, n_train > 100)["overall"].keys() == {"count", "mrr", "recall@10", "ndcg@10"}
+    flat = flatten(got)
+    assert flat["test/full_mrr"] == got["overall"]["full_mrr"] and flat["test/bucket_51-100/full_count"] == 0
+    assert "test/bucket_51-100/full_mrr" not in flat  # no value: not logged
+    assert all(validate_param_and_metric_name(k) for k in flat)
+    with pytest.raises(ValueError, match="full_ranks must be >= 1"):
+        summarize(ranks, n_train, n_train > 100, full_ranks=np.full(6, 0.5))
+    with pytest.raises(ValueError, match="one length"):
+        summarize(ranks, n_train, n_train > 100, full_ranks=full[:3])
 
 
 def test_summary_rejects_bad_input():

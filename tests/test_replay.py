@@ -4,8 +4,14 @@ import torch
 
 import twots.evaluation.replay
 from twots.evaluation.metrics import ranks_from_scores, summarize
-from twots.evaluation.replay import Events, Warmup, replay
-from twots.models.two_time_scale import SequentialRecommender, Stage1Model, TwoTimeScaleModel, split_parameters
+from twots.evaluation.remap import RemappedModel
+from twots.evaluation.replay import Events, History, Warmup, full_batch_for, replay
+from twots.models.two_time_scale import (
+    SequentialRecommender,
+    Stage1Model,
+    TwoTimeScaleModel,
+    split_parameters,
+)
 
 
 class SeenItems(SequentialRecommender):
@@ -60,16 +66,22 @@ def test_each_event_is_scored_before_its_item_is_fed_in_time_order():
     assert records["step"].tolist() == [4, 3, 2, 1] and records["change"].tolist() == [1.0, 0.0, 1.0, 0.0]
 
 
+def start_state(model, warm: Warmup, user: int):
+    """One user's state after init_state and its warm-up items, and its is_active flag."""
+    rows = np.flatnonzero(warm.user_id == user)
+    active = torch.tensor([bool(warm.is_active[rows[0]]) if len(rows) else False])
+    state = model.init_state(torch.tensor([user]), active)
+    for item in (warm.item_ids[rows[0]] if len(rows) else []):
+        if item >= 0:
+            state = model.step(state, torch.tensor([item]), active)
+    return state, active
+
+
 def naive_replay(model, warm: Warmup, evs: Events):
     """One user at a time, one event at a time: the definition the batched replay must match."""
     rank, change, step = np.zeros(len(evs)), np.zeros(len(evs)), np.zeros(len(evs), dtype=int)
     for user in np.unique(evs.user_id):
-        rows = np.flatnonzero(warm.user_id == user)
-        active = torch.tensor([bool(warm.is_active[rows[0]]) if len(rows) else False])
-        state = model.init_state(torch.tensor([user]), active)
-        for item in (warm.item_ids[rows[0]] if len(rows) else []):
-            if item >= 0:
-                state = model.step(state, torch.tensor([item]), active)
+        state, active = start_state(model, warm, user)
         mine = np.flatnonzero(evs.user_id == user)
         mine = mine[np.lexsort((evs.event_id[mine], evs.ts[mine]))]
         for r, e in enumerate(mine):
@@ -83,19 +95,25 @@ def naive_replay(model, warm: Warmup, evs: Events):
     return rank, change, step
 
 
-@pytest.mark.parametrize("plus", [False, True])
-def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
-    # chunk boundaries in the start states and warm-up too
-    monkeypatch.setattr(twots.evaluation.replay, "STATE_CHUNK", 2)
-    torch.manual_seed(3)
-    rng = np.random.default_rng(3)
-    n_users, n_items = 9, 40
+def random_2ts(n_users: int, n_items: int, plus: bool, seed: int) -> tuple[TwoTimeScaleModel, Warmup]:
+    """A 2TS model with random weights, and warm-up items for active, inactive and (users 5-7) new users."""
+    torch.manual_seed(seed)
     model = TwoTimeScaleModel(n_users, n_items, item_dim=6, feature_dim=2, plus=plus)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     warm = Warmup.from_lists([0, 1, 2, 3, 4, 8], [True, True, False, False, True, False],
                              [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15], []])
+    return model, warm
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
+    # chunk boundaries in the start states and warm-up too
+    monkeypatch.setattr(twots.evaluation.replay, "STATE_CHUNK", 2)
+    rng = np.random.default_rng(3)
+    n_users, n_items = 9, 40
+    model, warm = random_2ts(n_users, n_items, plus, seed=3)
     n = 40
     evs = Events(rng.integers(0, n_users, n), rng.integers(0, 6, n), rng.permutation(n),
                  rng.integers(0, n_items, n), rng.integers(0, n_items, (n, 7)))
@@ -108,6 +126,77 @@ def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
     assert np.allclose(got.change, change, atol=1e-6)
     assert np.array_equal(got.step, step)
     assert got.is_new.tolist() == [u in (5, 6, 7) for u in evs.user_id]
+
+
+@torch.no_grad()
+def brute_force_full_ranks(model, warm: Warmup, evs: Events, full: np.ndarray, history: History | None):
+    """Per user, per event, in numpy float64: every item's score with the user's state at the event, rank =
+    1 + #higher + #ties/2 among the other items, leaving out (with `history`) the items clicked before, but not the
+    positive."""
+    table = model.item_vectors(torch.arange(model.hparams["n_items"])).double().numpy()
+    ranks = np.full(len(evs), np.nan)
+    for user in np.unique(evs.user_id):
+        state, active = start_state(model, warm, user)
+        seen = set() if history is None else set(history.item_id[history.user_id == user].tolist())
+        mine = np.flatnonzero(evs.user_id == user)
+        for e in mine[np.lexsort((evs.event_id[mine], evs.ts[mine]))]:
+            if full[e]:
+                scores = table @ model.user_vector(state)[0].double().numpy()
+                pos = evs.item_id[e]
+                others = np.ones(len(table), bool)
+                others[pos] = False
+                if history is not None:
+                    others[list(seen - {pos})] = False
+                ranks[e] = 1 + np.sum(scores[others] > scores[pos]) + np.sum(scores[others] == scores[pos]) / 2
+            state = model.step(state, torch.tensor([evs.item_id[e]]), active)
+            seen.add(int(evs.item_id[e]))
+    return ranks
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_full_ranks_match_a_brute_force_over_the_catalogue(exclude_seen):
+    rng = np.random.default_rng(5)
+    n_users, n_items = 9, 30
+    model, warm = random_2ts(n_users, n_items, plus=True, seed=5)
+    # Training history: longer than the warm-up (active users warm up on their last K items only), with repeats.
+    history = History([0, 0, 0, 0, 0, 1, 1, 2, 3, 4, 7], [20, 21, 20, 1, 2, 4, 25, 5, 10, 12, 29])
+    n = 60
+    # Few items per user so that repeat clicks (positives seen before) occur.
+    evs = Events(rng.integers(0, n_users, n), rng.integers(0, 6, n), rng.permutation(n),
+                 rng.integers(0, 8, n) * 3, rng.integers(0, n_items, (n, 7)))
+    full = rng.random(n) < 0.7
+    got = replay(model, warm, evs, batch_users=3, full=full, full_batch=2, exclude=history if exclude_seen else None)
+    expected = brute_force_full_ranks(model, warm, evs, full, history if exclude_seen else None)
+    assert np.array_equal(np.isnan(got.full_rank), ~full)
+    assert np.allclose(got.full_rank[full], expected[full], atol=1e-9)
+    # The sampled ranks are those of the replay without full ranking.
+    assert np.array_equal(got.rank, replay(model, warm, evs, batch_users=3).rank)
+    if exclude_seen:  # leaving items out only lowers ranks, and did lower some
+        plain = replay(model, warm, evs, batch_users=3, full=full, full_batch=5)
+        assert np.all(got.full_rank[full] <= plain.full_rank[full])
+        assert np.any(got.full_rank[full] < plain.full_rank[full])
+
+
+def test_full_ranks_by_hand_with_ties_and_exclusion():
+    """SeenItems scores 1 for items the user clicked, 0 otherwise; 20 items."""
+    warm = Warmup.from_lists([0], [False], [[1, 2]])
+    evs = Events([0, 0, 0], [1, 2, 3], [0, 1, 2], [3, 1, 3], np.tile(np.arange(10, 20), (3, 1)))
+    everything = np.ones(3, bool)
+    kept = replay(SeenItems(20), warm, evs, full=everything)
+    # item 3 unseen: the 2 seen items above it, 17 unseen ties; item 1 seen: ties with 2 and 3; 3 again: ties 1, 2.
+    assert kept.full_rank.tolist() == [1 + 2 + 17 / 2, 1 + 2 / 2, 1 + 2 / 2]
+    dropped = replay(SeenItems(20), warm, evs, full=everything, exclude=History([0, 0, 0], [1, 2, 2]))
+    # Training items 1, 2 and the replayed 3 are left out, except the positive itself.
+    assert dropped.full_rank.tolist() == [1 + 17 / 2, 1, 1]
+    # A model with its own score_all (RemappedModel: an unknown item scores -inf) is ranked through it.
+    remapped = RemappedModel(SeenItems(20), [0], [False], [*range(19), -1])
+    assert replay(remapped, warm, evs, full=everything).full_rank.tolist() == [1 + 2 + 16 / 2, 2, 2]
+
+
+def test_full_batch_fits_the_memory_budget():
+    assert full_batch_for(4_000_000, 512) == 512 * 2**20 // (4_000_000 * 6) == 22
+    assert full_batch_for(4_000_000, 1) == 1
+    assert full_batch_for(1000, 512) == 89478
 
 
 def test_ccf_replay_is_static():
@@ -134,6 +223,10 @@ def test_bad_warmup_and_events_are_rejected():
         Events([0], [1], [0], [2], [3, 4])
     with pytest.raises(ValueError, match="integer ids"):
         Events([0], [1], [0], [2], [[3.0, 4.0]])
+    with pytest.raises(ValueError, match="one length"):
+        History([0, 1], [2])
+    with pytest.raises(ValueError, match="one per event"):
+        replay(SeenItems(20), Warmup.from_lists([0], [False], [[1]]), events([(0, 1, 0, 2)]), full=[True, False])
 
 
 def test_trained_2ts_ranks_far_above_random_for_every_user_group():

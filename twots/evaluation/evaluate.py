@@ -6,6 +6,10 @@ once and call `evaluate_loaded`), replays val then test in time order through `t
 (score the 1 + 499 candidates with the user's current state, then feed the true item), and summarizes the ranks
 with `twots.evaluation.metrics` per split: overall, active / inactive / new users and per activity bucket. It also
 returns the per-step embedding changes of the test replay (the paper's Fig. 4).
+
+Beside the paper's sampled metrics, the events of `full_splits` of a sample of users (all users when the model is on
+a GPU) are ranked against the whole catalogue in the same replay (FullRankingConfig): full_mrr, full_recall@10,
+full_ndcg@10 and full_count in each group's metrics.
 """
 
 from __future__ import annotations
@@ -17,18 +21,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from twots.config import Section
 from twots.data.tables import EVAL_CANDIDATES, SEQUENCES, USER_ACTIVITY
 from twots.evaluation import metrics
-from twots.evaluation.replay import Events, Warmup, replay
+from twots.evaluation.replay import Events, History, Warmup, full_batch_for, model_device, replay
 from twots.training.loaders import arrow_columns, fixed_shape
 
 SPLITS = ("val", "test")
 
 
-class EvaluateConfig(Section):
+class FullRankingConfig(Section):
+    """Full-ranking metrics: which replayed events are also ranked against the whole catalogue, and how."""
+
+    full_users: int | None = Field(1000, ge=0, description="users whose events are ranked against the whole "
+                                   "catalogue on CPU, sampled by full_seed (0: none, None: all); on a GPU all "
+                                   "users unless 0")
+    full_splits: list[str] = Field(["test"], description="splits whose events are ranked against the catalogue")
+    exclude_seen: bool = Field(False, description="leave the items a user clicked before the event (training and "
+                               "earlier replayed events) out of its full ranking; off: repeat clicks are real")
+    full_memory_mb: float = Field(512, gt=0, description="memory of one full-ranking chunk of users "
+                                  "(users per chunk = this / (n_items x 6 bytes))")
+    full_seed: int = Field(0, description="seed of the full-ranking user sample")
+
+    @field_validator("full_splits")
+    @classmethod
+    def _known_splits(cls, splits: list[str]) -> list[str]:
+        unknown = sorted(set(splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"unknown splits {unknown}; evaluation replays {SPLITS}")
+        return splits
+
+
+class EvaluateConfig(FullRankingConfig):
     """Evaluate a model logged to MLflow on the val/test rows of the prepared tables, and log the metrics."""
 
     data: str = Field(description="folder of the prepared Delta tables (prepare's --output)")
@@ -90,28 +116,59 @@ def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:
     return EvalData(warmup, events, rows["split"].astype(str), activity)
 
 
-def evaluate(model, data_dir: str | Path, spark, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1) -> dict:
+def load_history(data_dir: str | Path, spark) -> History:
+    """Every user's training clicks (interactions of split 'train'): what exclude_seen leaves out."""
+    rows = arrow_columns(read_delta(spark, data_dir, "interactions").where("split = 'train'")
+                         .select("user_id", "item_id").toArrow())
+    return History(rows["user_id"], rows["item_id"])
+
+
+def full_ranked(events: Events, split: np.ndarray, full: FullRankingConfig, on_gpu: bool) -> np.ndarray:
+    """[N] bool: the events ranked against the whole catalogue, those of full_splits of the sampled users."""
+    in_splits = np.isin(split, full.full_splits) & (full.full_users != 0)
+    users = np.unique(events.user_id[in_splits])
+    if not on_gpu and full.full_users is not None and full.full_users < len(users):
+        users = np.random.default_rng(full.full_seed).choice(users, full.full_users, replace=False)
+    return in_splits & np.isin(events.user_id, users)
+
+
+def evaluate(model, data_dir: str | Path, spark, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1,
+             full: FullRankingConfig | None = None) -> dict:
     """Replay `splits` of the prepared folder `data_dir` in time order through `model` (see evaluate_loaded)."""
+    full = FullRankingConfig() if full is None else full
     return evaluate_loaded(model, load_arrays(data_dir, spark, splits), tuple(splits), batch_users=batch_users,
-                           threads=threads)
+                           threads=threads, full=full,
+                           history=load_history(data_dir, spark) if full.exclude_seen else None)
 
 
-def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1) -> dict:
+def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1,
+                    full: FullRankingConfig | None = None, history: History | None = None) -> dict:
     """Replay the events of `splits` in time order through `model`; returns {"metrics": {split: summary},
-    "changes": Fig. 4 records of the last split, "events", "seconds", "events_per_s"}.
+    "changes": Fig. 4 records of the last split, "events", "seconds", "events_per_s", "full": what was ranked
+    against the whole catalogue and how long it took}. `full`: default FullRankingConfig(); with its exclude_seen,
+    `history` is load_history's.
 
     `threads`: torch threads during the replay. Its rounds are many small ops; on a shared CPU more than one
     thread spins in OpenMP barriers (measured 30x slower with 2 threads than 1 on the 2-core box under load).
     """
+    full = FullRankingConfig() if full is None else full
+    if full.exclude_seen and history is None:
+        raise ValueError("exclude_seen needs the users' training items: pass history=load_history(data_dir, spark)")
     data = data.only(splits)
     events, split, activity = data.events, data.split, data.activity
+    ranked = full_ranked(events, split, full, on_gpu=model_device(model).type == "cuda")
+    n_items = model.hparams["n_items"]
+    full_batch = full_batch_for(n_items, full.full_memory_mb)
     print(f"[evaluate] replaying {len(events):,} events of {len(np.unique(events.user_id)):,} users "
-          f"({', '.join(splits)})", flush=True)
+          f"({', '.join(splits)}); {ranked.sum():,} events of {len(np.unique(events.user_id[ranked])):,} users "
+          f"also ranked against all {n_items:,} items, {full_batch} users at a time"
+          + (", clicked items excluded" if full.exclude_seen else ""), flush=True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
-        result = replay(model, data.warmup, events, batch_users=batch_users)
+        result = replay(model, data.warmup, events, batch_users=batch_users, full=ranked, full_batch=full_batch,
+                        exclude=history if full.exclude_seen else None)
     finally:
         torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - started
@@ -120,12 +177,17 @@ def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 
     summaries = {}
     for name in splits:
         mask = split == name
-        summaries[name] = metrics.summarize(result.rank[mask], n_train[mask], is_active[mask], result.is_new[mask])
+        summaries[name] = metrics.summarize(result.rank[mask], n_train[mask], is_active[mask], result.is_new[mask],
+                                            full_ranks=result.full_rank[mask])
     last = split == splits[-1]
-    print(f"[evaluate] {len(events):,} events in {seconds:.1f}s ({len(events) / seconds:,.0f} events/s); "
-          f"{splits[-1]} MRR {summaries[splits[-1]]['overall']['mrr']:.4f}", flush=True)
+    overall = summaries[splits[-1]]["overall"]
+    print(f"[evaluate] {len(events):,} events in {seconds:.1f}s ({len(events) / seconds:,.0f} events/s, full "
+          f"ranking {result.full_seconds:.1f}s); {splits[-1]} MRR {overall['mrr']:.4f}"
+          + (f", full-ranking MRR {overall['full_mrr']:.4f}" if overall["full_count"] else ""), flush=True)
     return {"metrics": summaries, "changes": result.change_records(last), "events": len(events),
-            "seconds": seconds, "events_per_s": len(events) / seconds}
+            "seconds": seconds, "events_per_s": len(events) / seconds,
+            "full": {"users": len(np.unique(events.user_id[ranked])), "events": int(ranked.sum()),
+                     "seconds": result.full_seconds, "exclude_seen": full.exclude_seen, "n_items": n_items}}
 
 
 def evaluate_logged(cfg: EvaluateConfig, spark) -> dict:
@@ -137,7 +199,7 @@ def evaluate_logged(cfg: EvaluateConfig, spark) -> dict:
     mlflow.set_tracking_uri(cfg.tracking_uri or default_tracking_uri(cfg.data))
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{cfg.run_id}/{cfg.model_name}")
     report = evaluate(pyfunc.unwrap_python_model().model, cfg.data, spark, tuple(cfg.splits),
-                      batch_users=cfg.batch_users, threads=cfg.threads)
+                      batch_users=cfg.batch_users, threads=cfg.threads, full=cfg)
     with mlflow.start_run(run_id=cfg.run_id), tempfile.TemporaryDirectory() as tmp:
         log_evaluation(report, Path(tmp))
     return report

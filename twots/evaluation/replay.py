@@ -7,6 +7,11 @@ followed by `step` over their warm-up (training) items; users without warm-up it
 
 Users are ordered by their number of events, most first, so the users of round r are a prefix of the state and a
 round is a few slices, not a gather. Candidate scoring runs in chunks of `batch_users` rows to bound memory.
+
+Full ranking: the events marked in `full` are also ranked against the whole catalogue with the same state
+(metrics.catalogue_ranks), in chunks of `full_batch` users, as scoring B users is B x n_items floats
+(full_batch_for derives the chunk from a memory budget). With `exclude` (the users' training items), the items a user
+clicked before the event (training history and earlier replayed events) other than the positive are left out.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from twots.evaluation.metrics import ranks_from_scores
+from twots.evaluation.metrics import catalogue_ranks, ranks_from_scores
 from twots.models.two_time_scale import SequentialRecommender, pad_lists
 
 # Users per init_state / warm-up step call: these touch no candidates, so far more rows fit than in scoring.
 STATE_CHUNK = 65536
+# Bytes per (user, item) of a full-ranking chunk: the float32 score and the bool comparisons against the positive.
+FULL_BYTES_PER_SCORE = 6
 
 
 @dataclass
@@ -87,15 +94,45 @@ class Events:
 
 
 @dataclass
+class History:
+    """Items each user clicked in training (rows of `interactions` with split 'train'): user_id, item_id [H] pairs,
+    in any order, repeats allowed. Full ranking with exclusion leaves them out."""
+
+    user_id: np.ndarray
+    item_id: np.ndarray
+
+    def __post_init__(self):
+        self.user_id = np.asarray(self.user_id, dtype=np.int64)
+        self.item_id = np.asarray(self.item_id, dtype=np.int64)
+        if self.user_id.ndim != 1 or self.user_id.shape != self.item_id.shape:
+            raise ValueError("History: user_id and item_id must be 1-d of one length")
+
+    def ranges(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items sorted by user, start, length): users[k]'s items are items[start[k]:start[k] + length[k]]."""
+        order = np.argsort(self.user_id, kind="stable")
+        sorted_users = self.user_id[order]
+        start = np.searchsorted(sorted_users, users, side="left")
+        return self.item_id[order], start, np.searchsorted(sorted_users, users, side="right") - start
+
+
+def full_batch_for(n_items: int, memory_mb: float) -> int:
+    """Users per full-ranking chunk whose scores and comparisons fit in `memory_mb` (at least 1)."""
+    return max(1, int(memory_mb * 2**20 // (n_items * FULL_BYTES_PER_SCORE)))
+
+
+@dataclass
 class ReplayResult:
-    """Per event, aligned to the input events: rank of the positive, step (1 = the user's first replayed event),
-    change = ||user vector after feeding the event - before||_2, and the user's group."""
+    """Per event, aligned to the input events: rank of the positive among its candidates, its rank among the whole
+    catalogue (full_rank, NaN where not asked), step (1 = the user's first replayed event), change = ||user vector
+    after feeding the event - before||_2, and the user's group; full_seconds: time spent in full ranking."""
 
     rank: np.ndarray
+    full_rank: np.ndarray
     step: np.ndarray
     change: np.ndarray
     is_active: np.ndarray
     is_new: np.ndarray
+    full_seconds: float = 0.0
 
     def change_records(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Columns is_active, step, change for twots.evaluation.plots.plot_embedding_change (new users count as
@@ -104,21 +141,76 @@ class ReplayResult:
         return {"is_active": self.is_active[keep], "step": self.step[keep], "change": self.change[keep]}
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(itertools.chain(model.parameters(), model.buffers())).device
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield start, min(start + size, n)
 
 
+def _spans(start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k, index) for every index in [start[k], start[k] + length[k]): many ranges gathered without a loop."""
+    k = np.repeat(np.arange(len(start)), length)
+    offset = np.arange(len(k)) - np.repeat(np.cumsum(length) - length, length)
+    return k, start[k] + offset
+
+
+class _FullRanker:
+    """Ranks replayed events against the whole catalogue (see the module doc)."""
+
+    def __init__(self, model: SequentialRecommender, device, users: np.ndarray, ordered_items: np.ndarray,
+                 first: np.ndarray, batch: int, exclude: History | None):
+        self.device, self.batch = device, batch
+        self.n_items = model.hparams["n_items"]
+        if type(model).score_all is SequentialRecommender.score_all:
+            # The base score_all gathers the catalogue's vectors on every call: gather them once instead.
+            items = model.item_vectors(torch.arange(self.n_items, device=device))
+            self.score_all = lambda state: model.user_vector(state) @ items.T
+        else:
+            self.score_all = model.score_all
+        self.ordered_items, self.first = ordered_items, first
+        self.history = None if exclude is None else exclude.ranges(users)
+        self.seconds = 0.0
+
+    def _seen(self, rows: np.ndarray, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct (k, item) pairs: the items user rows[k] clicked before its r-th replayed event."""
+        items, start, length = self.history
+        k_train, at = _spans(start[rows], length[rows])
+        k_replay, before = _spans(self.first[rows], np.full(len(rows), r))
+        pairs = np.unique(np.concatenate([k_train * self.n_items + items[at],
+                                          k_replay * self.n_items + self.ordered_items[before]]))
+        return (torch.from_numpy(pairs // self.n_items).to(self.device),
+                torch.from_numpy(pairs % self.n_items).to(self.device))
+
+    def ranks(self, state, positives: torch.Tensor, rows: np.ndarray, r: int) -> np.ndarray:
+        """Full ranks of the r-th events of the user rows `rows` (state and positives: one row per user row)."""
+        started = time.perf_counter()
+        out = np.empty(len(rows))
+        for a, b in _chunks(len(rows), self.batch):
+            excluded = (None, None) if self.history is None else self._seen(rows[a:b], r)
+            scores = self.score_all(tuple(s[a:b] for s in state))
+            out[a:b] = catalogue_ranks(scores, positives[a:b], *excluded).cpu().numpy()
+        self.seconds += time.perf_counter() - started
+        return out
+
+
 @torch.no_grad()
 def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batch_users: int = 256,
+           full: np.ndarray | None = None, full_batch: int = 64, exclude: History | None = None,
            progress_every_s: float = 30.0) -> ReplayResult:
     """Replay `events` through `model` online (see the module doc), in eval mode (restored after).
-    `batch_users` bounds one scoring call to batch_users x (1 + C) candidates."""
-    if batch_users < 1:
-        raise ValueError("replay: batch_users must be >= 1")
+    `batch_users` bounds one scoring call to batch_users x (1 + C) candidates. `full` [N] bool: the events also
+    ranked against the whole catalogue, `full_batch` users at a time; `exclude`: see the module doc."""
+    if batch_users < 1 or full_batch < 1:
+        raise ValueError("replay: batch_users and full_batch must be >= 1")
+    full = np.zeros(len(events), dtype=bool) if full is None else np.asarray(full, dtype=bool)
+    if full.shape != (len(events),):
+        raise ValueError(f"replay: full must be [{len(events)}] bools, one per event, got {full.shape}")
     was_training = model.training
     model.eval()
-    device = next(itertools.chain(model.parameters(), model.buffers())).device
+    device = model_device(model)
     n_events = len(events)
 
     # Each user's events in (ts, event_id) order; users ordered by event count, most first.
@@ -159,7 +251,10 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
             for s, n in zip(state, new):
                 s[idx] = n
 
+    ranker = _FullRanker(model, device, users, events.item_id[order], first, full_batch, exclude) if full.any() \
+        else None
     rank = np.empty(n_events, dtype=np.float64)
+    full_rank = np.full(n_events, np.nan)
     change = np.empty(n_events, dtype=np.float64)
     step = np.empty(n_events, dtype=np.int64)
     user_row = np.empty(n_events, dtype=np.int64)
@@ -175,6 +270,10 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
             candidates = torch.cat([pos_items[:, None], negatives], 1)
             scores = model.score(sub, candidates)
             rank[ev] = ranks_from_scores(scores[:, 0], scores[:, 1:]).cpu().numpy()
+            chosen = np.flatnonzero(full[ev])
+            if len(chosen):
+                idx = torch.from_numpy(chosen).to(device)
+                full_rank[ev[chosen]] = ranker.ranks(tuple(s[idx] for s in sub), pos_items[idx], a + chosen, r)
             before = model.user_vector(sub)
             new = model.step(sub, pos_items, active_t[a:b])
             change[ev] = torch.linalg.vector_norm(model.user_vector(new) - before, dim=1).cpu().numpy()
@@ -186,7 +285,9 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
         if time.monotonic() - last_log > progress_every_s:
             last_log = time.monotonic()
             print(f"[replay] round {r + 1}/{rounds}: {done:,}/{n_events:,} events, "
-                  f"{done / (last_log - started):,.0f} events/s", flush=True)
+                  f"{done / (last_log - started):,.0f} events/s"
+                  + (f", full ranking {ranker.seconds:.0f}s" if ranker else ""), flush=True)
     model.train(was_training)
 
-    return ReplayResult(rank=rank, step=step, change=change, is_active=is_active[user_row], is_new=is_new[user_row])
+    return ReplayResult(rank=rank, full_rank=full_rank, step=step, change=change, is_active=is_active[user_row],
+                        is_new=is_new[user_row], full_seconds=ranker.seconds if ranker else 0.0)

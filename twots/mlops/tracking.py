@@ -76,6 +76,10 @@ def log_evaluation(report: dict, out_dir: Path) -> None:
     for split, summary in report["metrics"].items():
         mlflow.log_metrics(flatten(summary, prefix=split))
     mlflow.log_metric("evaluate_events_per_s", report["events_per_s"])
+    full = report["full"]
+    mlflow.log_metrics({"evaluate_full_users": full["users"], "evaluate_full_events": full["events"],
+                        "evaluate_full_seconds": full["seconds"]})
+    mlflow.log_param("evaluate_full_exclude_seen", full["exclude_seen"])
     mlflow.log_dict(report["metrics"], "evaluation/metrics.json")
     if len(report["changes"]["step"]):
         png = plot_embedding_change(report["changes"], Path(out_dir) / "embedding_change.png")
