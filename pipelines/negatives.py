@@ -1,7 +1,9 @@
 """Offer sets: deterministic uniform negatives without UDFs.
 
 Negative k of event e is `pmod(pos + 1 + pmod(xxhash64(seed, salt, e, k), n - 1), n)`: uniform over the n - 1
-items that are not the positive, and the same for the same (seed, event, k). Negatives are drawn independently
+items that are not the positive, and the same for the same (seed, event, k). The `count` draws are `count`
+plain expressions in one array (whole-stage code generation compiles them), not a `transform` over a
+sequence: Spark evaluates higher-order functions' lambdas interpreted, row by row, several times slower. Negatives are drawn independently
 (with replacement), as "p items drawn uniformly from all items": an offer set may repeat a negative (rarely:
 about p^2 / 2n repeats), never the positive. Training and evaluation use different salts, so their draws are
 independent.
@@ -22,11 +24,16 @@ def negatives(item: Column, event: Column, n_items: int, count: int, seed: int, 
     if n_items < 2:
         raise ValueError(f"negative sampling needs at least 2 items, got {n_items}")
 
-    def draw(k: Column) -> Column:
-        offset = F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), event, k), F.lit(n_items - 1))
+    def draw(k: int) -> Column:
+        offset = F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), event, F.lit(k)), F.lit(n_items - 1))
         return F.pmod(item.cast("long") + 1 + offset, F.lit(n_items)).cast("int")
 
-    return F.transform(F.sequence(F.lit(0), F.lit(count - 1)), draw)
+    return F.array(*[draw(k) for k in range(count)])
+
+
+def offer_negatives(item: Column, event: Column, n_items: int, p: int, seed: int) -> Column:
+    """The p negatives of a training offer set (stage1_offers' `neg_item_ids`)."""
+    return negatives(item, event, n_items, p, seed, TRAIN_SALT)
 
 
 def stage1_offers(interactions: DataFrame, n_items: int, p: int, seed: int) -> DataFrame:
@@ -34,7 +41,7 @@ def stage1_offers(interactions: DataFrame, n_items: int, p: int, seed: int) -> D
     train = interactions.where(F.col("split") == "train")
     return train.select(
         "event_id", "user_id", "item_id",
-        negatives(F.col("item_id"), F.col("event_id"), n_items, p, seed, TRAIN_SALT).alias("neg_item_ids"),
+        offer_negatives(F.col("item_id"), F.col("event_id"), n_items, p, seed).alias("neg_item_ids"),
     )
 
 
