@@ -84,7 +84,8 @@ def prepare_duckdb(cfg, threads: int = 2) -> dict:
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(config={"threads": threads, "enable_progress_bar": False})
+    con = duckdb.connect(config={"threads": threads})
+    con.execute("SET enable_progress_bar = false")
     timings = {}
 
     def step(name, *statements):
@@ -186,6 +187,7 @@ def compare_outputs(spark_out: Path, duck_out: Path) -> dict[str, str]:
     import duckdb
 
     con = duckdb.connect(config={"threads": 2})
+    con.execute("SET enable_progress_bar = false")
     found = {}
     for table, columns in SAME_ROWS.items():
         spark_rows = f"SELECT {columns} FROM read_parquet('{spark_out / table}/*.parquet')"
