@@ -46,11 +46,15 @@ SAME_ROWS = {
 }
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """Run cmd; return (wall seconds, peak RSS of its process tree in GB, its output)."""
+def run_measured(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
+    """Run cmd; return (wall seconds, peak RSS of its process tree in GB, CPU seconds of that tree, its output).
+
+    CPU seconds (user + system, each process's last sample) say what a run costs even on a shared box, where
+    the wall time also counts the waits for a core.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, done = 0, threading.Event()
+    peak, cpu, done = 0, {}, threading.Event()
 
     def sample():
         nonlocal peak
@@ -59,6 +63,9 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
             try:
                 tree = [root, *root.children(recursive=True)]
                 peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                for p in tree:
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -75,7 +82,7 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float, str]:
     sampler.join()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(log)[-4000:]}")
-    return time.perf_counter() - start, peak / 1e9, "".join(log)
+    return time.perf_counter() - start, peak / 1e9, sum(cpu.values()), "".join(log)
 
 
 def prepare_duckdb(cfg, threads: int = 2) -> dict:
@@ -218,28 +225,29 @@ def main() -> None:
     for rows in args.rows:
         data = work / f"taobao-{rows}"
         if not (data / "_generator.json").exists():
-            gen_s, _, _ = run_measured([py, "jobs/generate.py", "--rows", str(rows), "--output", str(data)], env)
+            gen_s, *_ = run_measured([py, "jobs/generate.py", "--rows", str(rows), "--output", str(data)], env)
             print(f"generated {rows:,} rows in {gen_s:.0f}s", flush=True)
         flags = ["--source", "taobao", "--input", str(data), "--eval-sample", args.eval_sample]
         spark_out, duck_out = work / f"prepared-{rows}", work / f"duckdb-{rows}"
-        walls = {"spark": [], "duckdb": []}
-        peaks = {"spark": [], "duckdb": []}
+        walls, peaks, cpus = {"spark": [], "duckdb": []}, {"spark": [], "duckdb": []}, {"spark": [], "duckdb": []}
         steps = {engine: {s: [] for s in STEPS} for engine in walls}
         loads = []
         for run in range(args.runs):
             for engine, out, cmd in (("spark", spark_out, [py, "jobs/prepare.py"]),
                                      ("duckdb", duck_out, [py, "bench/prepare.py", "duckdb"])):
                 shutil.rmtree(out, ignore_errors=True)
-                wall, peak, log = run_measured([*cmd, *flags, "--output", str(out)], env)
+                wall, peak, cpu, log = run_measured([*cmd, *flags, "--output", str(out)], env)
                 if engine == "spark":
                     timings = json.loads((out / "manifest.json").read_text())["timings_s"]
                 else:
                     timings = json.loads(log.strip().splitlines()[-1])["timings_s"]
                 walls[engine].append(wall)
                 peaks[engine].append(peak)
+                cpus[engine].append(cpu)
                 for s in STEPS:
                     steps[engine][s].append(timings[s])
-                print(f"rows {rows:,} run {run + 1} {engine}: {wall:.1f}s, peak {peak:.1f} GB", flush=True)
+                print(f"rows {rows:,} run {run + 1} {engine}: {wall:.1f}s, {cpu:.1f} CPU s, peak {peak:.1f} GB",
+                      flush=True)
             loads.append(os.getloadavg()[0])
             print(f"rows {rows:,} run {run + 1}: Spark / DuckDB = {walls['spark'][-1] / walls['duckdb'][-1]:.2f}x "
                   f"(load average {loads[-1]:.1f})", flush=True)
@@ -255,6 +263,9 @@ def main() -> None:
         print(f"| start, manifest, exit | {starts['spark']:.1f} s | {starts['duckdb']:.1f} s | |")
         print(f"| **total (process wall)** | {med['spark']:.1f} s | {med['duckdb']:.1f} s | "
               f"**{med['spark'] / med['duckdb']:.2f}x** |")
+        cpu = {e: statistics.median(c) for e, c in cpus.items()}
+        print(f"| CPU (user + system, process tree) | {cpu['spark']:.1f} s | {cpu['duckdb']:.1f} s | "
+              f"{cpu['spark'] / cpu['duckdb']:.2f}x |")
         print(f"| peak RSS | {max(peaks['spark']):.1f} GB | {max(peaks['duckdb']):.1f} GB | |")
         print(f"\nsame content (last run): {json.dumps(compare_outputs(spark_out, duck_out))}", flush=True)
 
