@@ -80,9 +80,11 @@ class _Run:
         start = time.perf_counter()
         print(f"[prepare] {name} ...", flush=True)
         self.spark.sparkContext.setJobDescription(f"prepare: {name}")  # the Spark UI groups stages by step
-        yield
+        try:
+            yield
+        finally:
+            self.spark.sparkContext.setJobDescription(None)
         self.timings[name] = round(time.perf_counter() - start, 3)
-        self.spark.sparkContext.setJobDescription(None)
         print(f"[prepare] {name} done in {self.timings[name]:.1f}s", flush=True)
 
     def write(self, spark: SparkSession, name: str, df: DataFrame) -> DataFrame:
