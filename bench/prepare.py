@@ -1,10 +1,18 @@
-"""Prepare on generated Taobao-format data (1M and 10M rows by default): time per step, rows/s, peak memory.
+"""Prepare on generated Taobao-format data, against a single-node DuckDB yardstick in the same run.
 
     python bench/prepare.py [--rows 1000000 10000000] [--runs 1] [--workdir bench-output/prepare]
 
-Each size is generated once (`jobs/generate.py`, seed 7) (cached in the workdir), then `jobs/prepare.py` runs as its own process, as a user
-would run it; peak memory is the largest resident set of that process tree (Python driver + JVM), sampled
-every 0.2 s. Step times come from the run's manifest.json. Prints one table; medians when --runs > 1.
+Each size is generated once (`jobs/generate.py`, seed 7) (cached in the workdir). Each run then times, back to
+back on the same files: `jobs/prepare.py` as its own process, as a user would run it (`local[2]`), and the same
+logic in DuckDB (2 threads, this script's `duckdb` mode in its own process): validate every line with the same
+reasons, dense ids, the global time order and split, activity, stage-1 offer sets, last-K sequences and the
+evaluation sample, each table written as Parquet. Peak memory is the largest resident set of each process tree,
+sampled every 0.2 s. Spark's step times come from its manifest.json. Prints one table per size and the ratio
+Spark wall / DuckDB wall; medians when --runs > 1.
+
+The two outputs are then compared: every table without random draws must hold the same rows (users, items,
+interactions, user_activity, the ids of stage1_offers and of sequences). The negatives and the evaluation sample
+use DuckDB's `hash` where Spark uses `xxhash64`: the same amount of hashing, other values.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,15 +31,30 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
 STEPS = ["validate", "rejects", "users", "items", "interactions", "user_activity", "stage1_offers", "sequences",
          "eval_candidates"]
+# Tables (and columns) whose content has no random draw: Spark's and DuckDB's must be equal.
+SAME_ROWS = {
+    "users": "user_id, raw_user_id",
+    "items": "item_id, raw_item_id, feature_ids, raw_features",
+    "interactions": "event_id, user_id, item_id, ts, split, feature_ids",
+    "user_activity": "user_id, n_train, is_active",
+    "stage1_offers": "event_id, user_id, item_id",
+    "sequences": "user_id, is_active, item_ids, prev_item_id",
+}
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
-    """Run cmd; return (wall seconds, peak RSS of its process tree in GB)."""
+def run_measured(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
+    """Run cmd; return (wall seconds, peak RSS of its process tree in GB, CPU seconds of that tree, its output).
+
+    CPU seconds (user + system, each process's last sample) say what a run costs even on a shared box, where
+    the wall time also counts the waits for a core.
+    """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, done = 0, threading.Event()
+    peak, cpu, done = 0, {}, threading.Event()
 
     def sample():
         nonlocal peak
@@ -39,6 +63,9 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
             try:
                 tree = [root, *root.children(recursive=True)]
                 peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                for p in tree:
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -48,17 +75,143 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float]:
     log = []
     for line in proc.stdout:  # progress as it comes: a long run shows its finished steps
         log.append(line)
-        if line.startswith("[prepare]"):
+        if line.startswith(("[prepare]", "[duckdb]")):
             print("   ", line, end="", flush=True)
     proc.wait()
     done.set()
     sampler.join()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(log)[-4000:]}")
-    return time.perf_counter() - start, peak / 1e9
+    return time.perf_counter() - start, peak / 1e9, sum(cpu.values()), "".join(log)
+
+
+def prepare_duckdb(cfg, threads: int = 2) -> dict:
+    """The prepare logic of pipelines/ in DuckDB SQL, tables as Parquet under cfg.output; returns step times."""
+    import duckdb
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(config={"threads": threads})
+    con.execute("SET enable_progress_bar = false")
+    timings = {}
+
+    def step(name, *statements):
+        start = time.perf_counter()
+        for sql in statements:
+            con.execute(sql)
+        timings[name] = round(time.perf_counter() - start, 3)
+        print(f"[duckdb] {name} done in {timings[name]:.1f}s", flush=True)
+
+    def write(name, query):
+        return f"COPY ({query}) TO '{out / name}.parquet' (FORMAT parquet)"
+
+    window = [f"WHEN ts < {cfg.min_ts} THEN 'out_of_window'"] if cfg.min_ts is not None else []
+    window += [f"WHEN ts > {cfg.max_ts} THEN 'out_of_window'"] if cfg.max_ts is not None else []
+    kept = ", ".join(f"'{b}'" for b in cfg.behaviors)
+    files = f"{cfg.input}/part-*" if Path(cfg.input).is_dir() else cfg.input
+    step("validate", f"""
+      CREATE TEMP TABLE parsed AS
+      WITH lines AS (
+        SELECT regexp_replace(raw, '\\r$', '') AS raw, filename AS source_file, row_number() OVER () AS line
+        FROM read_csv('{files}', columns={{'raw': 'VARCHAR'}}, delim='\\x01', quote='', escape='',
+                      header=false, auto_detect=false, filename=true)),
+      f AS (SELECT *, string_split(raw, ',') AS fields FROM lines),
+      v AS (SELECT raw, source_file, line, len(fields) AS nf, trim(fields[1]) AS u, trim(fields[2]) AS i,
+                   trim(fields[3]) AS c, trim(fields[4]) AS b, trim(fields[5]) AS t FROM f),
+      w AS (SELECT *, CASE WHEN regexp_full_match(t, '[0-9]{{1,12}}') THEN TRY_CAST(t AS BIGINT) END AS ts FROM v)
+      SELECT CASE
+          WHEN trim(raw) = '' THEN 'empty_line'
+          WHEN lower(trim(raw)) = 'user_id,item_id,category_id,behavior_type,timestamp' THEN 'header'
+          WHEN nf <> 5 THEN 'wrong_field_count'
+          WHEN coalesce(u = '' OR i = '' OR c = '' OR b = '' OR t = '', true) THEN 'missing_field'
+          WHEN NOT (regexp_full_match(u, '[0-9]+') AND regexp_full_match(i, '[0-9]+')
+                    AND regexp_full_match(c, '[0-9]+')) THEN 'non_numeric_id'
+          WHEN ts IS NULL THEN 'bad_timestamp'
+          {' '.join(window)}
+          WHEN b NOT IN ('pv', 'buy', 'cart', 'fav') THEN 'unknown_behavior'
+          WHEN b NOT IN ({kept}) THEN 'excluded_behavior'
+        END AS reason, raw, source_file, line, u AS raw_user_id, i AS raw_item_id, ts, [c] AS raw_features
+      FROM w""",
+         "CREATE TEMP TABLE good AS SELECT line, raw_user_id, raw_item_id, ts, raw_features FROM parsed "
+         "WHERE reason IS NULL")
+    accepted, n_items = con.execute("SELECT count(*), count(DISTINCT raw_item_id) FROM good").fetchall()[0]
+    step("rejects", write("rejects", "SELECT raw, reason, source_file FROM parsed WHERE reason IS NOT NULL"))
+    step("users", """CREATE TEMP TABLE users AS SELECT (row_number() OVER (ORDER BY raw_user_id) - 1)::INT AS user_id,
+                     raw_user_id FROM (SELECT DISTINCT raw_user_id FROM good)""", write("users", "FROM users"))
+    step("items", """CREATE TEMP TABLE raw_items AS SELECT raw_item_id, list_sort(list(DISTINCT f)) AS raw_features
+                     FROM (SELECT raw_item_id, unnest(raw_features) AS f FROM good) GROUP BY raw_item_id""",
+         """CREATE TEMP TABLE features AS SELECT (row_number() OVER (ORDER BY f) - 1)::INT AS feature_id, f
+            FROM (SELECT DISTINCT unnest(raw_features) AS f FROM raw_items)""",
+         """CREATE TEMP TABLE items AS WITH ids AS (
+              SELECT (row_number() OVER (ORDER BY raw_item_id) - 1)::INT AS item_id, raw_item_id, raw_features
+              FROM raw_items)
+            SELECT item_id, raw_item_id, (SELECT list_sort(list(feature_id)) FROM unnest(raw_features) AS x(f)
+                                          JOIN features USING (f)) AS feature_ids, raw_features FROM ids""",
+         write("items", "FROM items"))
+    train_end = int(accepted * cfg.train_fraction)
+    val_end = int(accepted * (cfg.train_fraction + cfg.val_fraction))
+    step("interactions", f"""CREATE TEMP TABLE interactions AS
+        SELECT event_id, user_id, item_id, ts,
+               CASE WHEN event_id < {train_end} THEN 'train' WHEN event_id < {val_end} THEN 'val' ELSE 'test' END
+                 AS split, feature_ids
+        FROM (SELECT row_number() OVER (ORDER BY g.ts, u.user_id, it.item_id, g.line) - 1 AS event_id,
+                     u.user_id, it.item_id, g.ts, it.feature_ids
+              FROM good g JOIN users u USING (raw_user_id) JOIN items it USING (raw_item_id))""",
+         write("interactions", "FROM interactions"))
+    step("user_activity", f"""CREATE TEMP TABLE activity AS SELECT user_id, coalesce(n, 0)::INT AS n_train,
+            coalesce(n, 0) > {cfg.threshold} AS is_active FROM users LEFT JOIN
+            (SELECT user_id, count(*) AS n FROM interactions WHERE split = 'train' GROUP BY 1) USING (user_id)""",
+         write("user_activity", "FROM activity"))
+
+    def negatives(count, salt):
+        return (f"list_transform(range({count}), lambda k: ((item_id + 1 + "
+                f"(hash({cfg.seed}, {salt}, event_id, k) % {n_items - 1})::BIGINT) % {n_items})::INT)")
+
+    step("stage1_offers", f"""CREATE TEMP TABLE offers AS SELECT event_id, user_id, item_id,
+            {negatives(cfg.negatives, 1)} AS neg_item_ids FROM interactions WHERE split = 'train'""",
+         write("stage1_offers", "FROM offers"))
+    t_star, k = cfg.threshold, cfg.last_k
+    kept_step = f"n <= {t_star} OR back <= {k}"
+    step("sequences", write("sequences", f"""
+        WITH r AS (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY event_id DESC) AS back,
+                          count(*) OVER (PARTITION BY user_id) AS n FROM offers)
+        SELECT user_id, n > {t_star} AS is_active,
+               list(item_id ORDER BY event_id) FILTER (WHERE {kept_step}) AS item_ids,
+               flatten(list(neg_item_ids ORDER BY event_id) FILTER (WHERE {kept_step})) AS neg_item_ids,
+               coalesce(max(item_id) FILTER (WHERE n > {t_star} AND back = {k + 1}), -1) AS prev_item_id
+        FROM r GROUP BY user_id, n"""))
+    sample = (f"AND hash({cfg.seed}, 3, user_id) % 1000000 < {int(cfg.eval_sample * 1_000_000)}"
+              if cfg.eval_sample < 1 else "")
+    step("eval_candidates", write("eval_candidates", f"""SELECT event_id, user_id, item_id, ts, split,
+            {negatives(cfg.eval_negatives, 2)} AS neg_item_ids FROM interactions
+            WHERE split IN ('val', 'test') {sample}"""))
+    return {"accepted": accepted, "n_items": n_items, "timings_s": timings}
+
+
+def compare_outputs(spark_out: Path, duck_out: Path) -> dict[str, str]:
+    """Rows in one output and not the other, per table without random draws (Spark's Delta folder holds one
+    version: the bench removes it before each run)."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": 2})
+    con.execute("SET enable_progress_bar = false")
+    found = {}
+    for table, columns in SAME_ROWS.items():
+        spark_rows = f"SELECT {columns} FROM read_parquet('{spark_out / table}/*.parquet')"
+        duck_rows = f"SELECT {columns} FROM read_parquet('{duck_out / table}.parquet')"
+        only = [con.execute(f"SELECT count(*) FROM ({a} EXCEPT ALL {b})").fetchall()[0][0]
+                for a, b in ((spark_rows, duck_rows), (duck_rows, spark_rows))]
+        found[table] = "same rows" if only == [0, 0] else f"DIFFERENT: {only[0]} only in Spark, {only[1]} only in DuckDB"
+    return found
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["duckdb"]:  # the yardstick's own process: same flags as jobs/prepare.py
+        from pipelines.config import PrepareConfig
+        from twots.config import load
+
+        print(json.dumps(prepare_duckdb(load(PrepareConfig, "prepare", sys.argv[2:]))), flush=True)
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--runs", type=int, default=1)
@@ -69,36 +222,52 @@ def main() -> None:
     work = Path(args.workdir)
     env = {**os.environ, "PYSPARK_SUBMIT_ARGS": f"--master local[2] --driver-memory {args.driver_memory} pyspark-shell"}
     py = sys.executable
-    results = []
     for rows in args.rows:
         data = work / f"taobao-{rows}"
         if not (data / "_generator.json").exists():
-            gen_s, _ = run_measured([py, "jobs/generate.py", "--rows", str(rows), "--output", str(data)], env)
+            gen_s, *_ = run_measured([py, "jobs/generate.py", "--rows", str(rows), "--output", str(data)], env)
             print(f"generated {rows:,} rows in {gen_s:.0f}s", flush=True)
-        walls, peaks, steps = [], [], {s: [] for s in STEPS}
+        flags = ["--source", "taobao", "--input", str(data), "--eval-sample", args.eval_sample]
+        spark_out, duck_out = work / f"prepared-{rows}", work / f"duckdb-{rows}"
+        walls, peaks, cpus = {"spark": [], "duckdb": []}, {"spark": [], "duckdb": []}, {"spark": [], "duckdb": []}
+        steps = {engine: {s: [] for s in STEPS} for engine in walls}
+        loads = []
         for run in range(args.runs):
-            out = work / f"prepared-{rows}"
-            wall, peak = run_measured([py, "jobs/prepare.py", "--source", "taobao", "--input", str(data),
-                                       "--output", str(out), "--eval-sample", args.eval_sample], env)
-            timings = json.loads((out / "manifest.json").read_text())["timings_s"]
-            walls.append(wall)
-            peaks.append(peak)
-            for s in STEPS:
-                steps[s].append(timings[s])
-            print(f"rows {rows:,} run {run + 1}: {wall:.0f}s, peak {peak:.1f} GB", flush=True)
-        results.append((rows, statistics.median(walls), max(peaks), {s: statistics.median(v) for s, v in steps.items()}))
-
-    load = os.getloadavg()[0]
-    print(f"\nprepare on generated Taobao-format data: {os.cpu_count()}-core CPU, local[2], "
-          f"{args.runs} run(s) per size (median), eval_sample {args.eval_sample}, load average at the end {load:.1f}")
-    header = ["step"] + [f"{rows / 1e6:g}M rows" for rows, *_ in results]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for s in STEPS:
-        print(f"| {s} | " + " | ".join(f"{r[3][s]:.1f} s" for r in results) + " |")
-    print("| JVM start, manifest, exit |" + " | ".join(f"{r[1] - sum(r[3].values()):.1f} s" for r in results) + " |")
-    print("| total (process wall) | " + " | ".join(f"{r[1]:.0f} s" for r in results) + " |")
-    print("| rows/s | " + " | ".join(f"{r[0] / r[1]:,.0f}" for r in results) + " |")
-    print("| peak RSS (driver + JVM) | " + " | ".join(f"{r[2]:.1f} GB" for r in results) + " |")
+            for engine, out, cmd in (("spark", spark_out, [py, "jobs/prepare.py"]),
+                                     ("duckdb", duck_out, [py, "bench/prepare.py", "duckdb"])):
+                shutil.rmtree(out, ignore_errors=True)
+                wall, peak, cpu, log = run_measured([*cmd, *flags, "--output", str(out)], env)
+                if engine == "spark":
+                    timings = json.loads((out / "manifest.json").read_text())["timings_s"]
+                else:
+                    timings = json.loads(log.strip().splitlines()[-1])["timings_s"]
+                walls[engine].append(wall)
+                peaks[engine].append(peak)
+                cpus[engine].append(cpu)
+                for s in STEPS:
+                    steps[engine][s].append(timings[s])
+                print(f"rows {rows:,} run {run + 1} {engine}: {wall:.1f}s, {cpu:.1f} CPU s, peak {peak:.1f} GB",
+                      flush=True)
+            loads.append(os.getloadavg()[0])
+            print(f"rows {rows:,} run {run + 1}: Spark / DuckDB = {walls['spark'][-1] / walls['duckdb'][-1]:.2f}x "
+                  f"(load average {loads[-1]:.1f})", flush=True)
+        med = {e: statistics.median(w) for e, w in walls.items()}
+        print(f"\nprepare, {rows:,} generated Taobao-format rows, {os.cpu_count()}-core CPU: Spark local[2] vs "
+              f"DuckDB 2 threads, {args.runs} run(s) each (median), eval_sample {args.eval_sample}, "
+              f"load average after each run {', '.join(f'{x:.1f}' for x in loads)}")
+        print("| step | Spark | DuckDB | ratio |\n|---|---|---|---|")
+        for s in STEPS:
+            a, b = statistics.median(steps["spark"][s]), statistics.median(steps["duckdb"][s])
+            print(f"| {s} | {a:.1f} s | {b:.1f} s | {a / max(b, 1e-3):.1f}x |")
+        starts = {e: med[e] - sum(statistics.median(v) for v in steps[e].values()) for e in med}
+        print(f"| start, manifest, exit | {starts['spark']:.1f} s | {starts['duckdb']:.1f} s | |")
+        print(f"| **total (process wall)** | {med['spark']:.1f} s | {med['duckdb']:.1f} s | "
+              f"**{med['spark'] / med['duckdb']:.2f}x** |")
+        cpu = {e: statistics.median(c) for e, c in cpus.items()}
+        print(f"| CPU (user + system, process tree) | {cpu['spark']:.1f} s | {cpu['duckdb']:.1f} s | "
+              f"{cpu['spark'] / cpu['duckdb']:.2f}x |")
+        print(f"| peak RSS | {max(peaks['spark']):.1f} GB | {max(peaks['duckdb']):.1f} GB | |")
+        print(f"\nsame content (last run): {json.dumps(compare_outputs(spark_out, duck_out))}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -21,23 +23,26 @@ def user_activity(users: DataFrame, interactions: DataFrame, t_star: int) -> Dat
             .withColumn("is_active", F.col("n_train") > t_star))
 
 
-def sequences(offers: DataFrame, activity: DataFrame, last_k: int) -> DataFrame:
+def sequences(offers: DataFrame, activity: DataFrame, last_k: int,
+              negatives: Callable[[Column, Column], Column] | None = None) -> DataFrame:
     """Last K training items of each active user, all of an inactive user's, with their offers' negatives.
 
     `neg_item_ids` is flat (step s's negatives at [s*p, (s+1)*p)); `prev_item_id` is the training item just
     before item_ids[0], -1 if none (an inactive user's sequence starts at the first item).
+    With `negatives` (item_id, event_id -> array), `offers` need no `neg_item_ids`: each kept step's are drawn
+    after the cut, so only ids are shuffled, not every offer's array (the pipeline passes stage1_offers' draw).
     """
     recent_first = Window.partitionBy("user_id").orderBy(F.col("event_id").desc())
     ranked = (offers.join(activity.select("user_id", "is_active"), "user_id")
               .withColumn("_back", F.row_number().over(recent_first)))
     keep = ~F.col("is_active") | (F.col("_back") <= last_k)
-    prev = (ranked.where(F.col("is_active") & (F.col("_back") == last_k + 1))
-            .select("user_id", F.col("item_id").alias("prev_item_id")))
-    steps = F.array_sort(F.collect_list(F.struct("event_id", "item_id", "neg_item_ids")))
-    grouped = ranked.where(keep).groupBy("user_id", "is_active").agg(steps.alias("_steps"))
-    return (grouped.join(prev, "user_id", "left").select(
-        "user_id", "is_active",
-        F.transform("_steps", lambda s: s["item_id"]).alias("item_ids"),
-        F.flatten(F.transform("_steps", lambda s: s["neg_item_ids"])).alias("neg_item_ids"),
-        F.coalesce("prev_item_id", F.lit(-1)).alias("prev_item_id"),
-    ))
+    before = F.col("is_active") & (F.col("_back") == last_k + 1)
+    negs = negatives(F.col("item_id"), F.col("event_id")) if negatives else F.col("neg_item_ids")
+    step = F.when(keep, F.struct("event_id", "item_id", negs.alias("neg_item_ids")))  # collect_list skips nulls
+    grouped = ranked.where(keep | before).groupBy("user_id", "is_active").agg(
+        F.sort_array(F.collect_list(step)).alias("_steps"), F.max(F.when(before, F.col("item_id"))).alias("_prev"))
+    return grouped.select(
+        "user_id", "is_active", F.col("_steps.item_id").alias("item_ids"),
+        F.flatten("_steps.neg_item_ids").alias("neg_item_ids"),
+        F.coalesce("_prev", F.lit(-1)).alias("prev_item_id"),
+    )

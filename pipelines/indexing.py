@@ -1,10 +1,13 @@
 """Dense 0-based ids and ranks over a global sort order.
 
 `dense_ids` numbers the distinct values of a key (users, items, features: at most a few million) with one
-sorted window. `with_global_index` ranks every event (10M+ rows), where a window without `partitionBy` sorts everything in one task; at 10M+ rows that is the bottleneck. Instead we
-range-partition on the sort keys, number rows within each partition, and add the sizes of the partitions before
-it. The numbered rows are checkpointed first, so the partition sizes and the numbers come from one computation
-(range bounds are sampled, and a recomputation is not guaranteed to sample the same ones).
+sorted window. `with_global_index` ranks every event (10M+ rows), where a window without `partitionBy` sorts
+everything in one task; at 10M+ rows that is the bottleneck. Instead we range-partition on the sort keys, sort
+within each partition, number its rows (the low 33 bits of monotonically_increasing_id are the row's position in
+its partition: one shuffle, where a row_number window over the partition id would shuffle again by that id),
+and add the sizes of the partitions before it. The numbered rows are checkpointed first, so the partition sizes
+and the numbers come from one computation (range bounds are sampled, and a recomputation is not guaranteed to
+sample the same ones).
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ def dense_ids(df: DataFrame, key: str, name: str) -> DataFrame:
 
 def with_global_index(df: DataFrame, order: list[str], name: str, partitions: int) -> tuple[DataFrame, int]:
     """Add column `name`, the 0-based rank by `order` (keys must be unique); returns (df, row count)."""
-    ranged = df.repartitionByRange(partitions, *order).withColumn("_part", F.spark_partition_id())
-    local = ranged.withColumn("_local", F.row_number().over(Window.partitionBy("_part").orderBy(*order)) - 1)
+    ranged = df.repartitionByRange(partitions, *order).sortWithinPartitions(*order)
+    local = ranged.select("*", F.spark_partition_id().alias("_part"),
+                          F.monotonically_increasing_id().bitwiseAND((1 << 33) - 1).alias("_local"))
     local = local.localCheckpoint(eager=True)
     sizes = sorted((r["_part"], r["count"]) for r in local.groupBy("_part").count().collect())
     offsets, total = [], 0

@@ -1,7 +1,10 @@
 """Offer sets: deterministic uniform negatives without UDFs.
 
 Negative k of event e is `pmod(pos + 1 + pmod(xxhash64(seed, salt, e, k), n - 1), n)`: uniform over the n - 1
-items that are not the positive, and the same for the same (seed, event, k). Negatives are drawn independently
+items that are not the positive, and the same for the same (seed, event, k). Up to ARRAY_DRAWS draws are plain
+expressions in one array, compiled by whole-stage codegen: measured at p = 10, 2.5x less CPU than a `transform`
+lambda, which Spark interprets row by row. More draws (eval's 499) keep the `transform`: their array is too large
+to compile, and Spark's interpreted fallback is slower still. Negatives are drawn independently
 (with replacement), as "p items drawn uniformly from all items": an offer set may repeat a negative (rarely:
 about p^2 / 2n repeats), never the positive. Training and evaluation use different salts, so their draws are
 independent.
@@ -12,6 +15,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+ARRAY_DRAWS = 16
 TRAIN_SALT = 1
 EVAL_SALT = 2
 SAMPLE_SALT = 3
@@ -26,7 +30,14 @@ def negatives(item: Column, event: Column, n_items: int, count: int, seed: int, 
         offset = F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), event, k), F.lit(n_items - 1))
         return F.pmod(item.cast("long") + 1 + offset, F.lit(n_items)).cast("int")
 
+    if count <= ARRAY_DRAWS:
+        return F.array(*[draw(F.lit(k)) for k in range(count)])
     return F.transform(F.sequence(F.lit(0), F.lit(count - 1)), draw)
+
+
+def offer_negatives(item: Column, event: Column, n_items: int, p: int, seed: int) -> Column:
+    """The p negatives of a training offer set (stage1_offers' `neg_item_ids`)."""
+    return negatives(item, event, n_items, p, seed, TRAIN_SALT)
 
 
 def stage1_offers(interactions: DataFrame, n_items: int, p: int, seed: int) -> DataFrame:
@@ -34,7 +45,7 @@ def stage1_offers(interactions: DataFrame, n_items: int, p: int, seed: int) -> D
     train = interactions.where(F.col("split") == "train")
     return train.select(
         "event_id", "user_id", "item_id",
-        negatives(F.col("item_id"), F.col("event_id"), n_items, p, seed, TRAIN_SALT).alias("neg_item_ids"),
+        offer_negatives(F.col("item_id"), F.col("event_id"), n_items, p, seed).alias("neg_item_ids"),
     )
 
 

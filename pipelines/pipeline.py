@@ -11,6 +11,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -19,7 +20,7 @@ from pyspark.sql import functions as F
 from pipelines.activity import sequences, split_column, user_activity
 from pipelines.config import PrepareConfig
 from pipelines.indexing import dense_ids, with_global_index
-from pipelines.negatives import eval_candidates, stage1_offers
+from pipelines.negatives import eval_candidates, offer_negatives, stage1_offers
 from pipelines.readers import read_source
 from twots.data.delta import read_table, write_table
 from twots.data.tables import (
@@ -78,7 +79,8 @@ def mark_duplicates(parsed: DataFrame) -> DataFrame:
 class _Run:
     """Timings and table facts of one prepare run, printed as progress."""
 
-    def __init__(self, output: Path):
+    def __init__(self, spark: SparkSession, output: Path):
+        self.spark = spark
         self.output = output
         self.timings: dict[str, float] = {}
         self.tables: dict[str, dict] = {}
@@ -87,7 +89,11 @@ class _Run:
     def step(self, name: str):
         start = time.perf_counter()
         print(f"[prepare] {name} ...", flush=True)
-        yield
+        self.spark.sparkContext.setJobDescription(f"prepare: {name}")  # the Spark UI groups stages by step
+        try:
+            yield
+        finally:
+            self.spark.sparkContext.setJobDescription(None)
         self.timings[name] = round(time.perf_counter() - start, 3)
         print(f"[prepare] {name} done in {self.timings[name]:.1f}s", flush=True)
 
@@ -101,7 +107,7 @@ class _Run:
 def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     """Run the whole pipeline; returns the manifest (also written to <output>/manifest.json)."""
     output = check_output(cfg.output)
-    run = _Run(output)
+    run = _Run(spark, output)
 
     with run.step("validate"):
         parsed = _parse_once(spark, cfg)
@@ -132,10 +138,12 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         activity = run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold))
 
     with run.step(STAGE1_OFFERS):
-        offers = run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed))
+        run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed))
 
     with run.step(SEQUENCES):
-        run.write(spark, SEQUENCES, sequences(offers, activity, cfg.last_k))
+        train = interactions.where(F.col("split") == "train").select("event_id", "user_id", "item_id")
+        draw = partial(offer_negatives, n_items=n_items, p=cfg.negatives, seed=cfg.seed)
+        run.write(spark, SEQUENCES, sequences(train, activity, cfg.last_k, draw))
 
     with run.step(EVAL_CANDIDATES):
         run.write(spark, EVAL_CANDIDATES,
@@ -164,10 +172,13 @@ def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict
 
 
 def _raw_items(good: DataFrame) -> DataFrame:
-    """raw_item_id and its sorted distinct features over all its accepted rows (checkpointed: used thrice)."""
-    return good.groupBy("raw_item_id").agg(
-        F.array_sort(F.array_distinct(F.flatten(F.collect_list("raw_features")))).alias("raw_features"),
-    ).localCheckpoint()
+    """raw_item_id and its sorted distinct features over all its accepted rows (checkpointed: used thrice).
+
+    Distinct (item, feature) pairs first: a hash aggregate that shrinks every partition before the shuffle,
+    where collect_list over every row would shuffle them all.
+    """
+    pairs = good.select("raw_item_id", F.explode("raw_features").alias("_feature")).distinct()
+    return pairs.groupBy("raw_item_id").agg(F.sort_array(F.collect_list("_feature")).alias("raw_features")).localCheckpoint()
 
 
 def _items(raw: DataFrame) -> DataFrame:
@@ -176,7 +187,7 @@ def _items(raw: DataFrame) -> DataFrame:
     features = dense_ids(raw.select(F.explode("raw_features").alias("raw_feature")), "raw_feature", "feature_id")
     feature_ids = (items.select("item_id", F.explode("raw_features").alias("raw_feature"))
                    .join(F.broadcast(features), "raw_feature")
-                   .groupBy("item_id").agg(F.array_sort(F.collect_list("feature_id")).alias("feature_ids")))
+                   .groupBy("item_id").agg(F.sort_array(F.collect_list("feature_id")).alias("feature_ids")))
     return items.join(feature_ids, "item_id").select("item_id", "raw_item_id", "feature_ids", "raw_features")
 
 

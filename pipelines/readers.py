@@ -43,10 +43,6 @@ def read_lines(spark: SparkSession, path: str) -> DataFrame:
     )
 
 
-def _field(fields: Column, i: int) -> Column:
-    return F.trim(F.get(fields, i))
-
-
 def _is_header(raw: Column, names: list[str], sep: str) -> Column:
     return F.lower(F.trim(raw)) == sep.join(names).lower()
 
@@ -72,14 +68,22 @@ def _window_checks(ts: Column, cfg: PrepareConfig) -> list[tuple[Column, str]]:
     return checks
 
 
-def _common_checks(lines: DataFrame, fields: Column, sep: str, names: list[str], required: list[Column]) -> list:
+def _split_fields(lines: DataFrame, sep: str, names: list[str]) -> tuple[DataFrame, list[Column]]:
+    """Each field split and trimmed once, as columns the checks and the output share (not re-parsed per use)."""
+    fields = F.split(lines.raw, sep, -1)
+    parts = [F.trim(F.get(fields, i)).alias(f"_f{i}") for i in range(len(names))]
+    split = lines.select("*", F.size(fields).alias("_n_fields"), *parts)
+    return split, [F.col(f"_f{i}") for i in range(len(names))]
+
+
+def _common_checks(lines: DataFrame, sep: str, names: list[str], required: list[Column]) -> list:
     missing = F.lit(False)
     for value in required:
         missing = missing | F.coalesce(value == "", F.lit(True))
     return [
         (F.trim(lines.raw) == "", "empty_line"),
         (_is_header(lines.raw, names, sep), "header"),
-        (F.size(fields) != len(names), "wrong_field_count"),
+        (F.col("_n_fields") != len(names), "wrong_field_count"),
         (missing, "missing_field"),
     ]
 
@@ -88,17 +92,16 @@ def _finish(df: DataFrame, reason: Column, user: Column, item: Column, ts: Colum
     return df.select(
         "raw", "source_file", "line", reason.alias("reason"),
         user.alias("raw_user_id"), item.alias("raw_item_id"), ts.alias("ts"),
-        F.array_sort(features).alias("raw_features"),
+        F.sort_array(features).alias("raw_features"),
     )
 
 
 def read_taobao(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
     """UserBehavior CSV without header: user_id,item_id,category_id,behavior_type,timestamp."""
-    lines = read_lines(spark, cfg.input)
-    fields = F.split(lines.raw, ",", -1)
-    user, item, category, behavior, ts_text = (_field(fields, i) for i in range(5))
-    ts = _unix_seconds(ts_text)
-    checks = _common_checks(lines, fields, ",", TAOBAO_COLUMNS, [user, item, category, behavior, ts_text])
+    lines, (user, item, category, behavior, ts_text) = _split_fields(read_lines(spark, cfg.input), ",", TAOBAO_COLUMNS)
+    lines = lines.withColumn("_ts", _unix_seconds(ts_text))
+    ts = F.col("_ts")
+    checks = _common_checks(lines, ",", TAOBAO_COLUMNS, [user, item, category, behavior, ts_text])
     checks += [
         (~(user.rlike(r"^[0-9]+$") & item.rlike(r"^[0-9]+$") & category.rlike(r"^[0-9]+$")), "non_numeric_id"),
         *_window_checks(ts, cfg),
@@ -110,11 +113,11 @@ def read_taobao(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
 
 def read_movielens(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
     """ML-25M layout: ratings.csv (userId,movieId,rating,timestamp; rating ignored) and movies.csv genres."""
-    lines = read_lines(spark, f"{cfg.input.rstrip('/')}/ratings*")
-    fields = F.split(lines.raw, ",", -1)
-    user, item, rating, ts_text = (_field(fields, i) for i in range(4))
-    ts = _unix_seconds(ts_text)
-    checks = _common_checks(lines, fields, ",", MOVIELENS_COLUMNS, [user, item, rating, ts_text])
+    lines, (user, item, rating, ts_text) = _split_fields(
+        read_lines(spark, f"{cfg.input.rstrip('/')}/ratings*"), ",", MOVIELENS_COLUMNS)
+    lines = lines.withColumn("_ts", _unix_seconds(ts_text))
+    ts = F.col("_ts")
+    checks = _common_checks(lines, ",", MOVIELENS_COLUMNS, [user, item, rating, ts_text])
     checks += [
         (~(user.rlike(r"^[0-9]+$") & item.rlike(r"^[0-9]+$")), "non_numeric_id"),
         *_window_checks(ts, cfg),
@@ -146,13 +149,13 @@ def read_lastfm(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
     The item is the track MBID, or "artist - track" when the MBID is empty; the feature is the artist
     (its MBID, or its name when the MBID is empty).
     """
-    lines = read_lines(spark, cfg.input)
-    fields = F.split(lines.raw, "\t", -1)
-    user, ts_text, artist_id, artist, track_id, track = (_field(fields, i) for i in range(6))
-    ts = F.unix_timestamp(F.try_to_timestamp(ts_text, F.lit("yyyy-MM-dd'T'HH:mm:ss'Z'")))
+    lines, (user, ts_text, artist_id, artist, track_id, track) = _split_fields(
+        read_lines(spark, cfg.input), "\t", LASTFM_COLUMNS)
+    lines = lines.withColumn("_ts", F.unix_timestamp(F.try_to_timestamp(ts_text, F.lit("yyyy-MM-dd'T'HH:mm:ss'Z'"))))
+    ts = F.col("_ts")
     item = F.when(track_id != "", track_id).otherwise(F.concat_ws(" - ", artist, track))
     feature = F.when(artist_id != "", artist_id).otherwise(artist)
-    checks = _common_checks(lines, fields, "\t", LASTFM_COLUMNS, [user, ts_text])
+    checks = _common_checks(lines, "\t", LASTFM_COLUMNS, [user, ts_text])
     checks += [
         ((track_id == "") & ((artist == "") | (track == "")), "missing_field"),
         ((artist_id == "") & (artist == ""), "missing_field"),
