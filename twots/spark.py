@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
 
@@ -46,3 +47,35 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
     for key, value in {**DELTA_CONF, **LOCAL_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+class OutOfMemory(RuntimeError):
+    """A step ran out of memory; the message names the step, what it needed and the setting that helps."""
+
+
+@contextmanager
+def memory_guard(spark, step: str, needs: str = ""):
+    """Re-raise an out-of-memory error inside `step` (the driver JVM's heap, an executor's, or this Python process)
+    as one OutOfMemory that says which step, what it needed (`needs`, e.g. "about 600 MB of arrays") and which
+    setting helps, instead of a Java stack trace under a flood of py4j errors."""
+    needing = f" (it needs {needs})" if needs else ""
+    try:
+        yield
+    except MemoryError:
+        raise OutOfMemory(f"{step}: this Python process ran out of memory{needing}; run the driver on a machine "
+                          f"with more memory, or evaluate on a user sample (prepare's --eval-sample)") from None
+    except Exception as err:  # py4j and pyspark wrap the JVM's OutOfMemoryError in several types
+        if "OutOfMemoryError" not in str(err):
+            raise
+        conf = spark.sparkContext.getConf()
+        master = conf.get("spark.master", "")
+        if "stage failure" in str(err) and not master.startswith("local["):
+            heap = conf.get("spark.executor.memory", "1g (Spark's default)")
+            raise OutOfMemory(f"{step}: an executor ran out of Java heap (spark.executor.memory={heap}){needing}; "
+                              f"raise spark.executor.memory or spread the work over more partitions "
+                              f"(spark.sql.shuffle.partitions)") from None
+        heap = conf.get("spark.driver.memory", "1g (Spark's default)")
+        raise OutOfMemory(f"{step}: the driver JVM ran out of Java heap (spark.driver.memory={heap}){needing}; "
+                          f"start the job with a larger heap: spark-submit --driver-memory 4g, or "
+                          f"spark.driver.memory in spark-defaults.conf (it is read when the JVM starts, so "
+                          f"setting it in a running session does nothing)") from None

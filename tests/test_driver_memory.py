@@ -1,0 +1,90 @@
+"""Evaluation's candidates never pass through the driver JVM in one piece: a driver with a 512 MB heap (a child
+process, since the heap is fixed when the JVM starts) loads 150,000 events x 499 negatives (300 MB of ids, about
+the 146k x 500 that killed compare at the default 1 GB heap) by reading the table's files; collecting the same
+table through the JVM runs out of heap, and the error names the step, what it needed and the setting that helps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+EVENTS, USERS, NEGATIVES, ITEMS = 150_000, 3_000, 499, 9_000
+
+
+def test_candidates_bigger_than_the_driver_heap_load(tmp_path):
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], capture_output=True, text=True, timeout=1200,
+                          check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"child failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-6000:]}"
+    out = json.loads(lines[-1])
+    assert out["heap"] == "512m"
+    expected, loaded = out["expected"], out["loaded"]
+    assert loaded == expected  # counts per split, sums of every id, widths of the padded arrays
+    assert expected["events"] == EVENTS and expected["neg_width"] == NEGATIVES
+    oom = out["jvm_collect"]
+    assert oom.startswith("collecting eval_candidates through the driver JVM: the driver JVM ran out of Java heap "
+                          "(spark.driver.memory=512m) (it needs "), oom
+    assert "spark-submit --driver-memory" in oom
+
+
+def child(folder: Path) -> dict:
+    from pyspark.sql import functions as F
+
+    from twots.evaluate import load_arrays, read_delta
+    from twots.spark import OutOfMemory, get_spark, memory_guard
+
+    spark = get_spark("twots-small-heap", master="local[2]", conf={
+        "spark.driver.memory": "512m", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
+    spark.sparkContext.setLogLevel("OFF")
+    events = spark.range(EVENTS, numPartitions=48).select(
+        F.col("id").alias("event_id"), (F.col("id") % USERS).cast("int").alias("user_id"),
+        (F.col("id") % ITEMS).cast("int").alias("item_id"), F.col("id").alias("ts"),
+        F.when(F.col("id") < EVENTS // 3, "val").otherwise("test").alias("split"),
+        F.expr(f"transform(sequence(0, {NEGATIVES - 1}), k -> cast(pmod(id * 31 + k * 7919, {ITEMS}) as int))")
+        .alias("neg_item_ids"))
+    events.write.format("delta").save(str(folder / "eval_candidates"))
+    users = spark.range(USERS, numPartitions=2).select(F.col("id").cast("int").alias("user_id"),
+                                                       (F.col("id") % 2 == 0).alias("is_active"),
+                                                       (F.col("id") % 7 * 5).alias("n_train"))
+    users.select("user_id", "is_active", F.expr(f"transform(sequence(0, cast(user_id % 20 as int)), "
+                                                f"k -> cast(pmod(user_id + k, {ITEMS}) as int))").alias("item_ids")) \
+        .write.format("delta").save(str(folder / "sequences"))
+    users.write.format("delta").save(str(folder / "user_activity"))
+
+    table = read_delta(spark, folder, "eval_candidates")
+    by_split = {r["split"]: r["count"] for r in table.groupBy("split").count().collect()}
+    sums = table.select(F.sum("user_id"), F.sum("item_id"), F.sum("event_id"),
+                        F.sum(F.aggregate("neg_item_ids", F.lit(0).cast("long"), lambda a, x: a + x))).first()
+    seq = read_delta(spark, folder, "sequences").select(
+        F.sum(F.aggregate("item_ids", F.lit(0).cast("long"), lambda a, x: a + x)), F.sum(F.size("item_ids")),
+        F.max(F.size("item_ids"))).first()
+    expected = {"events": EVENTS, "val": by_split["val"], "test": by_split["test"], "neg_width": NEGATIVES,
+                "sums": [int(v) for v in sums], "warmup_sum": int(seq[0]), "warmup_items": int(seq[1]),
+                "warmup_width": int(seq[2])}
+
+    data = load_arrays(folder, spark, ("val", "test"))
+    ev, warm = data.events, data.warmup.item_ids
+    loaded = {"events": len(ev), "val": int((data.split == "val").sum()), "test": int((data.split == "test").sum()),
+              "neg_width": ev.neg_item_ids.shape[1],
+              "sums": [int(ev.user_id.sum()), int(ev.item_id.sum()), int(ev.event_id.sum()),
+                       int(ev.neg_item_ids.sum(dtype="int64"))],
+              "warmup_sum": int(warm[warm >= 0].sum()), "warmup_items": int((warm >= 0).sum()),
+              "warmup_width": warm.shape[1]}
+    out = {"heap": spark.sparkContext.getConf().get("spark.driver.memory"), "expected": expected, "loaded": loaded}
+    try:
+        with memory_guard(spark, "collecting eval_candidates through the driver JVM",
+                          f"{EVENTS * (NEGATIVES + 4) * 4 / 2**20:,.0f} MB of ids"):
+            table.toArrow()
+        out["jvm_collect"] = "fit in the heap"
+    except OutOfMemory as err:
+        out["jvm_collect"] = str(err)
+    return out
+
+
+if __name__ == "__main__":
+    result = child(Path(sys.argv[1]))
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # after an OutOfMemoryError the JVM need not stop cleanly; the folder is pytest's to remove
