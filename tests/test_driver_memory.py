@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 EVENTS, USERS, NEGATIVES, ITEMS = 150_000, 3_000, 499, 9_000
 
 
@@ -30,6 +32,15 @@ def test_candidates_bigger_than_the_driver_heap_load(tmp_path):
     assert "spark-submit --driver-memory" in oom
 
 
+def first_negative(event_id):
+    """The first negative of an event (a Spark column or a numpy array of event ids)."""
+    return event_id * 31 % ITEMS
+
+
+def other_negatives(event_id):
+    return event_id * 7919 % ITEMS
+
+
 def child(folder: Path) -> dict:
     from pyspark.sql import functions as F
 
@@ -43,8 +54,9 @@ def child(folder: Path) -> dict:
         F.col("id").alias("event_id"), (F.col("id") % USERS).cast("int").alias("user_id"),
         (F.col("id") % ITEMS).cast("int").alias("item_id"), F.col("id").alias("ts"),
         F.when(F.col("id") < EVENTS // 3, "val").otherwise("test").alias("split"),
-        F.expr(f"transform(sequence(0, {NEGATIVES - 1}), k -> cast(pmod(id * 31 + k * 7919, {ITEMS}) as int))")
-        .alias("neg_item_ids"))
+        # Cheap to generate on a busy box, still one row's own ids: [a(id), b(id) x 498].
+        F.concat(F.array(first_negative(F.col("id")).cast("int")),
+                 F.array_repeat(other_negatives(F.col("id")).cast("int"), NEGATIVES - 1)).alias("neg_item_ids"))
     events.write.format("delta").save(str(folder / "eval_candidates"))
     users = spark.range(USERS, numPartitions=2).select(F.col("id").cast("int").alias("user_id"),
                                                        (F.col("id") % 2 == 0).alias("is_active"),
@@ -55,15 +67,13 @@ def child(folder: Path) -> dict:
     users.write.format("delta").save(str(folder / "user_activity"))
 
     table = read_delta(spark, folder, "eval_candidates")
-    by_split = {r["split"]: r["count"] for r in table.groupBy("split").count().collect()}
-    sums = table.select(F.sum("user_id"), F.sum("item_id"), F.sum("event_id"),
-                        F.sum(F.aggregate("neg_item_ids", F.lit(0).cast("long"), lambda a, x: a + x))).first()
-    seq = read_delta(spark, folder, "sequences").select(
-        F.sum(F.aggregate("item_ids", F.lit(0).cast("long"), lambda a, x: a + x)), F.sum(F.size("item_ids")),
-        F.max(F.size("item_ids"))).first()
-    expected = {"events": EVENTS, "val": by_split["val"], "test": by_split["test"], "neg_width": NEGATIVES,
-                "sums": [int(v) for v in sums], "warmup_sum": int(seq[0]), "warmup_items": int(seq[1]),
-                "warmup_width": int(seq[2])}
+    ids = np.arange(EVENTS, dtype=np.int64)  # what was written, computed again here
+    lengths = np.arange(USERS) % 20 + 1
+    expected = {"events": EVENTS, "val": EVENTS // 3, "test": EVENTS - EVENTS // 3, "neg_width": NEGATIVES,
+                "sums": [int((ids % USERS).sum()), int((ids % ITEMS).sum()), int(ids.sum()),
+                         int(first_negative(ids).sum() + (NEGATIVES - 1) * other_negatives(ids).sum())],
+                "warmup_sum": int(sum(((u + np.arange(n)) % ITEMS).sum() for u, n in enumerate(lengths))),
+                "warmup_items": int(lengths.sum()), "warmup_width": int(lengths.max()), "rows_match": True}
 
     data = load_arrays(folder, spark, ("val", "test"))
     ev, warm = data.events, data.warmup.item_ids
@@ -72,7 +82,10 @@ def child(folder: Path) -> dict:
               "sums": [int(ev.user_id.sum()), int(ev.item_id.sum()), int(ev.event_id.sum()),
                        int(ev.neg_item_ids.sum(dtype="int64"))],
               "warmup_sum": int(warm[warm >= 0].sum()), "warmup_items": int((warm >= 0).sum()),
-              "warmup_width": warm.shape[1]}
+              "warmup_width": warm.shape[1],
+              "rows_match": bool((ev.user_id == ev.event_id % USERS).all()
+                                 and (ev.neg_item_ids[:, 0] == first_negative(ev.event_id)).all()
+                                 and (ev.neg_item_ids[:, 1:] == other_negatives(ev.event_id)[:, None]).all())}
     out = {"heap": spark.sparkContext.getConf().get("spark.driver.memory"), "expected": expected, "loaded": loaded}
     try:
         with memory_guard(spark, "collecting eval_candidates through the driver JVM",
