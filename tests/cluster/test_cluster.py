@@ -125,6 +125,7 @@ def test_a_collective_that_cannot_complete_times_out(spark, tmp_path):
     assert "--collective-timeout-s" in message
 
 
+@pytest.mark.timeout(1800)  # prepare, train, evaluate and validate on a busy 2-core box
 def test_prepare_train_on_executors_evaluate_register_validate(spark, prepared_movielens, tmp_path):
     """prepared_movielens ran on this cluster session; 2TS trains with its ranks on the executors, reading
     petastorm's cache and the side data from under the data folder."""
