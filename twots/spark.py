@@ -86,14 +86,15 @@ def memory_guard(spark, step: str, needs: str = ""):
 
 
 def _jvm_exit_code(spark, err: Exception, wait_s: float = 10.0) -> int | None:
-    """The driver JVM's exit code when `err` is py4j losing it and it has exited (or does within `wait_s`)."""
+    """The driver JVM's exit code when `err` says it is going away (py4j lost it, or a job was cancelled because the
+    context shut down: what a local-mode task's OutOfMemoryError does) and it has exited or does within `wait_s`."""
     import subprocess
 
     from py4j.protocol import Py4JNetworkError
 
     proc = getattr(spark.sparkContext._gateway, "proc", None)
     lost = (isinstance(err, (Py4JNetworkError, ConnectionError)) or isinstance(err.__cause__, Py4JNetworkError)
-            or "Java side" in str(err))
+            or "Java side" in str(err) or "SparkContext was shut down" in str(err))
     if proc is None or not lost:
         return None
     try:
