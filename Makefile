@@ -13,7 +13,19 @@ export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 DATA ?= ../shared/data
 
-.PHONY: setup test test-fast lint demo bench compare clean image
+# A Spark standalone cluster on this machine, from the venv's pyspark (see README, "Running on a Spark cluster").
+SPARK_HOME_VENV := $(abspath $(VENV))/lib/python3.11/site-packages/pyspark
+CLUSTER_DIR ?= $(abspath cluster-run)
+CLUSTER_HOST ?= 127.0.0.1
+CLUSTER_PORT ?= 7077
+CLUSTER_UI_PORT ?= 8080
+CLUSTER_WORKERS ?= 2
+WORKER_CORES ?= 1
+WORKER_MEMORY ?= 3g
+DAEMON = SPARK_HOME=$(SPARK_HOME_VENV) SPARK_LOG_DIR=$(CLUSTER_DIR)/logs SPARK_PID_DIR=$(CLUSTER_DIR) \
+	SPARK_IDENT_STRING=twots $(SPARK_HOME_VENV)/sbin/spark-daemon.sh
+
+.PHONY: setup test test-fast lint demo bench compare clean image cluster-up cluster-down
 
 setup: $(STAMP)
 	@$(PIP) install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -46,8 +58,30 @@ bench: setup
 	$(PY) bench/train.py
 	$(PY) bench/serve.py
 
+cluster-up:
+	@test -x $(PY) || { echo "no venv at $(VENV): run make setup first"; exit 1; }
+	@mkdir -p $(CLUSTER_DIR)/work
+	@$(DAEMON) start org.apache.spark.deploy.master.Master 1 --host $(CLUSTER_HOST) --port $(CLUSTER_PORT) \
+		--webui-port $(CLUSTER_UI_PORT) >/dev/null
+	@for i in $$(seq 1 $(CLUSTER_WORKERS)); do \
+		$(DAEMON) start org.apache.spark.deploy.worker.Worker $$i --cores $(WORKER_CORES) --memory $(WORKER_MEMORY) \
+			--work-dir $(CLUSTER_DIR)/work --webui-port 0 spark://$(CLUSTER_HOST):$(CLUSTER_PORT) >/dev/null; \
+	done
+	@for t in $$(seq 1 60); do \
+		alive=$$(curl -s http://$(CLUSTER_HOST):$(CLUSTER_UI_PORT)/json/ | $(PY) -c \
+			'import json,sys; print(json.load(sys.stdin).get("aliveworkers", 0))' 2>/dev/null); \
+		[ "$$alive" = "$(CLUSTER_WORKERS)" ] && break; sleep 1; \
+	done; \
+	[ "$$alive" = "$(CLUSTER_WORKERS)" ] || { echo "workers did not register; logs in $(CLUSTER_DIR)/logs"; exit 1; }
+	@echo "spark://$(CLUSTER_HOST):$(CLUSTER_PORT) is up: $(CLUSTER_WORKERS) workers x $(WORKER_CORES) core," \
+		"$(WORKER_MEMORY); UI http://$(CLUSTER_HOST):$(CLUSTER_UI_PORT), logs $(CLUSTER_DIR)/logs; stop: make cluster-down"
+
+cluster-down:
+	@for i in $$(seq 1 $(CLUSTER_WORKERS)); do $(DAEMON) stop org.apache.spark.deploy.worker.Worker $$i; done
+	@$(DAEMON) stop org.apache.spark.deploy.master.Master 1
+
 clean:
-	rm -rf demo-output compare-output bench-output spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache
+	rm -rf demo-output compare-output bench-output cluster-run spark-warehouse metastore_db derby.log .pytest_cache .ruff_cache
 
 # The image (docker/Dockerfile) with buildah, as root, on a base built from Debian packages when it is missing
 # (docker/base.sh; no registry needed). IMAGE_BASE=python:3.11.11-slim-bookworm builds on the pulled base instead.

@@ -124,7 +124,8 @@ class Runner:
         started = time.perf_counter()
         with PeakRSS() as memory:
             result = distributed.run(run_stage, job, num_processes=self.tcfg.num_processes,
-                                     local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu)
+                                     local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu,
+                                     error_dir=run_dir / "rank-errors", timeout_s=self.tcfg.collective_timeout_s)
         seconds = time.perf_counter() - started
         checkpoints = sorted(str(p) for p in (run_dir / "checkpoints").glob(f"{name}-epoch*.pt"))
         return Trial(name, lr, job.model_path, checkpoints, seconds, memory.peak, result["history"])

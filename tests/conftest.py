@@ -17,6 +17,11 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 # TorchDistributor workers and Spark's python workers must import the package from this checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
+# tests/cluster has its own Spark session (a local cluster), which cannot share a process with this one:
+# tests/test_cluster_lane.py runs it as a separate pytest process with this variable set.
+CLUSTER_LANE = "TWOTS_CLUSTER_LANE"
+collect_ignore = [] if os.environ.get(CLUSTER_LANE) else ["cluster"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
@@ -30,16 +35,21 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def spark(tmp_path_factory):
-    from twots.spark import get_spark
-
-    session = get_spark("twots-tests", master="local[2]", conf={
+def spark_conf(tmp_path_factory) -> dict[str, str]:
+    """Settings of every test session: few partitions, no UI, a warehouse in pytest's temp folder."""
+    return {
         "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("spark-warehouse")),
         "spark.sql.shuffle.partitions": "4",
         "spark.default.parallelism": "4",
         "spark.ui.enabled": "false",
-        "spark.driver.memory": "2g",
-    })
+    }
+
+
+@pytest.fixture(scope="session")
+def spark(spark_conf):
+    from twots.spark import get_spark
+
+    session = get_spark("twots-tests", master="local[2]", conf={**spark_conf, "spark.driver.memory": "2g"})
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

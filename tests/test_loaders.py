@@ -1,5 +1,5 @@
 """twots.training.loaders: both backends over real Spark/Delta tables; equal steps, disjoint shards, deterministic
-order."""
+order, every row read each epoch however unevenly the rows split between the ranks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def offers(spark, tmp_path_factory):
 
 def rows_of(loader, epoch: int) -> list[int]:
     batches = list(loader.epoch(epoch))
-    assert len(batches) == loader.steps_per_epoch == ROWS // (BATCH * WORLD)
+    assert len(batches) == loader.steps_per_epoch == -(-max(loader.shares) // BATCH)
     for b in batches:
         assert b["user_id"].shape == (BATCH,) and b["neg_item_ids"].shape == (BATCH, P)
         assert torch.equal(b["user_id"], b["item_id"]) and torch.equal(b["neg_item_ids"][:, 0], b["user_id"])
@@ -40,8 +40,9 @@ def check_backend(source, exact_cover: bool) -> None:
     assert first == [rows_of(loader, 0) for loader in ranks], "same (seed, epoch, rank) must give the same batches"
     assert first[0] != rows_of(ranks[0], 1), "a new epoch must reshuffle"
     assert not set(first[0]) & set(first[1]), "ranks must read disjoint shards"
+    assert sum(ranks[0].shares) == ROWS
     if exact_cover:
-        assert len(set(first[0]) | set(first[1])) == WORLD * len(first[0])
+        assert set(first[0]) | set(first[1]) == set(range(ROWS)), "every row, every epoch"
     for loader in ranks:
         loader.close()
 
@@ -52,6 +53,23 @@ def test_petastorm_backend(spark, offers, tmp_path):
 
 def test_parquet_backend(offers, tmp_path):
     check_backend(loaders.export_parquet(offers, "stage1_offers", tmp_path / "offers"), True)
+
+
+def test_uneven_shares_set_the_step_count(spark, offers, tmp_path):
+    """Nine files on two ranks: petastorm shards 5 files to rank 0 and 4 to rank 1; the steps cover rank 0's share
+    (the old rows // (batch x world) steps left over 100 of its rows out of every epoch). The Parquet loader on three
+    ranks (334/333/333 rows) trains every row each epoch."""
+    source = loaders.petastorm_source(spark, offers.repartition(9), "stage1_offers", tmp_path / "cache", WORLD)
+    loader = source.open(0, WORLD, BATCH, seed=5)
+    assert len(loader.shares) == WORLD and sum(loader.shares) == ROWS and loader.shares[0] > loader.shares[1]
+    assert loader.steps_per_epoch * BATCH >= loader.shares[0] > (ROWS // (BATCH * WORLD)) * BATCH
+    assert len(rows_of(loader, 0)) == loader.steps_per_epoch * BATCH
+    parquet = loaders.export_parquet(offers, "stage1_offers", tmp_path / "offers")
+    three = [parquet.open(rank, 3, BATCH, seed=5) for rank in range(3)]
+    assert three[0].shares == [334, 333, 333]
+    seen = [torch.cat([b["user_id"] for b in loader.epoch(0)]).tolist() for loader in three]
+    assert all(len(rows) == 6 * BATCH for rows in seen)
+    assert set().union(*seen) == set(range(ROWS)) and not set(seen[0]) & set(seen[1])
 
 
 def test_sequences_are_padded_to_fixed_shape(spark, tmp_path):
@@ -72,4 +90,4 @@ def test_sequences_are_padded_to_fixed_shape(spark, tmp_path):
 
 def test_too_few_rows_for_one_batch_is_an_error():
     with pytest.raises(ValueError, match="lower the batch size"):
-        loaders.steps_per_epoch(100, 64, 2)
+        loaders.steps_per_epoch([50, 50], 64)

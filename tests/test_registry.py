@@ -1,4 +1,5 @@
-"""Register -> validate -> promote on a real sqlite registry, with models of known quality scored by twots.evaluate."""
+"""Register -> validate -> promote on a real sqlite registry, with models of known quality scored by
+twots.evaluation.evaluate."""
 
 from __future__ import annotations
 

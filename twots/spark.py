@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
 
@@ -46,3 +47,57 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
     for key, value in {**DELTA_CONF, **LOCAL_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+class OutOfMemory(RuntimeError):
+    """A step ran out of memory; the message names the step, what it needed and the setting that helps."""
+
+
+JVM_OOM_EXIT = 52   # Spark's exit code for a JVM killed by an OutOfMemoryError (SparkExitCode.OOM)
+
+
+@contextmanager
+def memory_guard(spark, step: str, needs: str = ""):
+    """Re-raise an out-of-memory error inside `step` (the driver JVM's heap, an executor's, or this Python process)
+    as one OutOfMemory that says which step, what it needed (`needs`, e.g. "about 600 MB of arrays") and which
+    setting helps, instead of a Java stack trace under a flood of py4j errors."""
+    needing = f" (it needs {needs})" if needs else ""
+    # Read before the step: after an OutOfMemoryError in a local-mode task the JVM exits and cannot be asked.
+    conf = spark.sparkContext.getConf()
+    master = conf.get("spark.master", "")
+    driver_heap = conf.get("spark.driver.memory", "1g (Spark's default)")
+    executor_heap = conf.get("spark.executor.memory", "1g (Spark's default)")
+    try:
+        yield
+    except MemoryError:
+        raise OutOfMemory(f"{step}: this Python process ran out of memory{needing}; run the driver on a machine "
+                          f"with more memory, or evaluate on a user sample (prepare's --eval-sample)") from None
+    except Exception as err:  # py4j and pyspark wrap the JVM's OutOfMemoryError in several types
+        if "OutOfMemoryError" not in str(err) and _jvm_exit_code(spark, err) != JVM_OOM_EXIT:
+            raise
+        if "stage failure" in str(err) and not master.startswith("local"):
+            raise OutOfMemory(f"{step}: an executor ran out of Java heap (spark.executor.memory={executor_heap})"
+                              f"{needing}; raise spark.executor.memory or spread the work over more partitions "
+                              f"(spark.sql.shuffle.partitions)") from None
+        raise OutOfMemory(f"{step}: the driver JVM ran out of Java heap (spark.driver.memory={driver_heap}){needing}; "
+                          f"start the job with a larger heap: spark-submit --driver-memory 4g, or "
+                          f"spark.driver.memory in spark-defaults.conf (it is read when the JVM starts, so "
+                          f"setting it in a running session does nothing)") from None
+
+
+def _jvm_exit_code(spark, err: Exception, wait_s: float = 10.0) -> int | None:
+    """The driver JVM's exit code when `err` says it is going away (py4j lost it, or a job was cancelled because the
+    context shut down: what a local-mode task's OutOfMemoryError does) and it has exited or does within `wait_s`."""
+    import subprocess
+
+    from py4j.protocol import Py4JNetworkError
+
+    proc = getattr(spark.sparkContext._gateway, "proc", None)
+    lost = (isinstance(err, (Py4JNetworkError, ConnectionError)) or isinstance(err.__cause__, Py4JNetworkError)
+            or "Java side" in str(err) or "SparkContext was shut down" in str(err))
+    if proc is None or not lost:
+        return None
+    try:
+        return proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        return None

@@ -1,6 +1,11 @@
 """Running a train function on N processes, and the collectives the ranks share.
 
-Driver side: `run(fn, ...)` starts `fn` under Spark's TorchDistributor and checks that every rank finished.
+Driver side: `run(fn, ...)` starts `fn` under Spark's TorchDistributor and checks that every rank finished. A rank
+that raises writes its error to `error_dir` (a folder the driver can read: on a cluster, under the shared data folder)
+and the driver raises `RankFailure` with it: TorchDistributor itself only says "View stdout logs" (with
+local_mode=False) or nothing at all (its wrapper drops torchrun's exit code). Every collective gives up after
+`timeout_s` (default 10 minutes, not torch's 30) with `CollectiveTimeout`, so a rank that died or hangs cannot
+keep the others waiting for hours.
 Rank side (no pyspark import, so the same code runs under plain `torchrun` on a GPU box): `setup`, `finish`,
 `broadcast_parameters`, `sync_gradients` and small collectives.
 
@@ -12,15 +17,27 @@ all-reduce. This works the same on gloo and NCCL and with models that have no de
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import traceback
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+DEFAULT_TIMEOUT_S = 600
+TIMEOUT_ENV = "TWOTS_COLLECTIVE_TIMEOUT_S"   # set by `run` in each rank, read by `setup`
+
 
 class RankFailure(RuntimeError):
     """Not every rank reached the end of the train function."""
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective did not complete in time: another rank is stuck or gone."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +62,8 @@ def setup(use_gpu: bool) -> Context:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_gpu else "gloo")
+        timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+        dist.init_process_group("nccl" if use_gpu else "gloo", timeout=timeout)
     return Context(dist.get_rank(), dist.get_world_size(), device)
 
 
@@ -124,20 +142,85 @@ def _all_gather_sparse(ctx: Context, grad: torch.Tensor) -> torch.Tensor:
     return torch.sparse_coo_tensor(rows.unsqueeze(0), values, grad.shape).coalesce()
 
 
-def run(fn, *args, num_processes: int, local_mode: bool = True, use_gpu: bool = False):
+@dataclass(frozen=True)
+class RankMain:
+    """What each rank runs: `fn` with the collective timeout set, and its error, if any, written to `error_dir`."""
+
+    fn: object
+    error_dir: str
+    timeout_s: float
+
+    def __call__(self, *args):
+        os.environ[TIMEOUT_ENV] = str(self.timeout_s)
+        rank = os.environ.get("RANK", "?")
+        earlier = rank_errors(self.error_dir)
+        if earlier:
+            # Spark retries a failed barrier stage (spark.task.maxFailures); a rank that raised will raise again,
+            # so a retry stops here. A rank killed from outside (lost executor, OOM killer) left no record: retried.
+            raise RankFailure(f"not retried: rank {earlier[0]['rank']} of an earlier attempt raised "
+                              f"{earlier[0]['error']}")
+        try:
+            return self.fn(*args)
+        except BaseException as err:
+            if _is_timeout(err):
+                err = CollectiveTimeout(f"a collective did not complete within {self.timeout_s:g} s (the collective "
+                                        f"timeout, train's --collective-timeout-s): another rank is stuck or gone "
+                                        f"({type(err).__name__}: {str(err).strip().splitlines()[0]})")
+            record = {"rank": rank, "time": time.time(), "error": f"{type(err).__name__}: {err}",
+                      "traceback": traceback.format_exc()}
+            Path(self.error_dir).mkdir(parents=True, exist_ok=True)
+            Path(self.error_dir, f"rank-{rank}.json").write_text(json.dumps(record))
+            raise err from None
+
+
+def _is_timeout(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
+def rank_errors(error_dir: str | Path) -> list[dict]:
+    """The errors the ranks recorded in `error_dir`, the first raised first."""
+    records = [json.loads(p.read_text()) for p in Path(error_dir).glob("rank-*.json")]
+    return sorted(records, key=lambda r: r["time"])
+
+
+def run(fn, *args, num_processes: int, local_mode: bool = True, use_gpu: bool = False,
+        error_dir: str | Path | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
     """Run `fn(*args)` on `num_processes` ranks with TorchDistributor and return rank 0's result.
 
     `fn` must return a dict holding `ranks_finished` (from `finish`); TorchDistributor does not always notice a
-    crashed rank, so a count short of `num_processes` raises `RankFailure` here.
+    crashed rank, so a count short of `num_processes` raises `RankFailure` here. A rank's error reaches the driver
+    through `error_dir` (default: a new temporary folder, which every rank can reach only on one machine).
     """
+    import tempfile
+
     from pyspark.ml.torch.distributor import TorchDistributor
 
+    error_dir = Path(error_dir) if error_dir is not None else Path(tempfile.mkdtemp(prefix="twots-rank-errors-"))
+    error_dir.mkdir(parents=True, exist_ok=True)
+    for old in error_dir.glob("rank-*.json"):
+        old.unlink()
     distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu)
     try:
-        result = distributor.run(fn, *args)
-    except RuntimeError as err:
-        raise RankFailure(f"distributed run of {fn.__name__} failed: {err}") from err
+        result = distributor.run(RankMain(fn, str(error_dir), timeout_s), *args)
+    except Exception as err:  # noqa: BLE001 - Spark raises py4j and pyspark errors alike; the ranks' own say more
+        raise RankFailure(f"distributed run of {fn.__name__} failed: "
+                          f"{_describe(rank_errors(error_dir)) or str(err)[:2000]}") from None
+    errors = rank_errors(error_dir)
+    if errors:
+        raise RankFailure(f"distributed run of {fn.__name__} failed: {_describe(errors)}")
     return check_finished(fn.__name__, result, num_processes)
+
+
+def _describe(errors: list[dict]) -> str:
+    """The first error raised (the cause; the others usually follow from it), then the other ranks'."""
+    if not errors:
+        return ""
+    first, rest = errors[0], errors[1:]
+    text = f"rank {first['rank']} raised {first['error']}\n{first['traceback']}"
+    if rest:
+        text += "then " + "; ".join(f"rank {e['rank']} raised {e['error']}" for e in rest)
+    return text
 
 
 def check_finished(name: str, result, num_processes: int):

@@ -6,7 +6,10 @@ A `Source` is made on the driver, pickled into the train function and opened on 
 
 Both give every rank exactly `steps_per_epoch` full batches per epoch (equal step counts keep the collectives in
 lock step) in an order fixed by (seed, epoch, rank), so a run resumed from an epoch checkpoint sees the same
-batches as an uninterrupted one. Batches are dicts of tensors with the keys of docs/design.md.
+batches as an uninterrupted one. The rows are split between the ranks unevenly (petastorm shards whole row
+groups), so the step count is set by the largest share: that rank reads all of its rows each epoch and the others
+repeat some of theirs, rather than the largest share losing its tail. Batches are dicts of tensors with the keys of
+docs/design.md.
 
 Petastorm cannot collate ragged arrays, so `fixed_shape` pads the `sequences` arrays in Spark first. Nothing from
 Spark or petastorm is imported at module level: the rank side must run where only torch and pyarrow exist.
@@ -59,12 +62,33 @@ class Layout:
         return batch
 
 
-def steps_per_epoch(rows: int, batch_size: int, world: int) -> int:
-    steps = rows // (batch_size * world)
-    if steps == 0:
-        raise ValueError(f"{rows} rows are fewer than one batch of {batch_size} per rank on {world} ranks: "
-                         f"lower the batch size")
-    return steps
+def steps_per_epoch(shares: list[int], batch_size: int) -> int:
+    """Steps of every rank per epoch when rank r holds `shares[r]` rows: enough batches for the largest share."""
+    rows, world = sum(shares), len(shares)
+    if rows < batch_size * world or min(shares) == 0:
+        raise ValueError(f"{rows} rows (per rank: {shares}) are fewer than one batch of {batch_size} per rank on "
+                         f"{world} ranks: lower the batch size")
+    return -(-max(shares) // batch_size)
+
+
+def even_shares(rows: int, world: int) -> list[int]:
+    """Rows per rank when `rows` are dealt out as evenly as possible."""
+    return [rows // world + (rank < rows % world) for rank in range(world)]
+
+
+def row_group_shares(file_urls: list[str], world: int) -> list[int]:
+    """Rows per rank of petastorm's sharding: the row groups of the sorted files, numbered in order, go to rank
+    `number % world`."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    sizes = []
+    for url in sorted(file_urls):
+        filesystem, path = fs.FileSystem.from_uri(url)
+        with filesystem.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+            sizes.extend(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return [sum(sizes[rank::world]) for rank in range(world)]
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -128,14 +152,16 @@ class _PetastormLoader:
         # petastorm 0.13 runs on pyarrow's legacy dataset API and warns about it on every file it opens.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
-        self.steps_per_epoch = steps_per_epoch(source.layout.rows, batch_size, world)
+        self.shares = row_group_shares(source.converter.file_urls, world)
+        self.steps_per_epoch = steps_per_epoch(self.shares, batch_size)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         from petastorm.pytorch import BatchedDataLoader
 
         s = epoch_seed(self.seed, epoch, self.rank)
         torch.manual_seed(s)  # BatchedDataLoader's shuffling buffer draws from torch's global generator
-        # num_epochs=None: shards are uneven, so a short shard wraps around instead of ending early.
+        # num_epochs=None: shards are uneven, so a short shard wraps around instead of ending early. (Rows still in
+        # the shuffling queue when the epoch's last batch is drawn are the one exception to reading the whole shard.)
         # `seed` orders the row groups of this rank and epoch; `shard_seed` (the same on every rank and epoch,
         # else petastorm shards with `seed`) splits the row groups into disjoint shards.
         with warnings.catch_warnings():
@@ -197,7 +223,8 @@ def arrow_columns(table) -> dict[str, np.ndarray]:
 
 
 class _ParquetLoader:
-    """Holds the whole table in memory; each epoch a seeded permutation is cut into equal per-rank slices."""
+    """Holds the whole table in memory; each epoch a seeded permutation is cut into per-rank slices (`even_shares`),
+    and a shorter slice wraps around to the common step count: every row is trained on every epoch."""
 
     def __init__(self, source: ParquetSource, rank: int, world: int, batch_size: int, seed: int):
         self.layout, self.rank, self.world, self.batch_size, self.seed = source.layout, rank, world, batch_size, seed
@@ -205,14 +232,16 @@ class _ParquetLoader:
         self.columns = {k: torch.from_numpy(np.array(v)) for k, v in
                         read_columns(source.path, source.layout.columns).items()}
         self.rows = len(self.columns["user_id"])
-        self.steps_per_epoch = steps_per_epoch(self.rows, batch_size, world)
+        self.shares = even_shares(self.rows, world)
+        self.steps_per_epoch = steps_per_epoch(self.shares, batch_size)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         # The same permutation on every rank (seeded without the rank), each rank takes its own slice.
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 0))
         order = torch.randperm(self.rows, generator=g)
-        per_rank = self.steps_per_epoch * self.batch_size
-        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        start = sum(self.shares[:self.rank])
+        share = order[start:start + self.shares[self.rank]]
+        mine = share[torch.arange(self.steps_per_epoch * self.batch_size) % len(share)]
         for step in range(self.steps_per_epoch):
             idx = mine[step * self.batch_size:(step + 1) * self.batch_size]
             yield self.layout.to_batch({k: v[idx] for k, v in self.columns.items()})

@@ -44,6 +44,8 @@ class TrainConfig(Section):
     local_mode: bool = Field(True, description="TorchDistributor local_mode: ranks on the driver, else Spark tasks")
     use_gpu: bool = Field(False, description="one GPU per rank and NCCL; else CPU and gloo")
     threads: int = Field(0, ge=0, description="torch threads per rank; 0 keeps torchrun's OMP_NUM_THREADS=1")
+    collective_timeout_s: float = Field(600, gt=0, description="a rank waiting longer than this in a collective "
+                                                               "fails the run (another rank is stuck or gone)")
     loader: Literal["petastorm", "parquet"] = Field("petastorm", description="how rows reach the ranks")
     seed: int = Field(0)
     resume: bool = Field(False, description="continue the run in run_dir from its last epoch checkpoint")
@@ -153,7 +155,8 @@ def train(cfg: TrainConfig, spark) -> TrainResult:
         previous = jobs[-1].model_path
         # All stages in one launch: one set of rank processes and one process group.
         stages = distributed.run(run_stages, jobs, num_processes=cfg.num_processes, local_mode=cfg.local_mode,
-                                 use_gpu=cfg.use_gpu)["stages"]
+                                 use_gpu=cfg.use_gpu, error_dir=run_dir / "rank-errors",
+                                 timeout_s=cfg.collective_timeout_s)["stages"]
         for result in stages:
             tracker.log_stage(result)
         metrics = {}
