@@ -4,12 +4,21 @@ On Databricks (DATABRICKS_RUNTIME_VERSION is set) Delta is built in and the sess
 Locally, `make setup` writes the Delta settings into the venv's `pyspark/conf/spark-defaults.conf`, so that
 `spark-submit jobs/x.py` resolves the Delta JARs before the JVM starts; the same settings are applied here too,
 so a plain `python jobs/x.py` from any pyspark install works. Ivy caches the JARs in ~/.ivy2.5.2 between runs.
+
+Spark logs at WARN: `make setup` writes LOG4J2 (the level read from $TWOTS_SPARK_LOG_LEVEL, default warn) beside
+spark-defaults.conf, so the JVM is quiet from its first line, and every session gets `setLogLevel` of that
+variable. A job's `--verbose` (or `spark: {log_level: INFO}` in a config file) sets it before Spark starts.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Literal
+
+from pydantic import Field
+
+from twots.config import Section
 
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
 
@@ -29,6 +38,37 @@ LOCAL_CONF = {
 }
 
 
+LOG_LEVEL_ENV = "TWOTS_SPARK_LOG_LEVEL"
+LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
+
+# Spark's conf/log4j2.properties.template with the root level from the environment, and the WARN lines every
+# local run prints (no native Hadoop, loopback address, no executor metrics on this OS) silenced.
+LOG4J2 = f"""# written by `make setup` (twots.setup_env): Spark's log at ${LOG_LEVEL_ENV} (default warn)
+rootLogger.level = ${{env:{LOG_LEVEL_ENV}:-warn}}
+rootLogger.appenderRef.stdout.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
+logger.hadoop.name = org.apache.hadoop.util.NativeCodeLoader
+logger.hadoop.level = error
+logger.loopback.name = org.apache.spark.util.Utils
+logger.loopback.level = error
+"""
+
+
+class SparkSettings(Section):
+    """The `spark` section of the config files: what every job's Spark session gets."""
+
+    log_level: Literal[LOG_LEVELS] = Field("WARN", description="Spark's log level (a job's --verbose: INFO)")
+
+
+def set_log_level(level: str) -> None:
+    """The level of the Spark sessions (and JVMs) this process starts from now on."""
+    os.environ[LOG_LEVEL_ENV] = level
+
+
 def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
@@ -45,4 +85,6 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
         builder = builder.master(master)
     for key, value in {**DELTA_CONF, **LOCAL_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get(LOG_LEVEL_ENV, "WARN").upper())
+    return session
