@@ -57,7 +57,7 @@ def stage_jobs(models: list[str], sources: dict, hparams: dict, out: Path, *, ep
                     previous_model=jobs[mine[-1]].model_path if mine else None,
                     model_path=str(out / model / f"{plan.name}.pt"), checkpoint_dir=str(out / model / "checkpoints"),
                     epochs=epochs, lr=STAGE_LR[plan.settings], batch_size=batch[plan.settings], seed=0,
-                    use_gpu=use_gpu, log_every=10_000, threads=1))
+                    use_gpu=use_gpu, log_every_s=10_000, threads=1))
             mine.append(index[key])
         stages_of[model] = mine
     return jobs, stages_of

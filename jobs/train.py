@@ -1,7 +1,7 @@
 """Two-stage 2TS training with TorchDistributor, then evaluation, all tracked in one MLflow run.
 
-    spark-submit jobs/train.py --data /data/twots --model 2ts-plus --num-processes 2
-    spark-submit jobs/train.py --data /data/twots --model 2ts-plus --resume true     # continue a killed run
+    bin/spark-submit jobs/train.py --data /data/twots --model 2ts-plus --num-processes 2
+    bin/spark-submit jobs/train.py --data /data/twots --model 2ts-plus --resume true     # continue a killed run
 """
 
 from twots.config import load

@@ -22,6 +22,7 @@ from pipelines.delta import read_table, write_table
 from pipelines.indexing import dense_ids, with_global_index
 from pipelines.negatives import eval_candidates, stage1_offers
 from pipelines.readers import read_source
+from twots.spark import progress
 
 
 class PrepareError(ValueError):
@@ -68,8 +69,8 @@ def mark_duplicates(parsed: DataFrame) -> DataFrame:
 class _Run:
     """Timings and table facts of one prepare run, printed as progress."""
 
-    def __init__(self, output: Path):
-        self.output = output
+    def __init__(self, output: Path, spark: SparkSession):
+        self.output, self.spark = output, spark
         self.timings: dict[str, float] = {}
         self.tables: dict[str, dict] = {}
 
@@ -77,7 +78,8 @@ class _Run:
     def step(self, name: str):
         start = time.perf_counter()
         print(f"[prepare] {name} ...", flush=True)
-        yield
+        with progress(self.spark, f"[prepare] {name}"):
+            yield
         self.timings[name] = round(time.perf_counter() - start, 3)
         print(f"[prepare] {name} done in {self.timings[name]:.1f}s", flush=True)
 
@@ -91,7 +93,7 @@ class _Run:
 def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     """Run the whole pipeline; returns the manifest (also written to <output>/manifest.json)."""
     output = check_output(cfg.output)
-    run = _Run(output)
+    run = _Run(output, spark)
 
     with run.step("validate"):
         parsed = _parse_once(spark, cfg)

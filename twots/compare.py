@@ -266,7 +266,7 @@ class Runner:
                        previous_model=previous, model_path=str(run_dir / "model.pt"),
                        checkpoint_dir=str(run_dir / "checkpoints"), epochs=epochs, lr=lr,
                        batch_size=getattr(self.tcfg, f"{plan.settings}_batch_size"), seed=self.tcfg.seed,
-                       use_gpu=self.tcfg.use_gpu, log_every=self.tcfg.log_every, threads=self.tcfg.threads)
+                       use_gpu=self.tcfg.use_gpu, log_every_s=self.tcfg.log_every_s, threads=self.tcfg.threads)
         self.log(f"[compare] training {run_name}: {epochs} epochs at lr {lr}")
         started = time.perf_counter()
         with PeakRSS() as memory:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+BIN_DIR = CONF_DIR.parent / "bin"  # the venv's commands for any shell: bin/spark-submit, bin/python, bin/mlflow
 JOB_FLAGS = ("config", "verbose")  # flags of every job that are not keys of its section
 
 M = TypeVar("M", bound="Section")
@@ -255,7 +256,7 @@ def load(model: type[M], section: str, argv: list[str] | None = None, *, descrip
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
     set_log_level("INFO" if cli.get("verbose") else spark.log_level)
-    flags = " ".join(_flag(k) for k, o in layers.origin.items() if o == "command line")
+    flags = " ".join(_flag(k) for k in model.model_fields if layers.origin.get(k) == "command line")
     print(f"[config] {section}: " + (", ".join(layers.applied) or "defaults") + (f" + flags {flags}" if flags else ""),
           flush=True)
     return cfg

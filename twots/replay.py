@@ -184,8 +184,9 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
         done += n_users
         if time.monotonic() - last_log > progress_every_s:
             last_log = time.monotonic()
-            print(f"[replay] round {r + 1}/{rounds}: {done:,}/{n_events:,} events, "
-                  f"{done / (last_log - started):,.0f} events/s", flush=True)
+            rate = done / (last_log - started)
+            print(f"[replay] round {r + 1}/{rounds}: {done:,}/{n_events:,} events, {rate:,.0f} events/s, "
+                  f"{(n_events - done) / rate:.0f} s left", flush=True)
     model.train(was_training)
 
     return ReplayResult(rank=rank, step=step, change=change, is_active=is_active[user_row], is_new=is_new[user_row])

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from pydantic import Field
@@ -41,8 +45,12 @@ LOCAL_CONF = {
 LOG_LEVEL_ENV = "TWOTS_SPARK_LOG_LEVEL"
 LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
 
-# Spark's conf/log4j2.properties.template with the root level from the environment, and the WARN lines every
-# local run prints (no native Hadoop, loopback address, no executor metrics on this OS) silenced.
+# Spark's conf/log4j2.properties.template with the root level from the environment, and the warnings every run of
+# ours prints silenced: no native Hadoop, a loopback address, "no metadata directory" (a stack trace per globbed
+# input path), "no partition defined for window" (prepare's global orders are deliberate), and long plan strings.
+QUIET = ("org.apache.hadoop.util.NativeCodeLoader", "org.apache.spark.util.Utils",
+         "org.apache.spark.sql.execution.streaming.FileStreamSink", "org.apache.spark.sql.execution.window.WindowExec",
+         "org.apache.spark.sql.catalyst.util.SparkStringUtils")
 LOG4J2 = f"""# written by `make setup` (twots.setup_env): Spark's log at ${LOG_LEVEL_ENV} (default warn)
 rootLogger.level = ${{env:{LOG_LEVEL_ENV}:-warn}}
 rootLogger.appenderRef.stdout.ref = console
@@ -51,11 +59,7 @@ appender.console.name = console
 appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
-logger.hadoop.name = org.apache.hadoop.util.NativeCodeLoader
-logger.hadoop.level = error
-logger.loopback.name = org.apache.spark.util.Utils
-logger.loopback.level = error
-"""
+""" + "".join(f"logger.quiet{i}.name = {name}\nlogger.quiet{i}.level = error\n" for i, name in enumerate(QUIET))
 
 
 class SparkSettings(Section):
@@ -88,3 +92,28 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(os.environ.get(LOG_LEVEL_ENV, "WARN").upper())
     return session
+
+
+@contextmanager
+def progress(spark, label: str, every_s: float = 15.0, log=print) -> Iterator[None]:
+    """While the block runs, every `every_s` seconds: the tasks done of the Spark stages running now (Spark's own
+    console progress bar is off: it redraws many times a second and interleaves with our lines)."""
+    tracker = spark.sparkContext.statusTracker()
+    done_event, started = threading.Event(), time.monotonic()
+
+    def report() -> None:
+        while not done_event.wait(every_s):
+            stages = [info for info in map(tracker.getStageInfo, tracker.getActiveStageIds()) if info]
+            total = sum(info.numTasks for info in stages)
+            if total:
+                done = sum(info.numCompletedTasks for info in stages)
+                log(f"{label}: {done}/{total} tasks of {len(stages)} running stage(s), "
+                    f"{time.monotonic() - started:.0f} s so far", flush=True)
+
+    thread = threading.Thread(target=report, name=f"progress {label}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done_event.set()
+        thread.join()

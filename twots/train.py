@@ -48,7 +48,8 @@ class TrainConfig(Section):
     resume: bool = Field(False, description="continue the run in run_dir from its last epoch checkpoint")
     stage1_model: str | None = Field(None, description="a trained stage-1 model file to build on instead of "
                                                        "training stage 1 (e.g. another kind's <run_dir>/stage1.pt)")
-    log_every: int = Field(50, ge=1, description="progress line every N steps (rank 0)")
+    log_every_s: float = Field(10.0, gt=0, description="seconds between progress lines (rank 0), and one at the "
+                                                          "end of each epoch")
     evaluate: bool = Field(True, description="evaluate val/test at the end and log the metrics")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<data>/mlflow.db")
     experiment: str = Field("twots", description="MLflow experiment name")
@@ -146,7 +147,7 @@ def train(cfg: TrainConfig, spark) -> TrainResult:
                 source=make_source(spark, cfg, plan.table, run_dir), model_path=str(run_dir / f"{plan.name}.pt"),
                 checkpoint_dir=str(run_dir / "checkpoints"), epochs=getattr(cfg, f"{plan.name}_epochs"),
                 lr=getattr(cfg, f"{plan.name}_lr"), batch_size=getattr(cfg, f"{plan.name}_batch_size"),
-                seed=cfg.seed, use_gpu=cfg.use_gpu, resume=cfg.resume, log_every=cfg.log_every,
+                seed=cfg.seed, use_gpu=cfg.use_gpu, resume=cfg.resume, log_every_s=cfg.log_every_s,
                 threads=cfg.threads))
             previous = jobs[-1].model_path
         # All stages in one launch: one set of rank processes and one process group.
