@@ -1,6 +1,6 @@
 """Prepare on generated Taobao-format data (1M and 10M rows by default): time per step, rows/s, peak memory.
 
-    python bench/prepare.py [--rows 1000000 10000000] [--runs 1] [--workdir bench-output/prepare]
+    bin/python bench/prepare.py [--rows 1000000 10000000] [--runs 1] [--workdir bench-output/prepare]
 
 Each size is generated once (`jobs/generate.py`, seed 7) (cached in the workdir), then `jobs/prepare.py` runs as its own process, as a user
 would run it; peak memory is the largest resident set of that process tree (Python driver + JVM), sampled

@@ -1,6 +1,6 @@
 """Training and evaluation throughput on generated data; prints tables (docs/training.md quotes them).
 
-    python bench/train.py [--rows 1000000] [--repeats 3] [--export-only]   # here: Spark + TorchDistributor, CPU
+    bin/python bench/train.py [--rows 1000000] [--repeats 3] [--export-only]   # here: Spark + TorchDistributor, CPU
     torchrun --nproc_per_node=N bench/train.py ranks --data DIR [--models 2ts,gru4rec] [--use-gpu]
                                                      # a box without Spark (bench/gpu_train.sh)
 

@@ -1,4 +1,4 @@
-"""The commands the README, docs/ and the jobs print work as printed, in a fresh shell: no venv on PATH.
+"""The commands the README, docs/, jobs and benches print work as printed, in a fresh shell: no venv on PATH.
 
 Every command is checked statically (its program exists, its job parses its flags); the README's (prepare, train,
 evaluate, register, validate, promote, serve) and the one the demo prints (serve) also run, in that order, in a
@@ -9,6 +9,7 @@ ml-latest-small with 499 negatives is the demo's first step); the rest run to th
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from test_bundle import job_config
 
 from twots.config import parser_for, resolve
 from twots.registry import RegistryConfig, serve_command
+from twots.serving import _answers
 from twots.setup_env import write_spark_conf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,7 +57,8 @@ def inline_commands(text: str) -> list[str]:
 
 
 def docstring_commands(path: Path) -> list[str]:
-    text = path.read_text().replace("\\\n", " ")
+    """The indented command lines of a module's docstring (what its --help prints)."""
+    text = (ast.get_docstring(ast.parse(path.read_text()), clean=False) or "").replace("\\\n", " ")
     lines = [re.sub(r"\s+#.*$", "", line).strip() for line in text.splitlines() if line.startswith("    ")]
     return [line for line in lines if COMMAND.match(line)]
 
@@ -65,8 +68,8 @@ def every_printed_command() -> list[tuple[str, str]]:
     for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         text = doc.read_text()
         found += [(doc.name, c) for c in fenced_commands(text) + inline_commands(text)]
-    for job in sorted((REPO / "jobs").glob("*.py")):
-        found += [(job.name, c) for c in docstring_commands(job)]
+    for script in sorted([*REPO.glob("jobs/*.py"), *REPO.glob("bench/*.py"), *REPO.glob("twots/**/*.py")]):
+        found += [(script.name, c) for c in docstring_commands(script)]
     return found
 
 
@@ -150,6 +153,7 @@ def spark_info_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if re.match(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d INFO ", line)]
 
 
+@pytest.mark.timeout(1800)  # seven JVM starts and a training run: about 4 min on a quiet 2-core box
 def test_readme_and_demo_commands_work_as_printed(prepared_movielens, tmp_path):
     commands = readme_commands()
     programs = [" ".join(program_and_args(c)[:2]) for c in commands]
@@ -167,7 +171,7 @@ def test_readme_and_demo_commands_work_as_printed(prepared_movielens, tmp_path):
     try:
         for line in process.stdout:
             lines.append(line.rstrip("\n"))
-            if line.startswith("[prepare] validate done"):
+            if line.startswith("[prepare] rejects ..."):
                 break
     finally:
         stop(process)
@@ -200,7 +204,7 @@ def test_readme_and_demo_commands_work_as_printed(prepared_movielens, tmp_path):
     process = shell.start(serve)
     try:
         deadline = time.monotonic() + 240
-        while not answers(f"http://127.0.0.1:{port}/ping"):
+        while not _answers(f"http://127.0.0.1:{port}/ping"):
             assert process.poll() is None, process.stdout.read()[-5000:]
             assert time.monotonic() < deadline, "no /ping answer within 240 s"
             time.sleep(1)
@@ -210,14 +214,6 @@ def test_readme_and_demo_commands_work_as_printed(prepared_movielens, tmp_path):
             assert len(json.loads(response.read())["predictions"][0]["items"]) == 3
     finally:
         stop(process)
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -67,18 +67,18 @@ def test_yaml_flow_style_flags_as_in_the_config_files(capsys):
     # not YAML: the flag, the value and the accepted form with an example
     (["--lr-grid", "{ccf: [0.003, 0.01]"],
      (r"--lr-grid '\{ccf: \[0.003, 0.01\]': not YAML flow style .*accepted: a mapping \{key: a list of numbers"
-     r".*e\.g\. '\{ccf: \[0\.003, 0\.01\]\}'")),
+      r".*e\.g\. '\{ccf: \[0\.003, 0\.01\]\}'")),
     (["--lr-grid", "ccf"], r"--lr-grid 'ccf': expected a mapping \{key: a list of numbers"),
     (["--lr-grid", "[0.01]"], r"--lr-grid '\[0.01\]': a list, expected a mapping"),
     (["--epochs", "{ccf:4}"], r"--epochs '\{ccf:4\}': 'ccf:4' has no value; YAML needs a space after the colon"),
     # wrong type, negative sizes, unknown names, an empty list: the key, the value and the accepted form
     (["--default-epochs", "three"], (r"compare\.default_epochs = 'three' \(from command line\): Input should be a "
-                                    r"valid integer.*\n\s+accepted: an integer >= 1")),
+                                     r"valid integer.*\n\s+accepted: an integer >= 1")),
     (["--max-len", "-5"], (r"compare\.max_len = '-5' \(from command line\): Input should be greater than or equal "
-                          r"to 1\n\s+accepted: an integer >= 1")),
+                           r"to 1\n\s+accepted: an integer >= 1")),
     (["--threshold", "-3"], r"compare\.threshold = '-3' .*\n\s+accepted: an integer >= 0 or one of auto or null"),
     (["--models", "ccf,3ts"], (r"compare\.models = \['ccf', '3ts'\] .*unknown models \['3ts'\]; choose 'all' or "
-                              r"from popularity, ccf")),
+                               r"from popularity, ccf")),
     (["--models", "[]"], r"compare\.models = \[\] .*the list is empty"),
     (["--lr-grid", "{ccf: [-0.01]}"], r"compare\.lr_grid .*ccf: learning rates must be a non-empty list of positive"),
     (["--lr-grid", "{sasrek: [0.01]}"], r"keys \['sasrek'\] are not trainable models"),
