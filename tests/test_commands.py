@@ -127,7 +127,7 @@ class Shell:
         return command
 
     def start(self, command: str) -> subprocess.Popen:
-        return subprocess.Popen(["/bin/sh", "-c", "exec " + self.expand(command)], cwd=REPO, env=self.env,
+        return subprocess.Popen(["/bin/sh", "-c", self.expand(command)], cwd=REPO, env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def until(self, command: str, marker: str) -> str:
