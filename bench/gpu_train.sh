@@ -3,7 +3,7 @@
 # Java, petastorm or MLflow (torch, numpy, pyarrow only). Prints the wall-time and throughput table (a row per
 # model and stage, a total per model) and writes it, with the logs, under $OUT.
 #
-#   bench/gpu_train.sh [EXPORT_DIR [bench/train.py flags...]]   # EXPORT_DIR: made by `python bench/train.py`
+#   bench/gpu_train.sh [EXPORT_DIR [bench/train.py flags...]]   # EXPORT_DIR: made by `bin/python bench/train.py`
 #                                                                 # (bench-output/train/export); e.g. --batch1 16384,
 #                                                                 # --models 2ts,gru4rec,2ts-singlestage (default 2ts)
 #
@@ -17,7 +17,7 @@ RUNS=${RUNS:-$(mktemp -d)}   # checkpoints and models of the runs (not reported)
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
-test -f "$DATA/layouts.json" || { echo "no exported data in $DATA: run python bench/train.py first" >&2; exit 2; }
+test -f "$DATA/layouts.json" || { echo "no exported data in $DATA: run bin/python bench/train.py first" >&2; exit 2; }
 
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -gt 0 ]; then

@@ -1,8 +1,8 @@
 """Compute cost of the models alone (one process, no data loading, no gradient sync): stage-1 and stage-2 training
 steps and the online replay, on generated ids. Prints a table of medians over --repeats runs.
 
-    .venv/bin/python bench/models.py --threads 1            # CPU, one thread
-    .venv/bin/python bench/models.py --device cuda          # GPU
+    bin/python bench/models.py --threads 1            # CPU, one thread
+    bin/python bench/models.py --device cuda          # GPU
 
 `cpu/s` divides by the process's CPU time: on a shared, loaded box it estimates what one idle core would do,
 where `wall/s` counts the waiting too.

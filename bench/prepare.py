@@ -1,6 +1,6 @@
 """Prepare on generated Taobao-format data, against a single-node DuckDB yardstick in the same run.
 
-    python bench/prepare.py [--rows 1000000 10000000] [--runs 1] [--workdir bench-output/prepare]
+    bin/python bench/prepare.py [--rows 1000000 10000000] [--runs 1] [--workdir bench-output/prepare]
 
 Each size is generated once (`jobs/generate.py`, seed 7) (cached in the workdir). Each run then times, back to
 back on the same files: `jobs/prepare.py` as its own process, as a user would run it (`local[2]`), and the same

@@ -1,6 +1,6 @@
 """The serving scan alone: one user vector against the whole catalogue, then the top 10, in float32 and bfloat16.
 
-    .venv/bin/python bench/scan.py [--items 1000000 4000000] [--calls 30]
+    bin/python bench/scan.py [--items 1000000 4000000] [--calls 30]
 
 Random item matrix of D = 64 (the default model's), torch's default threads; prints min and median ms over --calls
 calls after 3 warm-up ones. This is the part of a request that grows with the catalogue (docs/serving.md).

@@ -1,7 +1,7 @@
 """Serving figures: latency p50/p99 and requests/s of the real `mlflow models serve` at catalogues of 10k, 100k and
 1M items, and batch-recommend throughput (users/s). Prints two tables.
 
-    .venv/bin/python bench/serve.py [--items 10000 100000 1000000] [--requests 300] [--runs 3]
+    bin/python bench/serve.py [--items 10000 100000 1000000] [--requests 300] [--runs 3]
 
 Each catalogue gets synthetic Delta tables (users, user_activity, items, interactions with raw ids) and a random
 2TS model of the default dimensions (D = 64), logged through `twots.mlops.packaging.log_model` and registered

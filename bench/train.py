@@ -1,6 +1,6 @@
 """Training and evaluation throughput on generated data; prints tables (docs/training.md quotes them).
 
-    python bench/train.py [--rows 1000000] [--repeats 3] [--export-only]   # here: Spark + TorchDistributor, CPU
+    bin/python bench/train.py [--rows 1000000] [--repeats 3] [--export-only]   # here: Spark + TorchDistributor, CPU
     torchrun --nproc_per_node=N bench/train.py ranks --data DIR [--models 2ts,gru4rec] [--use-gpu]
                                                      # a box without Spark (bench/gpu_train.sh)
 
@@ -48,7 +48,7 @@ def stage_jobs(models: list[str], sources: dict, inputs: BuildInputs, out: Path,
     """twots.training.runs.run_jobs with bench's settings: each model's stages under `out/<model>`, stage 1 shared."""
     settings = {which: StageSettings(epochs, lr, batch[which]) for which, lr in STAGE_LR.items()}
     return run_jobs(models, inputs, sources, settings, lambda model: out / model,
-                    RunOptions(seed=0, use_gpu=use_gpu, log_every=10_000, threads=1))
+                    RunOptions(seed=0, use_gpu=use_gpu, log_every_s=10_000, threads=1))
 
 
 def warm_up(device) -> None:
@@ -144,7 +144,7 @@ def ranks_main(args) -> None:
     layouts = json.loads((data / "layouts.json").read_text())
     missing = sorted({p.table for m in args.models for p in KINDS[m].stages} - set(layouts))
     if missing:
-        sys.exit(f"{data} has no {', '.join(missing)}: export again with python bench/train.py --export-only")
+        sys.exit(f"{data} has no {', '.join(missing)}: export again with bin/python bench/train.py --export-only")
     sources = {t: ParquetSource(str(data / t), Layout(**{**v, "columns": tuple(v["columns"])}))
                for t, v in layouts.items()}
     inputs = BuildInputs(ModelDims(**json.loads((data / "dims.json").read_text())), str(data / "side_data.npz"))

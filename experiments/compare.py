@@ -69,7 +69,6 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     from twots.training.train import TrainConfig
 
     train_overrides = {k: v for k, v in cfg.train.items() if k != "data"}
-    resolve(TrainConfig, "train", {**train_overrides, "data": "."})  # a bad key fails now, not after prepare
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     base = prepared_data(cfg, spark, out, log)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,7 +26,7 @@ class CompareConfig(Section):
     default_epochs: int = Field(3, ge=1, description="epochs of models not in `epochs`")
     max_len: int = Field(200, ge=1, description="full histories keep each user's last max_len training items")
     sasrec_window: int = Field(50, ge=1, description="SASRec attends over the last N items")
-    threshold: int | Literal["auto"] | None = Field(
+    threshold: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
         None, description="t*: None keeps the prepared one; an int rebuilds activity and sequences; 'auto' sweeps")
     threshold_candidates: list[int] = Field([5, 10, 20, 40, 80], description="t* values the 'auto' sweep tries")
     theory_users: int = Field(256, ge=2, description="active users sampled to estimate t** (Theorem 2.1)")
@@ -42,8 +42,10 @@ class CompareConfig(Section):
     def _known_models(cls, models: list[str]) -> list[str]:
         if models == ["all"]:
             return list(MODEL_NAMES)
+        if not models:
+            raise ValueError(f"the list is empty; choose 'all' or from {', '.join(MODEL_NAMES)}")
         unknown = [m for m in models if m not in MODEL_NAMES]
-        if unknown or not models:
+        if unknown:
             raise ValueError(f"unknown models {unknown}; choose 'all' or from {', '.join(MODEL_NAMES)}")
         return [m for m in MODEL_NAMES if m in models]  # a fixed order: stage 1 (ccf) before what builds on it
 
@@ -58,6 +60,21 @@ class CompareConfig(Section):
                 raise ValueError(f"{key}: learning rates must be a non-empty list of positive numbers")
             if isinstance(item, int) and item < 1:
                 raise ValueError(f"{key}: epochs must be >= 1")
+        return value
+
+    @field_validator("train")
+    @classmethod
+    def _train_overrides(cls, value: dict) -> dict:
+        """Checked like the `train` section now, not after prepare."""
+        from pydantic import ValidationError
+
+        from twots.training.train import TrainConfig
+
+        try:
+            TrainConfig(**{**value, "data": "."})
+        except ValidationError as err:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}"
+                                       for e in err.errors())) from None
         return value
 
     @model_validator(mode="after")

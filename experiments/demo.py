@@ -1,6 +1,6 @@
 """`make demo`: prepare MovieLens, train 2TS and 2TS-Plus, evaluate, print the results table.
 
-    python -m experiments.demo --data ../shared/data/ml-latest-small --output demo-output
+    bin/python -m experiments.demo --data ../shared/data/ml-latest-small --output demo-output
 
 Writes the prepared tables under <output>/data (kept between runs: a second demo reuses them), the MLflow store
 at sqlite:///<output>/mlflow.db (artifacts under <output>/data/mlartifacts), checkpoints and models under

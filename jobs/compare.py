@@ -1,8 +1,8 @@
 """The paper's comparison on your data: baselines, ablations, 2TS and 2TS-Plus; results table, MLflow, plots.
 
-    spark-submit jobs/compare.py --data /data/twots --models all
-    spark-submit jobs/compare.py --source movielens --input ../shared/data/ml-latest-small --output compare-output
-    spark-submit jobs/compare.py --data /data/twots --models ccf,2ts,2ts-plus --threshold auto
+    bin/spark-submit jobs/compare.py --data /data/twots --models all
+    bin/spark-submit jobs/compare.py --source movielens --input ../shared/data/ml-latest-small --output compare-output
+    bin/spark-submit jobs/compare.py --data /data/twots --models ccf,2ts,2ts-plus --threshold auto
 """
 
 from experiments.compare import CompareConfig, compare

@@ -1,6 +1,6 @@
 """Online evaluation of a model logged by jobs/train.py: replay val then test, log the metrics to its run.
 
-    spark-submit jobs/evaluate.py --data /data/twots --run-id <mlflow run id>
+    bin/spark-submit jobs/evaluate.py --data /data/twots --run-id <mlflow run id>
 """
 
 from twots.config import load

@@ -1,6 +1,6 @@
 """Synthetic Taobao-format interaction log (see pipelines/generate.py for the generative process).
 
-    spark-submit jobs/generate.py --rows 10000000 --output /data/taobao-10m --seed 7
+    bin/spark-submit jobs/generate.py --rows 10000000 --output /data/taobao-10m --seed 7
 """
 
 import json

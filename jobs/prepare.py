@@ -1,6 +1,6 @@
 """Raw interaction logs to validated, time-split Delta tables with offer sets.
 
-    spark-submit jobs/prepare.py --source movielens --input ../shared/data/ml-latest-small --output /data/twots \
+    bin/spark-submit jobs/prepare.py --source movielens --input ../shared/data/ml-latest-small --output /data/twots \
         --threshold 20 --last-k 10 --negatives 10 --eval-negatives 499 --seed 7
 """
 

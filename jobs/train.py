@@ -1,9 +1,9 @@
 """Training of any trainable model kind (twots.models.kinds) with TorchDistributor, then evaluation, all tracked
 in one MLflow run.
 
-    spark-submit jobs/train.py --data /data/twots --model 2ts-plus --num-processes 2
-    spark-submit jobs/train.py --data /data/twots --model 2ts-plus --resume true     # continue a killed run
-    spark-submit jobs/train.py --data /data/twots --model gru4rec --max-len 200     # on full histories
+    bin/spark-submit jobs/train.py --data /data/twots --model 2ts-plus --num-processes 2
+    bin/spark-submit jobs/train.py --data /data/twots --model 2ts-plus --resume true     # continue a killed run
+    bin/spark-submit jobs/train.py --data /data/twots --model gru4rec --max-len 200     # on full histories
 """
 
 from pathlib import Path

@@ -33,6 +33,7 @@ from twots.data.tables import (
     USER_ACTIVITY,
     USERS,
 )
+from twots.spark import progress
 
 
 class PrepareError(ValueError):
@@ -79,9 +80,8 @@ def mark_duplicates(parsed: DataFrame) -> DataFrame:
 class _Run:
     """Timings and table facts of one prepare run, printed as progress."""
 
-    def __init__(self, spark: SparkSession, output: Path):
-        self.spark = spark
-        self.output = output
+    def __init__(self, output: Path, spark: SparkSession):
+        self.output, self.spark = output, spark
         self.timings: dict[str, float] = {}
         self.tables: dict[str, dict] = {}
 
@@ -91,7 +91,8 @@ class _Run:
         print(f"[prepare] {name} ...", flush=True)
         self.spark.sparkContext.setJobDescription(f"prepare: {name}")  # the Spark UI groups stages by step
         try:
-            yield
+            with progress(self.spark, f"[prepare] {name}"):
+                yield
         finally:
             self.spark.sparkContext.setJobDescription(None)
         self.timings[name] = round(time.perf_counter() - start, 3)
@@ -107,7 +108,7 @@ class _Run:
 def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     """Run the whole pipeline; returns the manifest (also written to <output>/manifest.json)."""
     output = check_output(cfg.output)
-    run = _Run(spark, output)
+    run = _Run(output, spark)
 
     with run.step("validate"):
         parsed = _parse_once(spark, cfg)

@@ -1,9 +1,13 @@
+import json
+import os
+import re
 from typing import Literal
 
 import pytest
+import yaml
 from pydantic import Field
 
-from twots.config import ConfigError, Section, load, resolve
+from twots.config import CONF_DIR, ConfigError, Section, load, resolve
 
 
 class Demo(Section):
@@ -34,3 +38,119 @@ def test_cli_exits_2_with_message(tmp_path, capsys):
         load(Demo, "demo", ["--source", "zzz"], conf_dir=tmp_path)
     assert exc.value.code == 2
     assert "demo.source" in capsys.readouterr().err
+
+
+# ---- the jobs' own configs: what a new user types wrong -----------------------------------------------------------
+
+def job_error(model, section, argv, capsys) -> str:
+    """The message a job prints for argv: exit code 2, nothing else started."""
+    with pytest.raises(SystemExit) as exc:
+        load(model, section, argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_yaml_flow_style_flags_as_in_the_config_files(capsys):
+    from experiments.config import CompareConfig
+
+    cfg = load(CompareConfig, "compare", ["--data", "x", "--lr-grid", "{ccf: [0.003, 0.01], gru4rec: [0.03]}",
+                                          "--models", "[ccf, 2ts]", "--epochs", '{"ccf": 4}',
+                                          "--train", "{stage2_batch_size: 16, loader: parquet}"])
+    assert cfg.lr_grid == {"ccf": [0.003, 0.01], "gru4rec": [0.03]}
+    assert cfg.models == ["ccf", "2ts"] and cfg.epochs == {"ccf": 4}
+    assert cfg.train == {"stage2_batch_size": 16, "loader": "parquet"}
+    assert load(CompareConfig, "compare", ["--data", "x", "--models", "2ts, ccf"]).models == ["ccf", "2ts"]
+    assert "[config] compare: conf/default.yaml + flags --data --models\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    # not YAML: the flag, the value and the accepted form with an example
+    (["--lr-grid", "{ccf: [0.003, 0.01]"],
+     (r"--lr-grid '\{ccf: \[0.003, 0.01\]': not YAML flow style .*accepted: a mapping \{key: a list of numbers"
+      r".*e\.g\. '\{ccf: \[0\.003, 0\.01\]\}'")),
+    (["--lr-grid", "ccf"], r"--lr-grid 'ccf': expected a mapping \{key: a list of numbers"),
+    (["--lr-grid", "[0.01]"], r"--lr-grid '\[0.01\]': a list, expected a mapping"),
+    (["--epochs", "{ccf:4}"], r"--epochs '\{ccf:4\}': 'ccf:4' has no value; YAML needs a space after the colon"),
+    # wrong type, negative sizes, unknown names, an empty list: the key, the value and the accepted form
+    (["--default-epochs", "three"], (r"compare\.default_epochs = 'three' \(from command line\): Input should be a "
+                                     r"valid integer.*\n\s+accepted: an integer >= 1")),
+    (["--max-len", "-5"], (r"compare\.max_len = '-5' \(from command line\): Input should be greater than or equal "
+                           r"to 1\n\s+accepted: an integer >= 1")),
+    (["--threshold", "-3"], r"compare\.threshold = '-3' .*\n\s+accepted: an integer >= 0 or one of auto or null"),
+    (["--models", "ccf,3ts"], (r"compare\.models = \['ccf', '3ts'\] .*unknown models \['3ts'\]; choose 'all' or "
+                               r"from popularity, ccf")),
+    (["--models", "[]"], r"compare\.models = \[\] .*the list is empty"),
+    (["--lr-grid", "{ccf: [-0.01]}"], r"compare\.lr_grid .*ccf: learning rates must be a non-empty list of positive"),
+    (["--lr-grid", "{sasrek: [0.01]}"], r"keys \['sasrek'\] are not trainable models"),
+    (["--train", "{stage1_epochs: -1, loder: parquet}"],
+     r"compare\.train .*stage1_epochs = -1: Input should be greater than or equal to 1; loder = 'parquet': Extra"),
+])
+def test_compare_flag_errors_name_key_value_and_form(argv, expected, capsys):
+    from experiments.config import CompareConfig
+
+    err = job_error(CompareConfig, "compare", ["--data", "x", *argv], capsys)
+    assert err.startswith("config error: ")
+    assert re.search(expected, err), err
+
+
+def test_train_and_prepare_errors(capsys):
+    from pipelines.config import PrepareConfig
+    from twots.training.train import TrainConfig
+
+    err = job_error(TrainConfig, "train", ["--data", "x", "--model", "gru5rec", "--stage1-batch-size", "-64",
+                                           "--use-gpu", "maybe"], capsys)
+    assert "train.model = 'gru5rec' (from command line): unknown model 'gru5rec'; known: 2ts, 2ts-plus" in err
+    assert "train.stage1_batch_size = '-64' (from command line): Input should be greater than or equal to 1" in err
+    assert "train.use_gpu = 'maybe'" in err and "accepted: true or false" in err
+    err = job_error(PrepareConfig, "prepare", ["--source", "movielens", "--input", "i", "--output", "o",
+                                               "--behaviors", "pv,click", "--eval-negatives", "0"], capsys)
+    assert re.search(r"prepare\.behaviors\.1 = 'click' .*\n\s+accepted: a list of values among pv, buy, cart, fav",
+                     err), err
+    assert "prepare.eval_negatives = '0'" in err
+
+
+def test_unknown_yaml_key_suggests_the_known_one(tmp_path, capsys):
+    from twots.training.train import TrainConfig
+
+    extra = tmp_path / "mine.yaml"
+    extra.write_text("train:\n  stage1_epoch: 4\n")
+    err = job_error(TrainConfig, "train", ["--data", "x", "--config", str(extra)], capsys)
+    assert f"train.stage1_epoch = 4 (from {extra}): not a key of 'train'; did you mean 'stage1_epochs'?" in err
+
+
+def test_prepared_data_brings_its_source_config(tmp_path, capsys):
+    """--data of a prepared MovieLens folder applies conf/movielens.yaml, as --input --source movielens does."""
+    from experiments.config import CompareConfig
+
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"config": {"source": "movielens", "threshold": 20}}))
+    from_data = load(CompareConfig, "compare", ["--data", str(data)])
+    from_input = load(CompareConfig, "compare", ["--input", "raw", "--source", "movielens"])
+    movielens = yaml.safe_load((CONF_DIR / "movielens.yaml").read_text())["compare"]
+    assert from_data.default_epochs == from_input.default_epochs == movielens["default_epochs"]
+    assert from_data.train == from_input.train == movielens["train"]
+    out = capsys.readouterr().out
+    assert f"[config] compare: conf/default.yaml, conf/movielens.yaml (source of {data / 'manifest.json'})" in out
+    # The flag still wins over the source's file; a contradicting --source is an error.
+    assert load(CompareConfig, "compare", ["--data", str(data), "--default-epochs", "2"]).default_epochs == 2
+    err = job_error(CompareConfig, "compare", ["--data", str(data), "--source", "taobao"], capsys)
+    assert f"source = 'taobao', but {data / 'manifest.json'} was prepared from 'movielens'" in err
+
+
+def test_verbose_and_spark_log_level_key(tmp_path, monkeypatch):
+    from twots.spark import LOG_LEVEL_ENV
+    from twots.training.train import TrainConfig
+
+    monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
+    load(TrainConfig, "train", ["--data", "x"])
+    assert os.environ[LOG_LEVEL_ENV] == "WARN"
+    load(TrainConfig, "train", ["--data", "x", "--verbose"])
+    assert os.environ[LOG_LEVEL_ENV] == "INFO"
+    extra = tmp_path / "quiet.yaml"
+    extra.write_text("spark:\n  log_level: ERROR\n")
+    load(TrainConfig, "train", ["--data", "x", "--config", str(extra)])
+    assert os.environ[LOG_LEVEL_ENV] == "ERROR"
+    extra.write_text("spark:\n  log_level: LOUD\n")
+    with pytest.raises(SystemExit):
+        load(TrainConfig, "train", ["--data", "x", "--config", str(extra)])

@@ -141,7 +141,7 @@ def test_register_validate_promote_never_promotes_a_worse_model(spark, registry)
     assert tags[STATUS] == "passed" and tags["validation_champion_version"] == "1"
     assert float(tags["validation_val_mrr"]) > float(tags["validation_champion_mrr"])
     assert aliases(client) == {CHAMPION: popular}
-    assert serve_command(cfg).startswith(f"MLFLOW_TRACKING_URI={registry['tracking']} mlflow models serve "
+    assert serve_command(cfg).startswith(f"MLFLOW_TRACKING_URI={registry['tracking']} bin/mlflow models serve "
                                          f"-m models:/{NAME}@champion --env-manager local")
 
     # A worse model fails: why is in its tags and description; the champion stays, also on reruns.

@@ -15,7 +15,7 @@ from twots.training.train import TrainConfig, train
 
 def config(data, run_dir, **overrides) -> TrainConfig:
     values = dict(data=str(data), run_dir=str(run_dir), num_processes=2, stage1_epochs=2, stage2_epochs=2,
-                  stage1_batch_size=512, stage2_batch_size=32, log_every=1000, seed=3)
+                  stage1_batch_size=512, stage2_batch_size=32, log_every_s=1000, seed=3)
     values.update(overrides)
     return resolve(TrainConfig, "train", values)
 

@@ -4,13 +4,25 @@ On Databricks (DATABRICKS_RUNTIME_VERSION is set) Delta is built in and the sess
 Locally, `make setup` writes the Delta settings into the venv's `pyspark/conf/spark-defaults.conf`, so that
 `spark-submit jobs/x.py` resolves the Delta JARs before the JVM starts; the same settings are applied here too,
 so a plain `python jobs/x.py` from any pyspark install works. Ivy caches the JARs in ~/.ivy2.5.2 between runs.
+
+Spark logs at WARN: `make setup` writes LOG4J2 (the level read from $TWOTS_SPARK_LOG_LEVEL, default warn) beside
+spark-defaults.conf, so the JVM is quiet from its first line, and every session gets `setLogLevel` of that
+variable. A job's `--verbose` (or `spark: {log_level: INFO}` in a config file) sets it before Spark starts.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
+
+from pydantic import Field
+
+from twots.config import Section
 
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
 
@@ -30,6 +42,37 @@ LOCAL_CONF = {
 }
 
 
+LOG_LEVEL_ENV = "TWOTS_SPARK_LOG_LEVEL"
+LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
+
+# Spark's conf/log4j2.properties.template with the root level from the environment, and the warnings every run of
+# ours prints silenced: no native Hadoop, a loopback address, "no metadata directory" (a stack trace per globbed
+# input path), "no partition defined for window" (prepare's global orders are deliberate), and long plan strings.
+QUIET = ("org.apache.hadoop.util.NativeCodeLoader", "org.apache.spark.util.Utils",
+         "org.apache.spark.sql.execution.streaming.FileStreamSink", "org.apache.spark.sql.execution.window.WindowExec",
+         "org.apache.spark.sql.catalyst.util.SparkStringUtils")
+LOG4J2 = f"""# written by `make setup` (twots.setup_env): Spark's log at ${LOG_LEVEL_ENV} (default warn)
+rootLogger.level = ${{env:{LOG_LEVEL_ENV}:-warn}}
+rootLogger.appenderRef.stdout.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
+""" + "".join(f"logger.quiet{i}.name = {name}\nlogger.quiet{i}.level = error\n" for i, name in enumerate(QUIET))
+
+
+class SparkSettings(Section):
+    """The `spark` section of the config files: what every job's Spark session gets."""
+
+    log_level: Literal[LOG_LEVELS] = Field("WARN", description="Spark's log level (a job's --verbose: INFO)")
+
+
+def set_log_level(level: str) -> None:
+    """The level of the Spark sessions (and JVMs) this process starts from now on."""
+    os.environ[LOG_LEVEL_ENV] = level
+
+
 def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
@@ -46,7 +89,34 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
         builder = builder.master(master)
     for key, value in {**DELTA_CONF, **LOCAL_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get(LOG_LEVEL_ENV, "WARN").upper())
+    return session
+
+
+@contextmanager
+def progress(spark, label: str, every_s: float = 15.0, log=print) -> Iterator[None]:
+    """While the block runs, every `every_s` seconds: the tasks done of the Spark stages running now (Spark's own
+    console progress bar is off: it redraws many times a second and interleaves with our lines)."""
+    tracker = spark.sparkContext.statusTracker()
+    done_event, started = threading.Event(), time.monotonic()
+
+    def report() -> None:
+        while not done_event.wait(every_s):
+            stages = [info for info in map(tracker.getStageInfo, tracker.getActiveStageIds()) if info]
+            total = sum(info.numTasks for info in stages)
+            if total:
+                done = sum(info.numCompletedTasks for info in stages)
+                log(f"{label}: {done}/{total} tasks of {len(stages)} running stage(s), "
+                    f"{time.monotonic() - started:.0f} s so far", flush=True)
+
+    thread = threading.Thread(target=report, name=f"progress {label}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done_event.set()
+        thread.join()
 
 
 class OutOfMemory(RuntimeError):

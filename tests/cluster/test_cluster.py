@@ -133,7 +133,7 @@ def test_prepare_train_on_executors_evaluate_register_validate(spark, prepared_m
     cfg = resolve(TrainConfig, "train", {
         "data": str(prepared_movielens), "run_dir": str(run_dir), "model": "2ts", "num_processes": 2,
         "local_mode": False, "stage1_epochs": 1, "stage2_epochs": 1, "stage1_batch_size": 512,
-        "stage2_batch_size": 32, "log_every": 1000, "seed": 3})
+        "stage2_batch_size": 32, "log_every_s": 1000, "seed": 3})
     result = train(cfg, spark)
     assert [s["stage"] for s in result.stages] == ["stage1", "stage2"]
     assert all(s["world"] == 2 for s in result.stages)

@@ -284,8 +284,9 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
         done += n_users
         if time.monotonic() - last_log > progress_every_s:
             last_log = time.monotonic()
-            print(f"[replay] round {r + 1}/{rounds}: {done:,}/{n_events:,} events, "
-                  f"{done / (last_log - started):,.0f} events/s"
+            rate = done / (last_log - started)
+            print(f"[replay] round {r + 1}/{rounds}: {done:,}/{n_events:,} events, {rate:,.0f} events/s, "
+                  f"{(n_events - done) / rate:.0f} s left"
                   + (f", full ranking {ranker.seconds:.0f}s" if ranker else ""), flush=True)
     model.train(was_training)
 

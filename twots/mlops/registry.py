@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -21,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
-from twots.config import Section
+from twots.config import BIN_DIR, Section
 from twots.data.tables import EVAL_CANDIDATES
 from twots.evaluation.evaluate import SPLITS, EvalData, evaluate_loaded, load_arrays
 from twots.evaluation.remap import RemappedModel
@@ -226,7 +227,10 @@ def release(client: MlflowClient, cfg: RegistryConfig, spark, run_id: str) -> st
 
 
 def serve_command(cfg: RegistryConfig, port: int = 5001) -> str:
-    """The shell command that serves @champion from this registry."""
+    """The shell command that serves @champion from this registry, in any shell started in the current folder."""
     tracking = cfg.tracking_uri or default_tracking_uri(cfg.data)
-    return (f"MLFLOW_TRACKING_URI={tracking} mlflow models serve -m models:/{cfg.model_name}@{CHAMPION} "
+    mlflow_bin = BIN_DIR / "mlflow"
+    if mlflow_bin.is_relative_to(Path.cwd()):
+        mlflow_bin = mlflow_bin.relative_to(Path.cwd())
+    return (f"MLFLOW_TRACKING_URI={tracking} {mlflow_bin} models serve -m models:/{cfg.model_name}@{CHAMPION} "
             f"--env-manager local -p {port}")

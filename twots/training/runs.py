@@ -32,7 +32,7 @@ class RunOptions:
     seed: int = 0
     use_gpu: bool = False
     resume: bool = False
-    log_every: int = 50
+    log_every_s: float = 10.0
     threads: int = 0
 
 
@@ -43,7 +43,7 @@ def stage_job(plan: StagePlan, inputs: BuildInputs, source, settings: StageSetti
     return StageJob(name=name, build=partial(plan.build, inputs), source=source, previous_model=previous,
                     model_path=str(Path(run_dir) / f"{name}.pt"), checkpoint_dir=str(Path(run_dir) / "checkpoints"),
                     epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, seed=options.seed,
-                    use_gpu=options.use_gpu, resume=options.resume, log_every=options.log_every,
+                    use_gpu=options.use_gpu, resume=options.resume, log_every_s=options.log_every_s,
                     threads=options.threads)
 
 

@@ -51,7 +51,8 @@ class TrainConfig(Section):
     resume: bool = Field(False, description="continue the run in run_dir from its last epoch checkpoint")
     stage1_model: str | None = Field(None, description="a trained stage-1 model file to build on instead of "
                                                        "training stage 1 (e.g. another kind's <run_dir>/stage1.pt)")
-    log_every: int = Field(50, ge=1, description="progress line every N steps (rank 0)")
+    log_every_s: float = Field(10.0, gt=0, description="seconds between progress lines (rank 0), and one at the "
+                                                          "end of each epoch")
     evaluate: bool = Field(True, description="evaluate val/test at the end and log the metrics")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<data>/mlflow.db")
     experiment: str = Field("twots", description="MLflow experiment name")
@@ -72,7 +73,7 @@ class TrainConfig(Section):
                                      getattr(self, f"{which}_batch_size")) for which in ("stage1", "stage2")}
 
     def options(self) -> RunOptions:
-        return RunOptions(seed=self.seed, use_gpu=self.use_gpu, resume=self.resume, log_every=self.log_every,
+        return RunOptions(seed=self.seed, use_gpu=self.use_gpu, resume=self.resume, log_every_s=self.log_every_s,
                           threads=self.threads)
 
 

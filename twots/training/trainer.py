@@ -43,7 +43,7 @@ class StageJob:
     seed: int
     use_gpu: bool = False
     resume: bool = False
-    log_every: int = 50
+    log_every_s: float = 10.0      # seconds between progress lines (rank 0), and one at the end of each epoch
     threads: int = 0               # torch intra-op threads per rank; 0 keeps torchrun's setting
 
 
@@ -97,6 +97,7 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
         torch.manual_seed(epoch_seed(job.seed, epoch, ctx.rank))
         model.train()
         loss_sum, clicks, t0 = 0.0, 0, time.perf_counter()
+        last_log = t0
         for step, batch in enumerate(loader.epoch(epoch), 1):
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             for opt in optimizers:
@@ -108,10 +109,13 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
                 opt.step()
             loss_sum += float(loss.detach())
             clicks += batch_interactions(batch)
-            if ctx.is_main and (step % job.log_every == 0 or step == steps):
-                rate = clicks * ctx.world / (time.perf_counter() - t0)
-                log(f"[{job.name}] epoch {epoch + 1}/{job.epochs} step {step}/{steps} "
-                    f"loss {loss_sum / step:.4f} {rate:,.0f} interactions/s")
+            now = time.perf_counter()
+            if ctx.is_main and (now - last_log >= job.log_every_s or step == steps):
+                last_log = now
+                left = (now - t0) / step * (steps - step)
+                log(f"[{job.name}] epoch {epoch + 1}/{job.epochs} step {step}/{steps} loss {loss_sum / step:.4f} "
+                    f"{clicks * ctx.world / (now - t0):,.0f} interactions/s, "
+                    + (f"{left:.0f} s left in the epoch" if step < steps else f"epoch done in {now - t0:.1f} s"))
         seconds = time.perf_counter() - t0
         mean_loss = distributed.all_mean(ctx, [loss_sum / steps])[0]
         total = distributed.all_sum(ctx, clicks)
