@@ -99,7 +99,8 @@ def test_train_and_prepare_errors(capsys):
 
     err = job_error(TrainConfig, "train", ["--data", "x", "--model", "gru5rec", "--stage1-batch-size", "-64",
                                            "--use-gpu", "maybe"], capsys)
-    assert "train.model = 'gru5rec' (from command line): unknown model 'gru5rec'; known: 2ts, 2ts-plus" in err
+    assert ("train.model = 'gru5rec' (from command line): unknown model 'gru5rec'; known: ccf, sumpooling, gru4rec, "
+            "sasrec, 2gru, 2ts-singlestage, 2ts, 2ts-plus") in err
     assert "train.stage1_batch_size = '-64' (from command line): Input should be greater than or equal to 1" in err
     assert "train.use_gpu = 'maybe'" in err and "accepted: true or false" in err
     err = job_error(PrepareConfig, "prepare", ["--source", "movielens", "--input", "i", "--output", "o",
