@@ -72,11 +72,15 @@ def geometric(u: Column, mean: float) -> Column:
     return F.floor(F.log(u) / math.log(1 - 1 / (mean + 1)))
 
 
+def _slots(cfg: GenerateConfig) -> int:
+    """Item slots per category; a category holds slots * (item_turnover + 1) items."""
+    return max(1, cfg.items_per_category // (cfg.item_turnover + 1))
+
+
 def shape(cfg: GenerateConfig) -> dict:
     n_users = max(1, round(cfg.rows / cfg.mean_events))
     n_categories = max(1, round(cfg.rows / cfg.rows_per_item / cfg.items_per_category))
-    slots = max(1, cfg.items_per_category // (cfg.item_turnover + 1))
-    return {"users": n_users, "categories": n_categories, "items": n_categories * slots * (cfg.item_turnover + 1)}
+    return {"users": n_users, "categories": n_categories, "items": n_categories * _slots(cfg) * (cfg.item_turnover + 1)}
 
 
 def users(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
@@ -161,8 +165,7 @@ def _fresh_choices(rows: DataFrame, cfg: GenerateConfig) -> DataFrame:
     """The category and item each event would have as a fresh event (steps 3 to 5)."""
     sizes = shape(cfg)
     n_cat, seed = sizes["categories"], cfg.seed
-    turnover = cfg.item_turnover
-    slots = cfg.items_per_category // (turnover + 1)
+    turnover, slots = cfg.item_turnover, _slots(cfg)
     user, k = F.col("user"), F.col("k")
     t = (F.col("ts") - cfg.start_ts) / (cfg.days * 86400)
     taste = F.col("home") + F.col("drift") * t
@@ -188,7 +191,7 @@ def _fresh_choices(rows: DataFrame, cfg: GenerateConfig) -> DataFrame:
     phase = uniform(seed, 41, category, slot)
     handover = 0.5 * (uniform(seed, 42, user, k) - 0.5)
     generation = F.least(F.greatest(F.floor(turnover * t + phase + handover), F.lit(0)), F.lit(turnover)).cast("long")
-    item = category * cfg.items_per_category + slot * (turnover + 1) + generation
+    item = (category * slots + slot) * (turnover + 1) + generation
     return rows.withColumn("category", category).withColumn("item", item)
 
 

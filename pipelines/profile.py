@@ -1,4 +1,4 @@
-"""Data profile of an interaction log: the statistics that separate sequence models, as a dict (`jobs/profile.py`).
+"""Data profile of an interaction log: the statistics that separate sequence models (`jobs/data_profile.py`).
 
 Input: a raw log of a supported source (read through `pipelines.readers`; rejected lines are counted, not
 profiled) or a prepared output folder (its `interactions`, `items` and `user_activity` Delta tables). Every
@@ -143,7 +143,7 @@ def distribution(values: np.ndarray, counts: np.ndarray) -> dict:
     order = np.argsort(values)
     sample = np.repeat(values[order], counts[order])
     return {"median": float(np.median(sample)), "mean": float(sample.mean()),
-            "p90": round(float(np.quantile(sample, 0.9)), 6), "max": float(sample.max())}
+            "p90": round(float(np.quantile(sample, 0.9)), 12), "max": float(sample.max())}
 
 
 def concentration(per_item: np.ndarray, items: np.ndarray) -> dict:
@@ -158,7 +158,7 @@ def concentration(per_item: np.ndarray, items: np.ndarray) -> dict:
     top = {f"top{p}_share": float(desc[:math.ceil(n * p / 100)].sum() / total) for p in (1, 10)}
     ascending = desc[::-1]
     gini = float(2 * np.sum(np.arange(1, n + 1) * ascending) / (n * total) - (n + 1) / n)
-    return {**top, "gini": round(gini, 6)}
+    return {**top, "gini": round(gini, 12)}
 
 
 def eval_buckets(spark: SparkSession, path: str) -> dict:

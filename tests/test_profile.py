@@ -120,13 +120,13 @@ def test_logged_to_an_mlflow_run(tmp_path):
 def test_job_writes_json_and_prints_a_summary(tmp_path, shared_data):
     out = tmp_path / "profile.json"
     result = subprocess.run(
-        [sys.executable, "jobs/profile.py", "--source", "taobao", "--output", str(out),
+        [sys.executable, "jobs/data_profile.py", "--source", "taobao", "--output", str(out),
          "--input", str(shared_data / "taobao-sample" / "UserBehavior.csv"), "--sample-users", "50", "--samples", "2"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     written = json.loads(out.read_text())
     assert written["events"] == 10_000 and written["samples"]["samples_of"] == {"users": 50, "samples": 2, "seed": 0}
     assert "10,000 events, 114 users" in result.stdout and "mean of 2 samples of 50 users" in result.stdout
-    bad = subprocess.run([sys.executable, "jobs/profile.py", "--input", "x", "--session-gap", "0"],
+    bad = subprocess.run([sys.executable, "jobs/data_profile.py", "--input", "x", "--session-gap", "0"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "profile.session_gap" in bad.stderr

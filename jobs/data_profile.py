@@ -1,15 +1,14 @@
 """Profile a raw log or a prepared output folder (statistics defined in pipelines/profile.py); JSON out.
 
-    spark-submit jobs/profile.py --source taobao --input ../shared/data/taobao-sample/UserBehavior.csv --output profile.json
-    spark-submit jobs/profile.py --input /data/twots --run-id <mlflow run id>     # prepared folder, logged to MLflow
+Not `jobs/profile.py`: a script's folder comes first on sys.path, and a `profile.py` there would shadow the
+standard library's `profile`, which pyspark imports (through cProfile), breaking every job in jobs/.
+
+    spark-submit jobs/data_profile.py --source taobao --input ../shared/data/taobao-sample/UserBehavior.csv --output profile.json
+    spark-submit jobs/data_profile.py --input /data/twots --run-id <mlflow run id>     # prepared folder, logged to MLflow
 """
 
 import json
-import sys
 from pathlib import Path
-
-# Run as a script, this file would shadow the standard library's `profile`, which pyspark imports (via cProfile).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from pipelines.config import ProfileConfig
 from pipelines.profile import ProfileError, log_to_mlflow, profile, summary, write_json
