@@ -6,11 +6,11 @@ them; tests/test_generate.py checks them and docs/data.md compares the two profi
 Every random number is a hash of (seed, salt, and the ids it belongs to: user, event index k, session, category,
 item slot), and every sequential quantity is a running sum over one user's events in k order, so the same seed gives
 the same rows however Spark partitions the work. Shape: rows / mean_events users, rows / rows_per_item items in
-categories of items_per_category items (at 100M rows: 990k users, 4.16M items, 9.5k categories).
+categories of items_per_category items (at 100M rows: 990k users, 4.15M items, 9.5k categories).
 
-1. Users. Each user's event count is log-normal with the full log's median (75) and mean (101), scaled and the
-   remainder spread (one event each) so that exactly `rows` rows come out. A `late_share` of users join at a
-   uniform time in the window (the new users of val/test); the others' window is the whole 9 days. Each user has
+1. Users. Each user's event count is log-normal with the full log's mean (101) and median 72 (the real sample's
+   mean / median ratio, 87.7 / 62.5, at that mean), scaled and the remainder spread (one event each) so that
+   exactly `rows` rows come out. A `late_share` of users join at a uniform time in the window (the new users of val/test); the others' window is the whole 9 days. Each user has
    a home point on a circle of taste, the population's (0.5) plus N(0, taste_spread); categories are evenly spaced
    on the circle, so neighbouring categories are similar and users near each other share tastes.
 2. Sessions. Event k > 0 starts a new session with probability p_u (log-normal around `session_rate` per user):

@@ -95,11 +95,11 @@ def test_tastes_drift_between_sessions(generated):
 
 @pytest.fixture(scope="module")
 def calibration(spark, shared_data, tmp_path_factory):
-    """1M generated rows profiled as 10 samples of the real sample's 114 users, and the real sample's profile."""
+    """1M generated rows profiled as 20 samples of the real sample's 114 users, and the real sample's profile."""
     out = tmp_path_factory.mktemp("gen1m") / "raw"
     generate(GenerateConfig(rows=1_000_000, output=str(out), seed=7, parts=4), spark)
     events, _ = raw_events(spark, "taobao", str(out))
-    generated = sample_profile(events.localCheckpoint(), size=114, samples=10, seed=1)
+    generated = sample_profile(events.localCheckpoint(), size=114, samples=20, seed=1)
     real = profile(ProfileConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv")),
                    spark)
     return headline(generated), headline(real)
