@@ -10,9 +10,10 @@ categories of items_per_category items (at 100M rows: 990k users, 4.15M items, 9
 
 1. Users. Each user's event count is log-normal with the full log's mean (101) and median 72 (the real sample's
    mean / median ratio, 87.7 / 62.5, at that mean), scaled and the remainder spread (one event each) so that
-   exactly `rows` rows come out. A `late_share` of users join at a uniform time in the window (the new users of val/test); the others' window is the whole 9 days. Each user has
-   a home point on a circle of taste, the population's (0.5) plus N(0, taste_spread); categories are evenly spaced
-   on the circle, so neighbouring categories are similar and users near each other share tastes.
+   exactly `rows` rows come out. A `late_share` of users join at a uniform time in the window (the new users of
+   val/test); the others' window is the whole 9 days. Each user has a home point on a circle of taste, the
+   population's (0.5) plus N(0, taste_spread); categories are evenly spaced on the circle, so neighbouring
+   categories are similar and users near each other share tastes.
 2. Sessions. Event k > 0 starts a new session with probability p_u (log-normal around `session_rate` per user):
    sessions of a few events (geometric sizes, heavier tailed over users). Inside a session the gaps are
    log-normal (median `gap_median_s`, log-sd `gap_sigma`, below 30 min); sessions start at the order statistics
