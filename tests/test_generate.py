@@ -95,25 +95,28 @@ def test_tastes_drift_between_sessions(generated):
 
 
 @pytest.fixture(scope="module")
-def calibration(spark, shared_data, tmp_path_factory):
-    """1M generated rows profiled as 20 samples of the real sample's 114 users, and the real sample's profile."""
+def real(spark, shared_data):
+    """The real Taobao sample's profile (all 114 users), the target of the calibration."""
+    return headline(profile(ProfileConfig(source="taobao",
+                                          input=str(shared_data / "taobao-sample" / "UserBehavior.csv")), spark))
+
+
+@pytest.fixture(scope="module")
+def calibrated(spark, tmp_path_factory):
+    """1M generated rows profiled as 20 samples of the real sample's 114 users (the mean of the samples)."""
     out = tmp_path_factory.mktemp("gen1m") / "raw"
     generate(GenerateConfig(rows=1_000_000, output=str(out), seed=7, parts=4), spark)
     events, _ = raw_events(spark, "taobao", str(out))
-    generated = sample_profile(events.localCheckpoint(), size=114, samples=20, seed=1)
-    real = profile(ProfileConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv")),
-                   spark)
-    return headline(generated), headline(real)
+    return headline(sample_profile(events.localCheckpoint(), size=114, samples=20, seed=1))
 
 
 @pytest.mark.parametrize("statistic", HEADLINE)
-def test_calibrated_to_the_real_taobao_sample(calibration, statistic):
-    generated, real = calibration
-    assert generated[statistic] == pytest.approx(real[statistic], rel=0.25), (statistic, generated, real)
+def test_calibrated_to_the_real_taobao_sample(calibrated, real, statistic):
+    assert calibrated[statistic] == pytest.approx(real[statistic], rel=0.25), (statistic, calibrated, real)
 
 
-def test_real_sample_is_what_the_generator_is_calibrated_to(calibration):
-    _, real = calibration  # the issue's table: a changed sample or definition must show up here
+def test_real_sample_is_what_the_generator_is_calibrated_to(real):
+    # The issue's table: a changed sample or definition must show up here.
     assert real == pytest.approx({"category_continuity": 0.409, "repeat_share": 0.2146, "long_gap_share": 0.1604,
                                   "median_gap_s": 80, "top1_share": 0.0583, "events_per_user.median": 62.5,
-                                  "events_per_user.mean": 87.72}, abs=5e-4)
+                                  "events_per_user.mean": 87.72}, abs=1e-3)
