@@ -56,15 +56,30 @@ class GenerateConfig(Section):
     output: str = Field(description="folder of the CSV part files (replaced)")
     seed: int = Field(7, description="same seed, same rows")
     mean_events: float = Field(101.0, gt=1, description="mean events per user (real Taobao log: 101)")
-    median_events: float = Field(75.0, gt=1, description="median events per user (real Taobao log: 75)")
+    median_events: float = Field(
+        72.0, gt=1, description="median events per user (the real sample's mean/median ratio 87.7/62.5 at mean 101)")
     rows_per_item: float = Field(24.0, gt=0, description="rows / items (real log: 100M rows, 4.16M items)")
     items_per_category: int = Field(440, ge=1, description="items per category (real log: about 440)")
-    taste_spread: float = Field(0.12, gt=0, le=0.5, description="sd of users' taste centres around the population's")
-    taste_width: float = Field(0.03, gt=0, le=0.5, description="sd of one event around its user's current taste")
-    drift: float = Field(0.02, ge=0, le=0.5, description="sd of a user's taste shift over the whole window")
+    taste_spread: float = Field(0.12, gt=0, le=0.5, description="sd of users' home tastes around the population's (circle units)")
+    drift: float = Field(0.02, ge=0, le=0.5, description="sd of a user's taste shift over the whole window (circle units)")
     late_share: float = Field(0.1, ge=0, le=1, description="share of users who first appear at a uniform time in the window")
-    population_share: float = Field(0.3, ge=0, le=1, description="share of events drawn from the population's taste")
-    item_skew: float = Field(3.0, ge=1, description="popularity skew of items within a category (1 = uniform)")
+    session_rate: float = Field(0.185, gt=0, lt=1, description="mean probability that an event starts a new session")
+    gap_median_s: float = Field(58.0, gt=0, lt=1799, description="median gap between events of a session (seconds)")
+    gap_sigma: float = Field(1.36, ge=0, description="log-sd of the gaps inside a session")
+    session_focus: float = Field(0.7, ge=0, le=1, description="share of a session's events on its episode's main category")
+    favourites: int = Field(6, ge=1, description="favourite category slots per user")
+    favourite_share: float = Field(0.5, ge=0, le=1, description="share of other choices made among the favourites")
+    favourite_width: float = Field(30.0, gt=0, description="sd of favourites around the home taste, in categories")
+    favourite_life: float = Field(8.0, gt=0, description="sessions a favourite lasts before it is replaced (drift)")
+    explore_width: float = Field(20.0, gt=0, description="sd of explored categories around the current taste, in categories")
+    item_skew: float = Field(2.0, ge=1, description="popularity skew of item slots within a category (1 = uniform)")
+    item_turnover: int = Field(2, ge=0, description="times a slot's item is replaced by a new one over the window")
+    repeat_pv: float = Field(0.17, ge=0, le=1, description="share of pv events that re-view an earlier item")
+    repeat_cart: float = Field(0.14, ge=0, le=1, description="share of cart events on an earlier item")
+    repeat_fav: float = Field(0.1, ge=0, le=1, description="share of fav events on an earlier item")
+    repeat_buy: float = Field(0.5, ge=0, le=1, description="share of buy events on an earlier item")
+    funnel_share: float = Field(0.3, ge=0, le=1, description="share of repeat buys on an item the user carted or faved")
+    repeat_recency: float = Field(6.0, gt=0, description="mean number of fresh events between a repeat and its source")
     start_ts: int = Field(1511539200, ge=0, description="first second of the window (Taobao: 2017-11-25 Beijing)")
     days: int = Field(9, ge=1, description="length of the window in days")
     parts: int = Field(8, ge=1, description="CSV part files")
@@ -75,3 +90,19 @@ class GenerateConfig(Section):
         if self.mean_events <= self.median_events:
             raise ValueError("mean_events must exceed median_events (a right-skewed activity distribution)")
         return self
+
+
+class ProfileConfig(Section):
+    """Profile of a raw log or a prepared output folder (see pipelines.profile for the statistics)."""
+
+    input: str = Field(description="raw log (with source) or prepared output folder (without source)")
+    source: Literal["taobao", "movielens", "lastfm"] | None = Field(
+        None, description="format of a raw log; unset: input is a prepared output folder")
+    output: str | None = Field(None, description="JSON file of the profile (default: only printed)")
+    run_id: str | None = Field(None, description="MLflow run to log the profile to")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///<input>/mlflow.db for a prepared folder")
+    session_gap: int = Field(1800, ge=1, description="seconds: a longer gap between a user's events ends a session")
+    sample_users: int = Field(0, ge=0, description="also profile random samples of this many users (0: no samples)")
+    samples: int = Field(5, ge=1, description="how many such samples (their mean is reported)")
+    seed: int = Field(0, description="seed of the user samples")
