@@ -207,7 +207,8 @@ def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, full: Path | 
                              "tuning_seconds": seconds, "peak_memory_mb": None, "grid": None, "stage1": None,
                              "trials": []}
     kind = KINDS[name]
-    on, plan = kind.on_stage1, kind.stages[-1]
+    plan = kind.stages[-1]
+    on = kind.on_stage1 and plan != STAGE1  # built on CCF's stage 1 (CCF itself is that stage 1)
     model_view = full if kind.full_histories else view
     grid = cfg.grid("ccf" if plan == STAGE1 else name)
     if plan == STAGE1:

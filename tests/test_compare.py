@@ -206,7 +206,20 @@ def test_grid_with_early_stopping_records_each_models_setting(spark, prepared_cl
 
 def test_results_table_marks_missing_groups():
     row = {"test": {g: {"mrr": 0.5, "recall@10": 0.9, "ndcg@10": 0.6} for g in ("overall", "active", "inactive")},
-           "train_seconds": 1.0, "peak_memory_mb": None, "params": 1234, "lr": None, "epochs": None}
+           "train_seconds": 1.0, "peak_memory_mb": None, "params": 1234, "lr": None, "l2": None, "epochs": None,
+           "grid": None, "stage1": None}
     row["test"]["new"] = {"mrr": None, "recall@10": None, "ndcg@10": None}
-    table = results_table({"popularity": row}, {"t_star": 20, "source": "prepared"})
-    assert "| popularity | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 1.0 | - | 1,234 | - | - |" in table
+    grid = {"lrs": [0.001, 0.01], "l2s": [0.0, 1e-6], "max_epochs": 5, "patience": 1}
+    two = {**row, "lr": 0.01, "l2": 1e-6, "epochs": 3, "grid": grid,
+           "stage1": {"lr": 0.001, "l2": 0.0, "epochs": 4, "val_mrr": 0.1}}
+    table = results_table({"popularity": row, "ccf": {**two, "stage1": None}, "2ts": two},
+                          {"t_star": 20, "source": "prepared"})
+    assert "| popularity | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 1.0 | - | 1,234 | - | - | - | - |" in table
+    assert "| 2ts | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 1.0 | - | 1,234 | 0.01 | 1e-06 | 3 | " \
+        "0.001 / 0 / 4 |" in table
+    assert ("Tuning, every trained model: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 5 epochs, early stopping on val MRR "
+            "(patience 1).") in table
+    # Another budget for one model is named per model.
+    table = results_table({"ccf": {**two, "grid": {**grid, "max_epochs": 2}}, "2ts": two})
+    assert "Tuning of ccf: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 2 epochs" in table
+    assert "Tuning of 2ts: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 5 epochs" in table
