@@ -19,8 +19,11 @@ Module map: experiments.config (CompareConfig), experiments.tuning (trials, the 
 experiments.threshold (t** and the t* sweep), experiments.reporting (results table, files, MLflow),
 experiments.figures (Fig. 3-5); the views are pipelines.views.
 
-Tuning: for each model, each learning rate of its grid is trained for its epochs; every epoch's checkpoint is
-replayed on val, and the (learning rate, epoch) with the best val MRR is the model. Only then is test replayed.
+Tuning (experiments.tuning), the same budget for every trained model by default (`compare.lrs` x `compare.l2s`, up
+to `max_epochs`): each (lr, l2) trains an epoch at a time, val is replayed after each epoch, and training stops after
+`patience` epochs without a better val MRR; the (lr, l2, epoch) with the best val MRR is the model. Stage 1 is tuned
+once on that grid as CCF; 2TS, 2TS-Plus and 2-GRU build on CCF's chosen stage 1 and tune their stage 2 on the same
+grid. Only then is test replayed. The chosen setting and every grid point's val MRRs go to results.json and MLflow.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
 
         stage1, trained = None, [KINDS[m] for m in cfg.models if KINDS[m].stages]
         if cfg.threshold == "auto" or any(kind.on_stage1 for kind in trained):
-            best, trials = runner.tune("ccf", STAGE1, base, cfg.lrs("ccf"), cfg.epochs_of("ccf"))
+            best, trials = runner.tune("ccf", STAGE1, base, cfg.grid("ccf"))
             stage1 = (best, trials, str(out / "models" / "stage1.pt"))
             save_model(stage1[2], load_epoch(best, best.best_epoch))
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator, model_validator
 
 from twots.config import Section
 from twots.models.kinds import KINDS
 
 MODEL_NAMES = tuple(KINDS)  # in the order of the paper's tables
+
+
+class GridOverride(Section):
+    """Another tuning budget for one model (`compare.overrides`); what it leaves out is the common grid's."""
+
+    lrs: list[PositiveFloat] | None = Field(None, min_length=1)
+    l2s: list[NonNegativeFloat] | None = Field(None, min_length=1)
+    max_epochs: int | None = Field(None, ge=1)
 
 
 class CompareConfig(Section):
@@ -20,10 +29,14 @@ class CompareConfig(Section):
     source: Literal["taobao", "movielens", "lastfm"] | None = Field(None, description="format of --input")
     output: str = Field("compare-output", description="results, plots, runs and the MLflow store")
     models: list[str] = Field(["all"], description="'all' or a list of: " + ", ".join(MODEL_NAMES))
-    lr_grid: dict[str, list[float]] = Field(default_factory=dict, description="model -> learning rates tried")
-    default_lrs: list[float] = Field([0.003, 0.01], min_length=1, description="grid of models not in lr_grid")
-    epochs: dict[str, int] = Field(default_factory=dict, description="model -> epochs of its trained stage")
-    default_epochs: int = Field(3, ge=1, description="epochs of models not in `epochs`")
+    lrs: list[PositiveFloat] = Field([0.001, 0.003, 0.01], min_length=1,
+                                     description="learning rates every model tries")
+    l2s: list[NonNegativeFloat] = Field([0.0, 1e-6], min_length=1, description="L2 values every model tries "
+                                        "(embedding rows a step touches and dense weights; twots.training.trainer)")
+    max_epochs: int = Field(5, ge=1, description="epochs per grid point at most; val MRR is replayed after each")
+    patience: int = Field(1, ge=1, description="stop a grid point after this many epochs without a better val MRR")
+    overrides: dict[str, GridOverride] = Field(default_factory=dict, description="model -> {lrs, l2s, max_epochs}: "
+                                               "another budget for that model (none by default: one grid for all)")
     max_len: int = Field(200, ge=1, description="full histories keep each user's last max_len training items")
     sasrec_window: int = Field(50, ge=1, description="SASRec attends over the last N items")
     threshold: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
@@ -49,17 +62,12 @@ class CompareConfig(Section):
             raise ValueError(f"unknown models {unknown}; choose 'all' or from {', '.join(MODEL_NAMES)}")
         return [m for m in MODEL_NAMES if m in models]  # a fixed order: stage 1 (ccf) before what builds on it
 
-    @field_validator("lr_grid", "epochs")
+    @field_validator("overrides")
     @classmethod
-    def _keys_are_models(cls, value: dict) -> dict:
+    def _overrides_are_models(cls, value: dict) -> dict:
         unknown = [k for k in value if k not in MODEL_NAMES or k == "popularity"]
         if unknown:
             raise ValueError(f"keys {unknown} are not trainable models ({', '.join(MODEL_NAMES[1:])})")
-        for key, item in value.items():
-            if isinstance(item, list) and (not item or min(item) <= 0):
-                raise ValueError(f"{key}: learning rates must be a non-empty list of positive numbers")
-            if isinstance(item, int) and item < 1:
-                raise ValueError(f"{key}: epochs must be >= 1")
         return value
 
     @field_validator("train")
@@ -87,8 +95,25 @@ class CompareConfig(Section):
             raise ValueError("threshold_candidates must be a non-empty list of t* >= 1")
         return self
 
-    def lrs(self, model: str) -> list[float]:
-        return self.lr_grid.get(model, self.default_lrs)
+    def grid(self, model: str) -> Grid:
+        """The tuning budget of `model`: the common grid unless `overrides` names the model."""
+        mine = self.overrides.get(model, GridOverride())
+        return Grid(tuple(mine.lrs or self.lrs), tuple(mine.l2s or self.l2s), mine.max_epochs or self.max_epochs,
+                    self.patience)
 
-    def epochs_of(self, model: str) -> int:
-        return self.epochs.get(model, self.default_epochs)
+
+@dataclass(frozen=True)
+class Grid:
+    """One model's tuning budget: every (lr, l2), each up to max_epochs with early stopping on val MRR."""
+
+    lrs: tuple[float, ...]
+    l2s: tuple[float, ...]
+    max_epochs: int
+    patience: int
+
+    def points(self) -> list[tuple[float, float]]:
+        return [(lr, l2) for lr in self.lrs for l2 in self.l2s]
+
+    def as_dict(self) -> dict:
+        return {"lrs": list(self.lrs), "l2s": list(self.l2s), "max_epochs": self.max_epochs,
+                "patience": self.patience}

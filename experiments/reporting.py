@@ -11,7 +11,26 @@ METRICS = (("MRR", ("overall", "mrr")), ("Recall@10", ("overall", "recall@10")),
            ("full NDCG@10", ("overall", "full_ndcg@10")))
 # Training columns, shown when the rows have them (the comparison's; the demo's rows hold test metrics only).
 TRAINING = (("train s", "train_seconds", ".1f"), ("peak MB", "peak_memory_mb", ".0f"), ("params", "params", ","),
-            ("lr", "lr", "g"), ("epochs", "epochs", "d"))
+            ("lr", "lr", "g"), ("l2", "l2", "g"), ("epochs", "epochs", "d"))
+
+
+def grid_text(grid: dict) -> str:
+    return (f"lr {{{', '.join(f'{v:g}' for v in grid['lrs'])}}} x l2 {{{', '.join(f'{v:g}' for v in grid['l2s'])}}}, "
+            f"up to {grid['max_epochs']} epochs, early stopping on val MRR (patience {grid['patience']})")
+
+
+def tuning_lines(results: dict[str, dict]) -> list[str]:
+    """What each model was given: one line when every trained model had the same grid, else one per model."""
+    grids = {name: row["grid"] for name, row in results.items() if row.get("grid")}
+    if not grids:
+        return []
+    distinct = {grid_text(g) for g in grids.values()}
+    lines = ([f"Tuning, every trained model: {distinct.pop()}."] if len(distinct) == 1 else
+             [f"Tuning of {name}: {grid_text(g)}." for name, g in grids.items()])
+    if any(row.get("stage1") for row in results.values()):
+        lines.append("Two-stage models: stage 1 is CCF's chosen setting (column `stage 1`: lr / l2 / epochs); the grid "
+                     "is their stage 2's. lr, l2, epochs: the chosen setting (best val MRR).")
+    return lines + [""]
 
 
 def results_table(results: dict[str, dict], threshold: dict | None = None) -> str:
@@ -21,18 +40,24 @@ def results_table(results: dict[str, dict], threshold: dict | None = None) -> st
     def cell(value, fmt):
         return "-" if value is None else format(value, fmt)
 
+    def stage1(row):
+        return "-" if not row["stage1"] else "{lr:g} / {l2:g} / {epochs}".format(**row["stage1"])
+
     metrics = [c for c in METRICS if any(c[1][1] in row["test"]["overall"] for row in results.values())]
     training = [c for c in TRAINING if all(c[1] in row for row in results.values())]
-    head = ["model", *(c for c, _ in metrics), *(c for c, _, _ in training)]
+    with_stage1 = all("stage1" in row for row in results.values())
+    head = ["model", *(c for c, _ in metrics), *(c for c, _, _ in training), *(["stage 1"] if with_stage1 else [])]
     lines = [f"t* = {threshold['t_star']} ({threshold['source']})", ""] if threshold else []
     full = next((row["full_ranking"] for row in results.values() if row.get("full_ranking")), None)
     if full:
         lines += [f"full ranking: the test events of {full['users']:,} users against all {full['n_items']:,} items, "
                   f"clicked items {'excluded' if full['exclude_seen'] else 'kept'}", ""]
+    lines += tuning_lines(results)
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results.items():
         cells = [cell(row["test"][group].get(key), ".4f") for _, (group, key) in metrics]
-        lines.append("| " + " | ".join([name, *cells, *(cell(row[key], fmt) for _, key, fmt in training)]) + " |")
+        lines.append("| " + " | ".join([name, *cells, *(cell(row[key], fmt) for _, key, fmt in training),
+                                        *([stage1(row)] if with_stage1 else [])]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -62,8 +87,15 @@ def log_model_run(row: dict) -> None:
 
     from twots.evaluation.metrics import flatten
 
-    mlflow.log_params({"model": row["model"], "lr": row["lr"], "epochs": row["epochs"]})
+    stage1 = {f"stage1_{k}": v for k, v in (row["stage1"] or {}).items() if k != "val_mrr"}
+    mlflow.log_params({"model": row["model"], "lr": row["lr"], "l2": row["l2"], "epochs": row["epochs"],
+                       "epochs_trained": row.get("epochs_trained"), **stage1,
+                       **{f"grid_{k}": json.dumps(v) for k, v in (row["grid"] or {}).items()}})
     mlflow.log_metrics({k: v for k, v in {
         **flatten(row["test"], "test"), "val_mrr": row["val_mrr"], "train_seconds": row["train_seconds"],
-        "peak_memory_mb": row["peak_memory_mb"], "params": row["params"]}.items() if v is not None})
+        "tuning_seconds": row["tuning_seconds"], "peak_memory_mb": row["peak_memory_mb"],
+        "params": row["params"]}.items() if v is not None})
+    for trial in row["trials"]:  # the whole grid: val MRR by epoch of every (lr, l2)
+        for epoch, mrr in enumerate(trial["val_mrr_by_epoch"]):
+            mlflow.log_metric(f"grid_val_mrr/lr{trial['lr']:g}-l2{trial['l2']:g}", mrr, step=epoch + 1)
     mlflow.log_dict(row, "result.json")

@@ -168,12 +168,15 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
                          stage1.phi.weight[torch.as_tensor(sample["user_id"])], l2=cfg.theory_l2)
     log(f"[threshold] t** = Q / Var_m - 1 = {guide.q:.4f} / {guide.var_m:.4f} - 1 = {guide.t_star:.1f} "
         f"({guide.users} active users)")
-    lr, epochs = cfg.lrs("2ts")[0], cfg.epochs_of("2ts")
+    # One point of 2TS's grid for every candidate (the middle learning rate, the first l2), early-stopped like tuning.
+    grid = cfg.grid("2ts")
+    lr, l2 = grid.lrs[len(grid.lrs) // 2], grid.l2s[0]
 
     def val_mrr(t: int) -> float:
         view = threshold_view(runner.spark, base, out / "views" / f"t{t}", t, last_k)
-        trial = runner.train("2ts", KINDS["2ts"].stages[-1], view, lr, epochs, stage1_path, f"sweep/t{t}")
-        return runner.score_epochs(trial, view).best_val_mrr
+        return runner.train("2ts", KINDS["2ts"].stages[-1], view, lr, l2, grid.max_epochs, grid.patience,
+                            stage1_path, f"sweep/t{t}").best_val_mrr
 
     best, curve = sweep(cfg.threshold_candidates, val_mrr, log)
-    return {"t_star": best, "curve": curve, "theory": guide.as_dict(), "lr": lr, "epochs": epochs}
+    return {"t_star": best, "curve": curve, "theory": guide.as_dict(), "lr": lr, "l2": l2,
+            "max_epochs": grid.max_epochs}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.compare import MODEL_NAMES, CompareConfig, compare, results_table
+from experiments.tuning import should_stop
 from twots.config import ConfigError, resolve
 from twots.models.baselines import SASRec
 
@@ -57,10 +58,28 @@ def test_config_errors_name_the_key():
         resolve(CompareConfig, "compare", {"data": "x", "models": "2ts,bert4rec"})
     with pytest.raises(ConfigError, match="exactly one of --data"):
         resolve(CompareConfig, "compare", {"data": "x", "input": "y", "source": "taobao"})
-    with pytest.raises(ConfigError, match="compare.lr_grid"):
-        resolve(CompareConfig, "compare", {"data": "x", "lr_grid": '{"popularity": [0.1]}'})
+    with pytest.raises(ConfigError, match="compare.overrides"):
+        resolve(CompareConfig, "compare", {"data": "x", "overrides": '{"popularity": {"lrs": [0.1]}}'})
+    with pytest.raises(ConfigError, match="compare.overrides.2ts.lrs"):
+        resolve(CompareConfig, "compare", {"data": "x", "overrides": '{"2ts": {"lrs": [0]}}'})
+    with pytest.raises(ConfigError, match="compare.l2s"):
+        resolve(CompareConfig, "compare", {"data": "x", "l2s": "[-1e-6]"})
     assert resolve(CompareConfig, "compare", {"data": "x", "models": "2ts,ccf"}).models == ["ccf", "2ts"]
     assert resolve(CompareConfig, "compare", {"data": "x", "threshold": "auto"}).threshold == "auto"
+    # The default budget is one grid for every model (conf/default.yaml): lr x l2, up to max_epochs, patience 1.
+    cfg = resolve(CompareConfig, "compare", {"data": "x", "overrides": '{"sasrec": {"max_epochs": 2}}'})
+    grids = {m: cfg.grid(m).as_dict() for m in MODEL_NAMES[1:] if m != "sasrec"}
+    assert all(g == {"lrs": [0.001, 0.003, 0.01], "l2s": [0.0, 1e-6], "max_epochs": 5, "patience": 1}
+               for g in grids.values())
+    assert cfg.grid("sasrec").max_epochs == 2 and cfg.grid("sasrec").lrs == (0.001, 0.003, 0.01)
+    assert len(cfg.grid("ccf").points()) == 6
+
+
+def test_early_stopping_rule():
+    assert not should_stop([0.1], 1) and not should_stop([0.1, 0.2], 1)
+    assert should_stop([0.1, 0.2, 0.15], 1) and should_stop([0.2, 0.2], 1)  # equal is not better
+    assert not should_stop([0.2, 0.1], 2) and should_stop([0.2, 0.1, 0.19], 2)
+    assert not should_stop([0.2, 0.1, 0.3], 1)
 
 
 # 9 models, 11 TorchDistributor runs and ~25 replays: 12 min on the shared 2-core box at load 11, over the
@@ -72,8 +91,8 @@ def test_config_errors_name_the_key():
 def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_path):
     out = tmp_path / "compare"
     cfg = resolve(CompareConfig, "compare", {
-        "data": str(prepared_clusters), "output": str(out), "models": "all", "default_lrs": "[0.03]",
-        "lr_grid": "{}", "epochs": '{"ccf": 2}', "default_epochs": "1", "max_len": "60", "sasrec_window": "16",
+        "data": str(prepared_clusters), "output": str(out), "models": "all", "lrs": "[0.03]", "l2s": "[0]",
+        "overrides": '{"ccf": {"max_epochs": 2}}', "max_epochs": "1", "max_len": "60", "sasrec_window": "16",
         "threshold": "auto", "threshold_candidates": "[10, 20]",
         "train": '{"item_dim": 16, "feature_dim": 4, "stage1_batch_size": 256, "stage2_batch_size": 16, '
                  '"loader": "parquet"}'})
@@ -123,14 +142,89 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
     assert {m.step: m.value for m in sweep} == pytest.approx(curve)
 
 
+@pytest.mark.timeout(1800)
+@pytest.mark.distributed
+@pytest.mark.mlflow
+@pytest.mark.slow
+def test_grid_with_early_stopping_records_each_models_setting(spark, prepared_clusters, tmp_path):
+    """CCF on a 1 x 2 grid (l2 0 and 0.01) up to 3 epochs, 2TS on its own 1 x 1 grid up to 2 epochs on CCF's chosen
+    stage 1: every grid point stops by the rule, keeps its best epoch, and the settings reach results and MLflow."""
+    out = tmp_path / "compare"
+    cfg = resolve(CompareConfig, "compare", {
+        "data": str(prepared_clusters), "output": str(out), "models": "ccf,2ts", "lrs": "[0.05]",
+        "l2s": "[0, 0.01]", "max_epochs": "3", "patience": "1", "overrides": '{"2ts": {"l2s": [0], "max_epochs": 2}}',
+        "train": '{"item_dim": 16, "feature_dim": 4, "stage1_batch_size": 256, "stage2_batch_size": 16, '
+                 '"loader": "parquet"}'})
+    results = compare(cfg, spark)
+
+    ccf, two = results["ccf"], results["2ts"]
+    assert [(t["lr"], t["l2"]) for t in ccf["trials"]] == [(0.05, 0.0), (0.05, 0.01)]
+    assert [(t["lr"], t["l2"]) for t in two["trials"]] == [(0.05, 0.0)]
+    for name, row in results.items():
+        grid = row["grid"]
+        for trial in row["trials"]:
+            mrr = trial["val_mrr_by_epoch"]
+            # Trained until the rule fired or the budget ran out, and not an epoch longer.
+            assert all(not should_stop(mrr[:k], 1) for k in range(1, len(mrr)))
+            assert len(mrr) == grid["max_epochs"] or should_stop(mrr, 1)
+            assert trial["stopped_early"] == (len(mrr) < grid["max_epochs"])
+            assert trial["best_epoch"] == 1 + max(range(len(mrr)), key=mrr.__getitem__)
+            run = out / "runs" / name / f"lr{trial['lr']:g}-l2{trial['l2']:g}" / "checkpoints"
+            assert len(list(run.glob("*.pt"))) == len(mrr)  # no epoch trained past the stop
+        best = max(row["trials"], key=lambda t: max(t["val_mrr_by_epoch"]))
+        assert (row["lr"], row["l2"], row["epochs"]) == (best["lr"], best["l2"], best["best_epoch"])
+        assert row["val_mrr"] == max(best["val_mrr_by_epoch"])
+        assert row["epochs_trained"] == len(best["val_mrr_by_epoch"])
+        assert row["tuning_seconds"] == pytest.approx(sum(t["seconds"] for t in row["trials"]))
+    assert ccf["grid"] == {"lrs": [0.05], "l2s": [0.0, 0.01], "max_epochs": 3, "patience": 1}
+    assert two["grid"] == {"lrs": [0.05], "l2s": [0.0], "max_epochs": 2, "patience": 1}
+    # L2 reaches the ranks: the two CCF points start from the same weights and data, and part after one epoch.
+    assert ccf["trials"][0]["val_mrr_by_epoch"][0] != ccf["trials"][1]["val_mrr_by_epoch"][0]
+    # 2TS builds on the stage 1 CCF chose.
+    assert ccf["stage1"] is None
+    assert two["stage1"] == {k: ccf[k] for k in ("lr", "l2", "epochs", "val_mrr")}
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["2ts"]["stage1"] == two["stage1"] and saved["ccf"]["trials"] == ccf["trials"]
+    table = (out / "results.md").read_text()
+    assert "Tuning of ccf: lr {0.05} x l2 {0, 0.01}, up to 3 epochs, early stopping on val MRR (patience 1)." in table
+    assert "Tuning of 2ts: lr {0.05} x l2 {0}, up to 2 epochs" in table
+    stage1 = f"{ccf['lr']:g} / {ccf['l2']:g} / {ccf['epochs']}"
+    assert f" | {two['lr']:g} | {two['l2']:g} | {two['epochs']} | {stage1} |" in table
+
+    mlflow.set_tracking_uri(f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["twots-compare"])
+    child = runs[runs["tags.mlflow.runName"] == "ccf"].iloc[0]
+    assert float(child["params.l2"]) == ccf["l2"] and int(child["params.epochs"]) == ccf["epochs"]
+    assert json.loads(child["params.grid_l2s"]) == [0.0, 0.01]
+    history = mlflow.MlflowClient().get_metric_history(child["run_id"], "grid_val_mrr/lr0.05-l20.01")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+        ccf["trials"][1]["val_mrr_by_epoch"])
+    child = runs[runs["tags.mlflow.runName"] == "2ts"].iloc[0]
+    assert int(child["params.stage1_epochs"]) == ccf["epochs"] and float(child["params.stage1_l2"]) == ccf["l2"]
+
+
 def test_results_table_marks_missing_groups():
     metrics = {"mrr": 0.5, "recall@10": 0.9, "ndcg@10": 0.6, "full_mrr": 0.05, "full_recall@10": 0.2,
                "full_ndcg@10": 0.1}
     row = {"test": {g: dict(metrics) for g in ("overall", "active", "inactive")},
-           "train_seconds": 1.0, "peak_memory_mb": None, "params": 1234, "lr": None, "epochs": None,
+           "train_seconds": 1.0, "peak_memory_mb": None, "params": 1234, "lr": None, "l2": None, "epochs": None,
+           "grid": None, "stage1": None,
            "full_ranking": {"users": 300, "events": 4000, "seconds": 2.0, "exclude_seen": False, "n_items": 9000}}
     row["test"]["new"] = {name: None for name in metrics}
-    table = results_table({"popularity": row}, {"t_star": 20, "source": "prepared"})
+    grid = {"lrs": [0.001, 0.01], "l2s": [0.0, 1e-6], "max_epochs": 5, "patience": 1}
+    two = {**row, "lr": 0.01, "l2": 1e-6, "epochs": 3, "grid": grid,
+           "stage1": {"lr": 0.001, "l2": 0.0, "epochs": 4, "val_mrr": 0.1}}
+    table = results_table({"popularity": row, "ccf": {**two, "stage1": None}, "2ts": two},
+                          {"t_star": 20, "source": "prepared"})
     assert ("| popularity | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 0.0500 | 0.2000 | 0.1000 | 1.0 | - | "
-            "1,234 | - | - |") in table
+            "1,234 | - | - | - | - |") in table
+    assert ("| 2ts | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 0.0500 | 0.2000 | 0.1000 | 1.0 | - | 1,234 | "
+            "0.01 | 1e-06 | 3 | 0.001 / 0 / 4 |") in table
     assert "the test events of 300 users against all 9,000 items, clicked items kept" in table
+    assert ("Tuning, every trained model: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 5 epochs, early stopping on val MRR "
+            "(patience 1).") in table
+    # Another budget for one model is named per model.
+    table = results_table({"ccf": {**two, "grid": {**grid, "max_epochs": 2}}, "2ts": two})
+    assert "Tuning of ccf: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 2 epochs" in table
+    assert "Tuning of 2ts: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 5 epochs" in table

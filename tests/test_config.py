@@ -53,11 +53,11 @@ def job_error(model, section, argv, capsys) -> str:
 def test_yaml_flow_style_flags_as_in_the_config_files(capsys):
     from experiments.config import CompareConfig
 
-    cfg = load(CompareConfig, "compare", ["--data", "x", "--lr-grid", "{ccf: [0.003, 0.01], gru4rec: [0.03]}",
-                                          "--models", "[ccf, 2ts]", "--epochs", '{"ccf": 4}',
+    cfg = load(CompareConfig, "compare", ["--data", "x", "--lrs", "[0.003, 0.01]", "--l2s", "0,1e-4",
+                                          "--models", "[ccf, 2ts]", "--overrides", '{"ccf": {"max_epochs": 4}}',
                                           "--train", "{stage2_batch_size: 16, loader: parquet}"])
-    assert cfg.lr_grid == {"ccf": [0.003, 0.01], "gru4rec": [0.03]}
-    assert cfg.models == ["ccf", "2ts"] and cfg.epochs == {"ccf": 4}
+    assert cfg.lrs == [0.003, 0.01] and cfg.l2s == [0.0, 1e-4]
+    assert cfg.models == ["ccf", "2ts"] and cfg.overrides["ccf"].max_epochs == 4
     assert cfg.train == {"stage2_batch_size": 16, "loader": "parquet"}
     assert load(CompareConfig, "compare", ["--data", "x", "--models", "2ts, ccf"]).models == ["ccf", "2ts"]
     assert "[config] compare: conf/default.yaml + flags --data --models\n" in capsys.readouterr().out
@@ -65,23 +65,23 @@ def test_yaml_flow_style_flags_as_in_the_config_files(capsys):
 
 @pytest.mark.parametrize("argv, expected", [
     # not YAML: the flag, the value and the accepted form with an example
-    (["--lr-grid", "{ccf: [0.003, 0.01]"],
-     (r"--lr-grid '\{ccf: \[0.003, 0.01\]': not YAML flow style .*accepted: a mapping \{key: a list of numbers"
-      r".*e\.g\. '\{ccf: \[0\.003, 0\.01\]\}'")),
-    (["--lr-grid", "ccf"], r"--lr-grid 'ccf': expected a mapping \{key: a list of numbers"),
-    (["--lr-grid", "[0.01]"], r"--lr-grid '\[0.01\]': a list, expected a mapping"),
-    (["--epochs", "{ccf:4}"], r"--epochs '\{ccf:4\}': 'ccf:4' has no value; YAML needs a space after the colon"),
+    (["--lrs", "[0.003, 0.01"],
+     r"--lrs '\[0.003, 0.01': not YAML flow style .*accepted: a list of a number > 0 \(\[a, b\] or a,b\)"),
+    (["--overrides", "ccf"], r"--overrides 'ccf': expected a mapping \{key: GridOverride\}"),
+    (["--lrs", "{a: 1}"], r"--lrs '\{a: 1\}': a dict, expected a list of a number > 0"),
+    (["--overrides", "{ccf:4}"], r"--overrides '\{ccf:4\}': 'ccf:4' has no value; YAML needs a space after the colon"),
     # wrong type, negative sizes, unknown names, an empty list: the key, the value and the accepted form
-    (["--default-epochs", "three"], (r"compare\.default_epochs = 'three' \(from command line\): Input should be a "
-                                     r"valid integer.*\n\s+accepted: an integer >= 1")),
+    (["--max-epochs", "three"], (r"compare\.max_epochs = 'three' \(from command line\): Input should be a "
+                                 r"valid integer.*\n\s+accepted: an integer >= 1")),
     (["--max-len", "-5"], (r"compare\.max_len = '-5' \(from command line\): Input should be greater than or equal "
                            r"to 1\n\s+accepted: an integer >= 1")),
     (["--threshold", "-3"], r"compare\.threshold = '-3' .*\n\s+accepted: an integer >= 0 or one of auto or null"),
     (["--models", "ccf,3ts"], (r"compare\.models = \['ccf', '3ts'\] .*unknown models \['3ts'\]; choose 'all' or "
                                r"from popularity, ccf")),
     (["--models", "[]"], r"compare\.models = \[\] .*the list is empty"),
-    (["--lr-grid", "{ccf: [-0.01]}"], r"compare\.lr_grid .*ccf: learning rates must be a non-empty list of positive"),
-    (["--lr-grid", "{sasrek: [0.01]}"], r"keys \['sasrek'\] are not trainable models"),
+    (["--lrs", "[-0.01]"], r"compare\.lrs\.0 = -0\.01 \(from command line\): Input should be greater than 0"),
+    (["--l2s", "[-1]"], r"compare\.l2s\.0 = -1 .*greater than or equal to 0"),
+    (["--overrides", "{sasrek: {lrs: [0.01]}}"], r"keys \['sasrek'\] are not trainable models"),
     (["--train", "{stage1_epochs: -1, loder: parquet}"],
      r"compare\.train .*stage1_epochs = -1: Input should be greater than or equal to 1; loder = 'parquet': Extra"),
 ])
@@ -129,12 +129,12 @@ def test_prepared_data_brings_its_source_config(tmp_path, capsys):
     from_data = load(CompareConfig, "compare", ["--data", str(data)])
     from_input = load(CompareConfig, "compare", ["--input", "raw", "--source", "movielens"])
     movielens = yaml.safe_load((CONF_DIR / "movielens.yaml").read_text())["compare"]
-    assert from_data.default_epochs == from_input.default_epochs == movielens["default_epochs"]
     assert from_data.train == from_input.train == movielens["train"]
     out = capsys.readouterr().out
     assert f"[config] compare: conf/default.yaml, conf/movielens.yaml (source of {data / 'manifest.json'})" in out
     # The flag still wins over the source's file; a contradicting --source is an error.
-    assert load(CompareConfig, "compare", ["--data", str(data), "--default-epochs", "2"]).default_epochs == 2
+    assert load(CompareConfig, "compare", ["--data", str(data), "--train", "{stage2_batch_size: 8}"]).train == {
+        "stage2_batch_size": 8}
     err = job_error(CompareConfig, "compare", ["--data", str(data), "--source", "taobao"], capsys)
     assert f"source = 'taobao', but {data / 'manifest.json'} was prepared from 'movielens'" in err
 

@@ -23,6 +23,7 @@ class StageSettings:
     epochs: int
     lr: float
     batch_size: int
+    l2: float = 0.0      # twots.training.trainer: on the rows a step touches and the dense parameters
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def stage_job(plan: StagePlan, inputs: BuildInputs, source, settings: StageSetti
     name = name or plan.name
     return StageJob(name=name, build=partial(plan.build, inputs), source=source, previous_model=previous,
                     model_path=str(Path(run_dir) / f"{name}.pt"), checkpoint_dir=str(Path(run_dir) / "checkpoints"),
-                    epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, seed=options.seed,
+                    epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, l2=settings.l2,
+                    seed=options.seed,
                     use_gpu=options.use_gpu, resume=options.resume, log_every_s=options.log_every_s,
                     threads=options.threads)
 

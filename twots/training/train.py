@@ -36,9 +36,11 @@ class TrainConfig(Section):
     stage1_epochs: int = Field(3, ge=1)
     stage1_lr: float = Field(0.01, gt=0)
     stage1_batch_size: int = Field(1024, ge=1, description="stage1_offers rows per batch per process")
+    stage1_l2: float = Field(0.0, ge=0, description="L2 of stage 1 (twots.training.trainer: touched rows, dense)")
     stage2_epochs: int = Field(3, ge=1)
     stage2_lr: float = Field(0.005, gt=0)
     stage2_batch_size: int = Field(64, ge=1, description="sequences rows (users) per batch per process")
+    stage2_l2: float = Field(0.0, ge=0, description="L2 of stage 2 and of one-stage kinds")
     max_len: int = Field(200, ge=1, description="full histories keep each user's last max_len training items")
     num_processes: int = Field(2, ge=1, description="training processes (ranks)")
     local_mode: bool = Field(True, description="TorchDistributor local_mode: ranks on the driver, else Spark tasks")
@@ -70,7 +72,8 @@ class TrainConfig(Section):
     def settings(self) -> dict[str, StageSettings]:
         """StagePlan.settings -> how such a stage trains."""
         return {which: StageSettings(getattr(self, f"{which}_epochs"), getattr(self, f"{which}_lr"),
-                                     getattr(self, f"{which}_batch_size")) for which in ("stage1", "stage2")}
+                                     getattr(self, f"{which}_batch_size"), getattr(self, f"{which}_l2"))
+                for which in ("stage1", "stage2")}
 
     def options(self) -> RunOptions:
         return RunOptions(seed=self.seed, use_gpu=self.use_gpu, resume=self.resume, log_every_s=self.log_every_s,

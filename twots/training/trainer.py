@@ -5,6 +5,12 @@ join the process group, then per stage build the model, train it for the stage's
 each and save it (rank 0); end with the all-reduce every rank must reach. Embedding tables (sparse gradients) are
 trained with SparseAdam, the other parameters with Adam; see twots.training.distributed for how gradients are synced.
 
+L2 (`StageJob.l2`, one value for the whole model): every step minimises loss + l2/2 * ||w||^2 over the parameters
+the step trains. SparseAdam has no weight decay, so `add_row_l2` adds l2 * w to the synced sparse gradient of the
+rows the batch touched (on every rank the same rows: the union over ranks); untouched rows are neither penalised
+nor moved. Dense parameters get the same coupled L2 through Adam's `weight_decay` (the gradient l2 * w, not AdamW's
+decoupled lr * wd * w decay): one objective for the whole model, and the same meaning of l2 at every learning rate.
+
 Only torch, numpy and pyarrow are needed here: no Spark, petastorm or MLflow at import time.
 """
 
@@ -41,22 +47,38 @@ class StageJob:
     lr: float
     batch_size: int
     seed: int
+    l2: float = 0.0                # L2 on the rows a step touches and on the dense parameters (module doc)
     use_gpu: bool = False
     resume: bool = False
     log_every_s: float = 10.0      # seconds between progress lines (rank 0), and one at the end of each epoch
     threads: int = 0               # torch intra-op threads per rank; 0 keeps torchrun's setting
 
 
-def make_optimizers(model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
+def make_optimizers(model: nn.Module, lr: float, l2: float = 0.0) -> list[torch.optim.Optimizer]:
+    """SparseAdam for the sparse embedding tables (their L2 is `add_row_l2`), Adam with weight_decay=l2 (coupled
+    L2) for the rest."""
     sparse, dense = split_parameters(model)
     optimizers = []
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
     if dense:
-        optimizers.append(torch.optim.Adam(dense, lr=lr))
+        optimizers.append(torch.optim.Adam(dense, lr=lr, weight_decay=l2))
     if not optimizers:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return optimizers
+
+
+def add_row_l2(params: list[nn.Parameter], l2: float) -> None:
+    """Add l2 * w to the sparse gradients of `params`, on the rows each gradient holds (those the step touched): the
+    gradient of l2/2 * sum over touched rows of ||w_row||^2. A no-op for l2 == 0 or dense gradients."""
+    if l2 == 0:
+        return
+    for p in params:
+        if p.grad is None or not p.grad.is_sparse:
+            continue
+        grad = p.grad.coalesce()
+        grad.values().add_(p.detach()[grad.indices()[0]], alpha=l2)  # values() of a coalesced tensor is a view
+        p.grad = grad
 
 
 def batch_interactions(batch: dict[str, torch.Tensor]) -> int:
@@ -78,7 +100,7 @@ def latest_checkpoint(job: StageJob) -> Path | None:
 def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=print) -> dict:
     """Train `model` on this rank's batches; every rank returns the same history (means over ranks)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizers = make_optimizers(model, job.lr)
+    optimizers = make_optimizers(model, job.lr, job.l2)
     history: list[dict] = []
     start = 0
     ckpt = latest_checkpoint(job) if job.resume else None
@@ -105,6 +127,7 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
             loss = model(batch)
             loss.backward()
             distributed.sync_gradients(ctx, params)
+            add_row_l2(params, job.l2)
             for opt in optimizers:
                 opt.step()
             loss_sum += float(loss.detach())
