@@ -233,8 +233,8 @@ def test_readme_and_demo_commands_work_as_printed(prepared_movielens, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["jobs/train.py", "--data", "x", "--stage2-batch-size", "-16"],
      "train.stage2_batch_size = '-16' (from command line): Input should be greater than or equal to 1"),
-    (["jobs/compare.py", "--data", "x", "--lr-grid", "{ccf: [0.003, 0.01]"], ("--lr-grid '{ccf: [0.003, 0.01]': "
-                                                                             "not YAML flow style")),
+    (["jobs/compare.py", "--data", "x", "--overrides", "{ccf: {lrs: [0.003]}"], ("--overrides '{ccf: {lrs: [0.003]}': "
+                                                                                "not YAML flow style")),
 ])
 def test_bad_flags_fail_before_spark_starts(tmp_path, argv, message):
     """Through bin/spark-submit in a clean shell: exit 2 with the message, and no Spark session was started."""

@@ -7,7 +7,7 @@ then `--some-key value` flags generated from the model's fields. The source is `
 the same data gets the same settings whichever way it is named. Any bad value fails before Spark or torch starts,
 with a message naming the key, the value given, where it came from and the accepted form.
 
-List and mapping flags take YAML flow style, as the files do (`--lr-grid '{ccf: [0.003, 0.01]}'`, `--models
+List and mapping flags take YAML flow style, as the files do (`--overrides '{ccf: {lrs: [0.003]}}'`, `--models
 '[ccf, 2ts]'`), or, for lists, comma-separated values (`--models ccf,2ts`). Every job also takes `--verbose`
 (Spark's INFO log; the `spark.log_level` key of the YAML files sets it too).
 """
