@@ -17,7 +17,7 @@ import torch
 
 from twots.config import resolve
 from twots.data.tables import ITEMS, USER_ACTIVITY, USERS
-from twots.mlops.pyfunc import SIGNATURE, ServeConfig, RecommenderPyfunc
+from twots.mlops.pyfunc import SIGNATURE, RecommenderPyfunc, ServeConfig
 from twots.models.kinds import KINDS, save_model
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]

@@ -2,14 +2,14 @@
 
 A request row is `user_id` (optional raw id), `recent_items` (raw item ids, oldest first; may be empty or absent),
 `k` and optionally `exclude_clicked`. Any model kind of twots.models.kinds serves through it, by the protocol of
-twots.models.two_time_scale.SequentialRecommender alone: a user of the users table starts as the replay starts
-them (their dense id and activity flag: 2TS from phi when active, else psi; CCF from their own phi when they have
-training clicks, else the mean phi), a user missing from it or absent as the model starts its new users (id -1);
-`start` says "phi" when the model started the user from their own embedding, else "psi" (a start shared by users:
-psi, GRU4Rec's h0, ...). The model steps over the known recent items, then scores the whole catalogue with one
-matmul against the item matrix computed once at load, and returns the top k raw item ids with their scores. Unknown item ids are
-skipped and reported in `unknown_items`; a malformed request raises MlflowException(INVALID_PARAMETER_VALUE),
-which the scoring server answers with HTTP 400 and the message.
+twots.models.two_time_scale.SequentialRecommender alone. A user of the users table starts as the replay starts
+them (their dense id and activity flag: 2TS from phi when active, else psi; CCF from their own phi when they
+have training clicks, else the mean phi); a user missing from it, or no user_id, starts as the model's new users
+(id -1). `start` is "phi" when the model started the user from their own embedding, else "psi" (a start shared
+by users: psi, GRU4Rec's h0, the mean phi, ...). The model steps over the known recent items, then scores the
+whole catalogue with one matmul against the item matrix computed once at load, and returns the top k raw item ids
+with their scores. Unknown item ids are skipped and reported in `unknown_items`; a malformed request raises
+MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with HTTP 400 and the message.
 
 This module and what it imports is all the logged model carries as code (twots.mlops.packaging); the batch job
 (twots.mlops.batch) runs it as a Spark UDF.
