@@ -19,7 +19,7 @@ Module map: experiments.config (CompareConfig), experiments.tuning (trials, the 
 experiments.threshold (t** and the t* sweep), experiments.reporting (results table, files, MLflow),
 experiments.figures (Fig. 3-5); the views are pipelines.views.
 
-Registering (`--register best|all`, experiments.registering): every model is also logged as the served pyfunc;
+Registering (`--register-models best|all`, experiments.registering): every model is also logged as the served pyfunc;
 the val-best one (or all) is registered with its kind, settings and metrics as tags, for validate / promote.
 
 Tuning: for each model, each learning rate of its grid is trained for its epochs; every epoch's checkpoint is
@@ -111,7 +111,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 model, model_view, row = fit(name, cfg, runner, view, full, stage1)
                 report = runner.evaluate(model, model_view, ("val", "test"))
                 val_mrr[name], run_ids[name] = report["metrics"]["val"]["overall"]["mrr"], run.info.run_id
-                if cfg.register != "none":
+                if cfg.register_models != "none":
                     from twots.mlops.packaging import log_model
 
                     log_model(model, str(model_view), kind=name, spark=spark)
@@ -123,10 +123,10 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 log(f"[compare] {name}: test MRR {row['test']['overall']['mrr']:.4f}, "
                     f"trained in {row['train_seconds']:.1f}s")
 
-        if cfg.register != "none":
+        if cfg.register_models != "none":
             from experiments.registering import register_results
 
-            versions = register_results(mlflow.MlflowClient(), cfg.model_name, cfg.register, run_ids, results,
+            versions = register_results(mlflow.MlflowClient(), cfg.model_name, cfg.register_models, run_ids, results,
                                         val_mrr, t_star, cfg, runner.tcfg, log)
             mlflow.log_dict(versions, "registered.json")
             log(f"[compare] gate them against @champion: jobs/validate.py --data {base} --model-name "

@@ -1,4 +1,4 @@
-"""`compare --register best|all`: the comparison's models as versions of a registered model, ready for validate /
+"""`compare --register-models best|all`: the comparison's models as versions of a registered model, ready for validate /
 promote (twots.mlops.registry) to gate against @champion whatever its kind.
 
 Every model of a registering comparison is logged as the served pyfunc in its own MLflow run (twots.mlops.packaging,
@@ -19,7 +19,7 @@ def version_tags(row: dict, val_mrr: float, t_star: int, settings: dict) -> dict
         "lr": row["lr"], "epochs": row["epochs"], "t_star": t_star, "params": row["params"], **settings}.items()
         if value is not None}
     tags.update({"val_mrr": f"{val_mrr:.6f}",
-                 **{f"test_{m}": f"{row['test']['overall'][m]:.6f}" for m in TEST_METRICS}})
+                 **{f"test_{m.replace('@', '_at_')}": f"{row['test']['overall'][m]:.6f}" for m in TEST_METRICS}})
     return {key: str(value) for key, value in tags.items()}
 
 

@@ -1,4 +1,4 @@
-"""compare --register: the comparison's models logged as the served pyfunc and registered with their kind, settings
+"""compare --register-models: the comparison's models logged as the served pyfunc and registered with their kind, settings
 and metrics; the registered versions then gated across kinds by validate / promote on a real sqlite registry."""
 
 import mlflow
@@ -15,8 +15,8 @@ def test_chosen_is_the_val_best_or_all():
     val = {"popularity": 0.2, "gru4rec": 0.31, "2ts": 0.31, "sasrec": 0.1}
     assert chosen(val, "best") == ["gru4rec"]  # a tie goes to the first in the paper's order
     assert chosen(val, "all") == list(val)
-    with pytest.raises(ConfigError, match="compare.register"):
-        resolve(CompareConfig, "compare", {"data": "x", "register": "yes"})
+    with pytest.raises(ConfigError, match="compare.register_models"):
+        resolve(CompareConfig, "compare", {"data": "x", "register_models": "yes"})
 
 
 @pytest.mark.timeout(1800)
@@ -28,7 +28,7 @@ def test_compare_registers_every_kind_and_validate_promotes_across_kinds(spark, 
     out = tmp_path / "compare"
     cfg = resolve(CompareConfig, "compare", {
         "data": str(prepared_clusters), "output": str(out), "models": "popularity,gru4rec", "default_lrs": "[0.03]",
-        "lr_grid": "{}", "default_epochs": "1", "max_len": "60", "register": "all", "model_name": "picked",
+        "lr_grid": "{}", "default_epochs": "1", "max_len": "60", "register_models": "all", "model_name": "picked",
         "train": '{"item_dim": 16, "feature_dim": 4, "stage2_batch_size": 16, "loader": "parquet"}'})
     results = compare(cfg, spark)
 
@@ -39,6 +39,8 @@ def test_compare_registers_every_kind_and_validate_promotes_across_kinds(spark, 
     gru = versions["gru4rec"].tags
     assert gru["compare_lr"] == "0.03" and gru["compare_epochs"] == "1" and gru["compare_max_len"] == "60"
     assert gru["compare_item_dim"] == "16" and gru["compare_feature_dim"] == "4"
+    assert float(gru["test_recall_at_10"]) == pytest.approx(results["gru4rec"]["test"]["overall"]["recall@10"],
+                                                            abs=1e-6)
     assert float(gru["test_mrr"]) == pytest.approx(results["gru4rec"]["test"]["overall"]["mrr"], abs=1e-6)
     val = {kind: float(v.tags["val_mrr"]) for kind, v in versions.items()}
     assert mlflow.pyfunc.load_model(f"models:/picked/{versions['gru4rec'].version}").metadata.metadata["kind"] \
