@@ -1,5 +1,5 @@
-"""`compare --register-models best|all`: the comparison's models as versions of a registered model, ready for validate /
-promote (twots.mlops.registry) to gate against @champion whatever its kind.
+"""`compare --register-models best|all`: the comparison's models as versions of a registered model, ready for
+validate / promote (twots.mlops.registry) to gate against @champion whatever its kind.
 
 Every model of a registering comparison is logged as the served pyfunc in its own MLflow run (twots.mlops.packaging,
 with its kind); `best` registers the one with the highest val MRR (test stays untouched by the choice), `all` every

@@ -1,5 +1,6 @@
-"""compare --register-models: the comparison's models logged as the served pyfunc and registered with their kind, settings
-and metrics; the registered versions then gated across kinds by validate / promote on a real sqlite registry."""
+"""compare --register-models: the comparison's models logged as the served pyfunc and registered with their kind,
+settings and metrics; the registered versions then gated across kinds by validate / promote on a real sqlite
+registry."""
 
 import mlflow
 import pytest
