@@ -49,7 +49,7 @@ def test_compare_registers_every_kind_and_validate_promotes_across_kinds(spark, 
 
     # Popularity @champion, then the GRU4Rec gated against it on the same val candidates.
     cfg = RegistryConfig(data=str(prepared_clusters), model_name="picked", tracking_uri=tracking, split="val")
-    popularity, gru4rec = versions["popularity"].version, versions["gru4rec"].version
+    popularity, gru4rec = str(versions["popularity"].version), str(versions["gru4rec"].version)
     assert validate(client, cfg, spark, popularity)
     promote(client, "picked", popularity)
     passed = validate(client, cfg, spark, gru4rec)
