@@ -118,7 +118,7 @@ def main() -> None:
         model = TwoTimeScaleModel(n_users=args.users, n_items=n_items).eval()
         name = f"twots-bench-{n_items}"
         with mlflow.start_run(experiment_id=experiment):
-            info = log_model(model, str(data), spark=spark, registered_model_name=name,
+            info = log_model(model, str(data), kind="2ts", spark=spark, registered_model_name=name,
                              limits=resolve(ServeConfig, "serve", {"scan": args.scan}))
         client.set_registered_model_alias(name, "champion", info.registered_model_version)
         uri = f"models:/{name}@champion"

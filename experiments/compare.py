@@ -19,6 +19,9 @@ Module map: experiments.config (CompareConfig), experiments.tuning (trials, the 
 experiments.threshold (t** and the t* sweep), experiments.reporting (results table, files, MLflow),
 experiments.figures (Fig. 3-5); the views are pipelines.views.
 
+Registering (`--register-models best|all`, experiments.registering): every model is also logged as the served pyfunc;
+the val-best one (or all) is registered with its kind, settings and metrics as tags, for validate / promote.
+
 Tuning (experiments.tuning), the same budget for every trained model by default (`compare.lrs` x `compare.l2s`, up
 to `max_epochs`): each (lr, l2) trains an epoch at a time, val is replayed after each epoch, and training stops after
 `patience` epochs without a better val MRR; the (lr, l2, epoch) with the best val MRR is the model. Stage 1 is tuned
@@ -80,7 +83,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     prepared_t, last_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
     experiment_id = tracking.use_tracking(cfg.tracking_uri or tracking.default_tracking_uri(out), out, cfg.experiment)
 
-    results, changes = {}, {}
+    results, changes, val_mrr, run_ids = {}, {}, {}, {}
     with mlflow.start_run(run_name="compare", experiment_id=experiment_id) as parent:
         mlflow.log_params({**{k: json.dumps(v) if isinstance(v, (list, dict)) else v
                               for k, v in cfg.model_dump().items()}, "data_dir": str(base)})
@@ -106,9 +109,14 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
         log(f"[compare] t* = {t_star} ({threshold['source']}); models: {', '.join(cfg.models)}")
 
         for name in cfg.models:
-            with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id):
+            with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as run:
                 model, model_view, row = fit(name, cfg, runner, view, full, stage1)
                 report = runner.evaluate(model, model_view, ("val", "test"))
+                val_mrr[name], run_ids[name] = report["metrics"]["val"]["overall"]["mrr"], run.info.run_id
+                if cfg.register_models != "none":
+                    from twots.mlops.packaging import log_model
+
+                    log_model(model, str(model_view), kind=name, spark=spark)
                 if name in ("2ts", "2ts-plus"):
                     changes[name] = report["changes"]
                 results[name] = row = {"model": name, "test": report["metrics"]["test"], "params": n_params(model),
@@ -117,6 +125,15 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 log(f"[compare] {name}: test MRR {row['test']['overall']['mrr']:.4f}, "
                     f"trained in {row['train_seconds']:.1f}s")
 
+        if cfg.register_models != "none":
+            from experiments.registering import register_results
+
+            versions = register_results(mlflow.MlflowClient(), cfg.model_name, cfg.register_models, run_ids, results,
+                                        val_mrr, t_star, cfg, runner.tcfg, log)
+            mlflow.log_dict(versions, "registered.json")
+            log(f"[compare] gate them against @champion: jobs/validate.py --data {base} --model-name "
+                f"{cfg.model_name} --tracking-uri {mlflow.get_tracking_uri()} --split val --version <v>, "
+                "then jobs/promote.py with the same flags")
         n_train = read_delta(spark, view, USER_ACTIVITY).select("n_train").toPandas()["n_train"].to_numpy()
         written = figures(results, changes, n_train, t_star, out)
         write_results(results, threshold, out)

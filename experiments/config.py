@@ -48,6 +48,10 @@ class CompareConfig(Section):
     train: dict = Field(default_factory=dict, description="overrides of the `train` section for every model "
                         "(dimensions, batch sizes, processes, loader); checked like that section")
     tracking_uri: str | None = Field(None, description="MLflow URI; default sqlite:///<output>/mlflow.db")
+    register_models: Literal["none", "best", "all"] = Field(
+        "none", description="log every model as the served pyfunc and register the val-best one (best) or all under "
+        "--model-name, tagged with kind, settings and metrics, for validate/promote")
+    model_name: str = Field("twots", description="registered model name of --register-models")
     experiment: str = Field("twots-compare", description="MLflow experiment")
 
     @field_validator("models")

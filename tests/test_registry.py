@@ -85,7 +85,7 @@ def registry(spark, prepared_movielens, tmp_path_factory):
               "unpopular": popularity_model(base, clicks, -1.0)}
     for name, model in models.items():
         with mlflow.start_run(experiment_id=experiment) as run:
-            log_model(model, str(data), spark=spark)
+            log_model(model, str(data), kind="2ts", spark=spark)
         runs[name] = run.info.run_id
     # Validation replays the val split only, to keep the test short; the default (test) replays val then test.
     cfg = RegistryConfig(data=str(data), model_name=NAME, tracking_uri=tracking, split="val")
@@ -214,7 +214,7 @@ def test_a_champion_trained_on_last_weeks_tables_is_scored_through_its_own_id_ma
     cfg = registry["cfg"].model_copy(update={"model_name": name})
     old_model = popularity_model(random_model(spark, last_week, tmp_path), train_clicks(spark, last_week), 1.0)
     with mlflow.start_run(experiment_id=registry["experiment"]) as run:
-        log_model(old_model, str(last_week), spark=spark)
+        log_model(old_model, str(last_week), kind="2ts", spark=spark)
     unknown_users, unknown_items, old_mrr = expected_against_last_week(spark, Path(cfg.data), last_week)
     assert int(unknown_users.split("/")[0]) > 0 and int(unknown_items.split("/")[0]) > 0
 

@@ -54,7 +54,7 @@ def served(spark, prepared_movielens, tmp_path_factory):
     model = random_model(spark, data, root)
     experiment = mlflow.create_experiment("serving-test", artifact_location=(root / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        info = log_model(model, str(data), spark=spark, registered_model_name=NAME,
+        info = log_model(model, str(data), kind="2ts", spark=spark, registered_model_name=NAME,
                          limits=ServeConfig(max_k=len(items), max_history=30))
     client.set_registered_model_alias(NAME, "champion", info.registered_model_version)
     return dict(data=data, tracking=tracking, model=model, users=users, items=items,
@@ -62,9 +62,10 @@ def served(spark, prepared_movielens, tmp_path_factory):
 
 
 def expected(model, user: int | None, active: bool, history: list[int], k: int, exclude: bool):
-    """Top k (dense ids, scores) computed directly with the model's protocol: init_state, step, score_all."""
+    """Top k (dense ids, scores) computed directly with the model's protocol: init_state (as the replay starts the
+    user; -1 for a user missing from the tables), step, score_all."""
     active_t = torch.tensor([active])
-    state = model.init_state(torch.tensor([user if active else 0]), active_t)
+    state = model.init_state(torch.tensor([-1 if user is None else user]), active_t)
     for item in history:
         state = model.step(state, torch.tensor([item]), active_t)
     with torch.no_grad():

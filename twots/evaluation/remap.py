@@ -48,8 +48,7 @@ class RemappedModel(SequentialRecommender):
     def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         own = self.user_map[user_ids]
         active = (own >= 0) & self.model_active[own.clamp(min=0)]
-        # An unknown user gets a stand-in id 0; inactive, so 2TS starts them from psi whatever the id.
-        return active, *self.model.init_state(own.clamp(min=0), active)
+        return active, *self.model.init_state(own, active)  # own = -1: a user the model has never seen
 
     def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         active, *inner = state

@@ -44,8 +44,8 @@ def recent_histories(interactions, users, items, max_history: int):
 def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
     """Top k of every user (or of cfg.users) with the model at cfg.model_uri, written to the Delta table cfg.output.
 
-    Returns the (table version, rows) written. Requested users unknown to the tables are scored too (from psi,
-    with no history) and counted in the log.
+    Returns the (table version, rows) written. Requested users unknown to the tables are scored too (as the model's
+    new users, with no history) and counted in the log.
     """
     from pyspark.sql import functions as F
 
@@ -62,7 +62,7 @@ def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
             "user_id", F.coalesce("recent_items", F.array().cast("array<string>")).alias("recent_items"))
         unknown = len(set(cfg.users)) - requests.join(read(USERS).select(F.col("raw_user_id").alias("user_id")),
                                                       "user_id").count()
-        print(f"[recommend] {len(set(cfg.users))} users requested, {unknown} unknown (scored from psi)", flush=True)
+        print(f"[recommend] {len(set(cfg.users))} users requested, {unknown} unknown (scored as new users)", flush=True)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
     predict = mlflow.pyfunc.spark_udf(spark, cfg.model_uri, result_type=RESULT_TYPE, env_manager="local")
     scored = (requests.withColumn("k", F.lit(cfg.k).cast("long"))

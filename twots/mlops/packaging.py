@@ -17,8 +17,8 @@ import torch
 
 from twots.config import resolve
 from twots.data.tables import ITEMS, USER_ACTIVITY, USERS
-from twots.mlops.pyfunc import SIGNATURE, ServeConfig, TwoTimeScalePyfunc
-from twots.models.kinds import save_model
+from twots.mlops.pyfunc import SIGNATURE, RecommenderPyfunc, ServeConfig
+from twots.models.kinds import KINDS, save_model
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SERVED_MODULE = "twots.mlops.pyfunc"
@@ -89,21 +89,27 @@ def id_maps_fingerprint(users: pd.DataFrame, items: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def log_model(model: torch.nn.Module, data_dir: str, *, spark=None, name: str = "model",
+def log_model(model: torch.nn.Module, data_dir: str, *, kind: str, spark=None, name: str = "model",
               registered_model_name: str | None = None, limits: ServeConfig | None = None):
-    """Log `model` as the served pyfunc (inside the active MLflow run) and return mlflow's ModelInfo.
+    """Log `model`, of model kind `kind` (a name of twots.models.kinds.KINDS), as the served pyfunc (inside the
+    active MLflow run) and return mlflow's ModelInfo. The kind is recorded in the model's metadata (and the run's
+    `model_kind` tag), where the registry reads it.
 
     The raw-id maps come from `data_dir`'s `users`, `user_activity` and `items` Delta tables; `limits` defaults to
     the `serve:` section of conf/default.yaml.
     """
+    if kind not in KINDS or not isinstance(model, KINDS[kind].model_class):
+        expected = f"a {KINDS[kind].model_class.__name__}" if kind in KINDS else f"one of {list(KINDS)}"
+        raise ValueError(f"log_model: kind {kind!r} needs {expected}, got a {type(model).__name__}")
     if spark is None:
         from twots.spark import get_spark
         spark = get_spark()
     limits = limits or resolve(ServeConfig, "serve", {})
     users, items = read_id_maps(spark, data_dir)
     for key, frame in (("n_users", users), ("n_items", items)):
-        if model.hparams[key] != len(frame):
+        if key in model.hparams and model.hparams[key] != len(frame):  # the baselines have no user table
             raise ValueError(f"the model has {key}={model.hparams[key]} but {data_dir} holds {len(frame)}")
+    mlflow.set_tag("model_kind", kind)
     with tempfile.TemporaryDirectory() as tmp:
         code = served_code(Path(tmp) / "code")
         paths = {"model": f"{tmp}/model.pt", "users": f"{tmp}/users.parquet", "items": f"{tmp}/items.parquet"}
@@ -112,13 +118,13 @@ def log_model(model: torch.nn.Module, data_dir: str, *, spark=None, name: str = 
         items.to_parquet(paths["items"], index=False)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=TwoTimeScalePyfunc(),
+            python_model=RecommenderPyfunc(),
             artifacts=paths,
             code_paths=[str(code)],
             signature=SIGNATURE,
             model_config=limits.model_dump(include={"max_k", "max_history", "exclude_clicked", "scan"}),
             registered_model_name=registered_model_name,
-            metadata={"data": str(data_dir), "n_users": len(users), "n_items": len(items),
+            metadata={"kind": kind, "data": str(data_dir), "n_users": len(users), "n_items": len(items),
                       "id_maps": id_maps_fingerprint(users, items)},
             pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
         )

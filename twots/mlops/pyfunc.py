@@ -1,11 +1,15 @@
 """The served model: an MLflow pyfunc over raw ids that adapts each user online to their recent items.
 
 A request row is `user_id` (optional raw id), `recent_items` (raw item ids, oldest first; may be empty or absent),
-`k` and optionally `exclude_clicked`. A known active user starts from their stage-1 embedding phi, anyone else
-from psi; the model steps over the known recent items, then scores the whole catalogue with one matmul against
-the item matrix computed once at load, and returns the top k raw item ids with their scores. Unknown item ids are
-skipped and reported in `unknown_items`; a malformed request raises MlflowException(INVALID_PARAMETER_VALUE),
-which the scoring server answers with HTTP 400 and the message.
+`k` and optionally `exclude_clicked`. Any model kind of twots.models.kinds serves through it, by the protocol of
+twots.models.two_time_scale.SequentialRecommender alone. A user of the users table starts as the replay starts
+them (their dense id and activity flag: 2TS from phi when active, else psi; CCF from their own phi when they
+have training clicks, else the mean phi); a user missing from it, or no user_id, starts as the model's new users
+(id -1). `start` is "phi" when the model started the user from their own embedding, else "psi" (a start shared
+by users: psi, GRU4Rec's h0, the mean phi, ...). The model steps over the known recent items, then scores the
+whole catalogue with one matmul against the item matrix computed once at load, and returns the top k raw item ids
+with their scores. Unknown item ids are skipped and reported in `unknown_items`; a malformed request raises
+MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with HTTP 400 and the message.
 
 This module and what it imports is all the logged model carries as code (twots.mlops.packaging); the batch job
 (twots.mlops.batch) runs it as a Spark UDF.
@@ -94,7 +98,7 @@ def _as_history(row: int, value) -> list[str]:
     raise _bad_request(f"row {row}: recent_items must be a list of item id strings, got {value!r}")
 
 
-class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
+class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     """Artifacts: `model` (a twots.models.kinds.save_model file), `users` and `items` (raw-id maps as Parquet)."""
 
     def load_context(self, context):
@@ -151,7 +155,9 @@ class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
         known = np.array([u is not None for u in users]) & (user_ids >= 0)
         active = known & self.user_active[np.where(known, user_ids, 0)]
         active_t = torch.from_numpy(active)
-        state = self.model.init_state(torch.from_numpy(np.where(active, user_ids, 0)), active_t)
+        ids_t = torch.from_numpy(np.where(known, user_ids, -1).astype(np.int64))
+        state = self.model.init_state(ids_t, active_t)
+        own = self.model.own_start(ids_t, active_t).numpy()
 
         flat = self.item_index.get_indexer([i for h in histories for i in h])
         offsets = np.cumsum([0] + [len(h) for h in histories])
@@ -177,7 +183,7 @@ class TwoTimeScalePyfunc(mlflow.pyfunc.PythonModel):
             out_scores.append(s[finite].astype(float).tolist())
         return pd.DataFrame({
             "user_id": users,
-            "start": np.where(active, "phi", "psi"),
+            "start": np.where(own, "phi", "psi"),
             "items": out_items,
             "scores": out_scores,
             "unknown_items": unknown,

@@ -4,8 +4,10 @@ Every step is safe to rerun: register reuses the version of a run already regist
 writes the same verdict, promote does nothing when there is no challenger. A version becomes @challenger only
 when its test MRR clears an absolute floor and beats @champion's (scored on the same candidates of the same Delta
 table version) by a relative margin; promote refuses a challenger validated against another champion than the
-current one, so a worse model is never promoted. A model trained on other users/items tables (an older champion
-after a retrain on refreshed data) is scored through its own raw-id maps (twots.evaluation.remap), as it would serve.
+current one, so a worse model is never promoted. Versions may be of any model kind (twots.models.kinds, the
+`model_kind` tag): the gate replays both through the same protocol on the same candidates, whatever their kinds.
+A model trained on other users/items tables (an older champion after a retrain on refreshed data) is scored
+through its own raw-id maps (twots.evaluation.remap), as it would serve.
 Each step publishes its result as a Databricks task value (on Databricks) and prints it as one JSON line.
 """
 
@@ -32,6 +34,7 @@ from twots.spark import on_databricks
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 STATUS, REASON = "validation_status", "validation_reason"
+KIND = "model_kind"
 
 
 class RegistryConfig(Section):
@@ -76,12 +79,21 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None
 
 
-def register(client: MlflowClient, name: str, run_id: str) -> str:
-    """The version of `run_id`'s `model` under `name`, registering it on the first call."""
+def register(client: MlflowClient, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
+    """The version of `run_id`'s `model` under `name`, registering it on the first call. The version is tagged
+    with the run's model kind (`model_kind`, set by twots.mlops.packaging.log_model) and `tags`."""
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    if existing:
-        return str(min(int(v.version) for v in existing))
-    return str(mlflow.register_model(f"runs:/{run_id}/model", name).version)
+    version = (str(min(int(v.version) for v in existing)) if existing
+               else str(mlflow.register_model(f"runs:/{run_id}/model", name).version))
+    kind = client.get_run(run_id).data.tags.get(KIND, "")
+    for key, value in {KIND: kind, **(tags or {})}.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    return version
+
+
+def kind_of(client: MlflowClient, name: str, version: str) -> str:
+    """The model kind a version was registered with ("" for versions registered before kinds were recorded)."""
+    return client.get_model_version(name, version).tags.get(KIND, "")
 
 
 def latest_version(client: MlflowClient, name: str) -> str:
@@ -170,6 +182,8 @@ def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> 
         REASON: reason or "",
         f"validation_{cfg.split}_mrr": f"{mrr:.6f}",
         "validation_champion_version": champion or "",
+        "validation_kind": kind_of(client, name, version),
+        "validation_champion_kind": kind_of(client, name, champion) if champion else "",
         "validation_champion_mrr": "" if champion_mrr is None else f"{champion_mrr:.6f}",
         "validation_eval_candidates_version": str(table_version),
         "validation_data": cfg.data,
@@ -178,11 +192,13 @@ def validate(client: MlflowClient, cfg: RegistryConfig, spark, version: str) -> 
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    against = f"@{CHAMPION} v{champion}" if champion else f"no @{CHAMPION}"
+    against = (f"@{CHAMPION} v{champion} ({tags['validation_champion_kind'] or 'kind unknown'})" if champion
+               else f"no @{CHAMPION}")
     if champion_mrr is not None:
         against += f" (MRR {champion_mrr:.4f})"
     summary = (f"Validation {tags[STATUS]} on {cfg.split} of {cfg.data}/eval_candidates v{table_version}: "
-               f"MRR {mrr:.4f} against {against}" + (f"; {reason}" if reason else "") + ".")
+               f"{tags['validation_kind'] or 'a model of unknown kind'} MRR {mrr:.4f} against {against}"
+               + (f"; {reason}" if reason else "") + ".")
     if unknown is not None:
         summary += _own_maps_note(f"v{version}", unknown)
     if champion_unknown is not None:
@@ -214,7 +230,9 @@ def promote(client: MlflowClient, name: str, version: str | None = None) -> str 
     client.set_registered_model_alias(name, CHAMPION, challenger)
     client.delete_registered_model_alias(name, CHALLENGER)
     client.set_model_version_tag(name, challenger, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    print(f"promote: {name} @{CHAMPION} moved from {champion and 'v' + champion} to v{challenger}", flush=True)
+    was = f"v{champion} ({kind_of(client, name, champion) or 'kind unknown'})" if champion else "none"
+    print(f"promote: {name} @{CHAMPION} moved from {was} to v{challenger} "
+          f"({kind_of(client, name, challenger) or 'kind unknown'})", flush=True)
     return challenger
 
 

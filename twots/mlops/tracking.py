@@ -60,11 +60,11 @@ class Tracker:
     def log_evaluation(self, report: dict, run_dir: Path) -> None:
         log_evaluation(report, run_dir)
 
-    def log_model(self, model_path: str, data_dir: str, spark) -> None:
+    def log_model(self, model_path: str, kind: str, data_dir: str, spark) -> None:
         from twots.mlops.packaging import log_model
         from twots.models.kinds import load_model
 
-        log_model(load_model(model_path), data_dir, spark=spark)
+        log_model(load_model(model_path), data_dir, kind=kind, spark=spark)
 
 
 def log_evaluation(report: dict, out_dir: Path) -> None:

@@ -32,13 +32,20 @@ class SequentialRecommender(nn.Module):
     """The protocol of docs/design.md. A State is a tuple of tensors whose first dimension is the batch of users.
 
     Subclasses set `self.hparams` (their constructor kwargs, including n_items) and implement init_state, step,
-    user_vector and item_vectors; scores are dot products of the user vector with item vectors.
+    user_vector and item_vectors; scores are dot products of the user vector with item vectors. In init_state a
+    user id of -1 is a user the model has never seen (served users missing from the users table): such a user starts
+    as the model starts its new users (is_active is false for them).
     """
 
     hparams: dict
 
     def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         raise NotImplementedError(f"{type(self).__name__} must implement init_state")
+
+    def own_start(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> torch.Tensor:
+        """[B] bool: whether init_state starts each user from their own embedding (phi) rather than a start shared
+        by users (psi, GRU4Rec's h0, ...). Serving reports it as `start`."""
+        return torch.zeros_like(user_ids, dtype=torch.bool)
 
     def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         raise NotImplementedError(f"{type(self).__name__} must implement step")
@@ -179,7 +186,11 @@ class Stage1Model(SequentialRecommender):
         if not self.known_users.any():
             raise RuntimeError("Stage1Model: no known users; call set_known_users after training")
         mean_phi = self.phi.weight[self.known_users].mean(0)
-        return (torch.where(self.known_users[user_ids].unsqueeze(-1), self.phi(user_ids), mean_phi),)
+        return (torch.where(self.own_start(user_ids, is_active).unsqueeze(-1), self.phi(user_ids.clamp(min=0)),
+                            mean_phi),)
+
+    def own_start(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> torch.Tensor:
+        return (user_ids >= 0) & self.known_users[user_ids.clamp(min=0)]
 
     def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         return state
@@ -239,9 +250,13 @@ class TwoTimeScaleModel(SequentialRecommender):
 
     def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         batch = user_ids.shape[0]
-        active_start = self.phi(user_ids) if self.phi is not None else self.psi_active.expand(batch, -1)
+        active_start = (self.phi(user_ids.clamp(min=0)) if self.phi is not None
+                        else self.psi_active.expand(batch, -1))
         h = torch.where(is_active.unsqueeze(-1), active_start, self.psi.expand(batch, -1))
         return h, torch.full_like(user_ids, -1)
+
+    def own_start(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> torch.Tensor:
+        return is_active & torch.tensor(self.phi is not None, device=is_active.device)
 
     def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         """Feed one clicked item per user; rows with item -1 (padding) keep their state."""

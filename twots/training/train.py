@@ -171,5 +171,5 @@ def train(cfg: TrainConfig, spark) -> TrainResult:
             report = evaluate(load_model(previous), cfg.data, spark)
             metrics = report["metrics"]
             tracker.log_evaluation(report, run_dir)
-        tracker.log_model(previous, cfg.data, spark)
+        tracker.log_model(previous, cfg.model, cfg.data, spark)
         return TrainResult(tracker.run_id, previous, metrics, stages)
