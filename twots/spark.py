@@ -143,9 +143,10 @@ def memory_guard(spark, step: str, needs: str = ""):
         raise OutOfMemory(f"{step}: this Python process ran out of memory{needing}; run the driver on a machine "
                           f"with more memory, or evaluate on a user sample (prepare's --eval-sample)") from None
     except Exception as err:  # py4j and pyspark wrap the JVM's OutOfMemoryError in several types
-        if "OutOfMemoryError" not in str(err) and _jvm_exit_code(spark, err) != JVM_OOM_EXIT:
+        message = _message(err)
+        if "OutOfMemoryError" not in message and _jvm_exit_code(spark, err, message) != JVM_OOM_EXIT:
             raise
-        if "stage failure" in str(err) and not master.startswith("local"):
+        if "stage failure" in message and not master.startswith("local"):
             raise OutOfMemory(f"{step}: an executor ran out of Java heap (spark.executor.memory={executor_heap})"
                               f"{needing}; raise spark.executor.memory or spread the work over more partitions "
                               f"(spark.sql.shuffle.partitions)") from None
@@ -155,16 +156,28 @@ def memory_guard(spark, step: str, needs: str = ""):
                           f"setting it in a running session does nothing)") from None
 
 
-def _jvm_exit_code(spark, err: Exception, wait_s: float = 10.0) -> int | None:
+def _message(err: Exception) -> str:
+    """str(err), which for a py4j error asks the JVM for its Java exception's text: once the JVM is gone, that
+    raises (connection refused), so its type name stands in."""
+    try:
+        return str(err)
+    except Exception:  # any failure to ask the dead JVM
+        return type(err).__name__
+
+
+def _jvm_exit_code(spark, err: Exception, message: str, wait_s: float = 10.0) -> int | None:
     """The driver JVM's exit code when `err` says it is going away (py4j lost it, or a job was cancelled because the
     context shut down: what a local-mode task's OutOfMemoryError does) and it has exited or does within `wait_s`."""
     import subprocess
 
-    from py4j.protocol import Py4JNetworkError
+    from py4j.protocol import Py4JError
 
     proc = getattr(spark.sparkContext._gateway, "proc", None)
-    lost = (isinstance(err, (Py4JNetworkError, ConnectionError)) or isinstance(err.__cause__, Py4JNetworkError)
-            or "Java side" in str(err) or "SparkContext was shut down" in str(err))
+    # A dying JVM shows up as any py4j error somewhere in the chain (a lost connection, or pyspark's own error
+    # conversion failing to call into it), or as Spark's message for the cancelled job.
+    chain = [err, err.__cause__, err.__context__]
+    lost = (any(isinstance(e, (Py4JError, ConnectionError)) for e in chain)
+            or "Java side" in message or "SparkContext was shut down" in message)
     if proc is None or not lost:
         return None
     try:
