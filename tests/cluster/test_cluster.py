@@ -150,5 +150,5 @@ def test_prepare_train_on_executors_evaluate_register_validate(spark, prepared_m
     assert tags[STATUS] == "passed"
     # validate re-read the candidates from the table's files and replayed the registered model: same MRR as training
     assert float(tags["validation_test_mrr"]) == pytest.approx(test_mrr, abs=1e-6)
-    assert client.get_model_version_by_alias(rcfg.model_name, CHALLENGER).version == str(version)
+    assert str(client.get_model_version_by_alias(rcfg.model_name, CHALLENGER).version) == str(version)
     assert mlflow.get_run(result.run_id).data.params["local_mode"] == "False"
