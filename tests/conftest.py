@@ -79,3 +79,17 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "spark" in item.fixturenames:
             item.add_marker(pytest.mark.spark)
+
+
+def stop_process_group(process) -> None:
+    """SIGTERM a subprocess started in its own session (start_new_session=True) and its children; SIGKILL after 30 s."""
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

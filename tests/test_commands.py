@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import stop_process_group
 from test_bundle import job_config
 
 from twots.config import parser_for, resolve
@@ -139,7 +139,7 @@ class Shell:
                 if line.startswith(marker):
                     break
         finally:
-            stop(process)
+            stop_process_group(process)
         return "\n".join(lines)
 
     def run(self, command: str, timeout: float = 600) -> str:
@@ -147,19 +147,9 @@ class Shell:
         try:
             out, _ = process.communicate(timeout=timeout)
         finally:
-            stop(process)
+            stop_process_group(process)
         assert process.returncode == 0, f"`{self.expand(command)}` exited {process.returncode}:\n{out[-5000:]}"
         return out
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def published(output: str, key: str):
@@ -227,7 +217,7 @@ def test_readme_and_demo_commands_work_as_printed(prepared_movielens, tmp_path):
         with urllib.request.urlopen(request, timeout=60) as response:
             assert len(json.loads(response.read())["predictions"][0]["items"]) == 3
     finally:
-        stop(process)
+        stop_process_group(process)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from conftest import stop_process_group
 from mlflow.models.cli import commands as mlflow_models
 
 from twots.mlops.server import _answers
@@ -148,13 +148,8 @@ def image_server():
                 time.sleep(1)
             yield url
         finally:
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            if process is not None:
+                stop_process_group(process)
             subprocess.run(["buildah", "rm", container], capture_output=True, check=True)
 
 
