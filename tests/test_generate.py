@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from pipelines.config import GenerateConfig, PrepareConfig, ProfileConfig
-from pipelines.generate import generate
-from pipelines.profile import HEADLINE, headline, profile, raw_events, sample_profile
+from pipelines.generate import events, generate, users
+from pipelines.profile import HEADLINE, headline, profile, sample_groups, sample_profile
 from pipelines.readers import read_source
 
 SCHEMA = "u long, i long, c long, b string, t long"
@@ -102,13 +103,39 @@ def real(spark, shared_data):
                                           input=str(shared_data / "taobao-sample" / "UserBehavior.csv")), spark))
 
 
+def profile_rows(rows):
+    """Generated rows (0-based ids) as profile events of the CSV they would be written to (1-based ids, each
+    user's rows in (ts, item) order, like the written lines)."""
+    return rows.select((F.col("user") + 1).alias("user"), (F.col("item") + 1).alias("item"),
+                       (F.col("category") + 1).cast("string").alias("category"), "ts", "behavior",
+                       F.col("item").alias("order"))
+
+
+def test_a_users_rows_do_not_depend_on_the_other_users(spark, generated):
+    cfg, _, df = generated
+    chosen = [3, 17, 250, 395]  # 0-based user ids
+    subset = events(users(spark, cfg).where(F.col("user").isin(chosen)), cfg).toPandas()
+    subset = subset.sort_values(["user", "ts", "item"]).reset_index(drop=True)
+    whole = df[df.u.isin([c + 1 for c in chosen])].sort_values(["u", "t", "i"]).reset_index(drop=True)
+    assert len(subset) == len(whole) > 0
+    assert (subset.user + 1).tolist() == whole.u.tolist() and (subset.item + 1).tolist() == whole.i.tolist()
+    assert (subset.category + 1).tolist() == whole.c.tolist() and subset.ts.tolist() == whole.t.tolist()
+    assert subset.behavior.tolist() == whole.b.tolist()
+
+
 @pytest.fixture(scope="module")
-def calibrated(spark, tmp_path_factory):
-    """1M generated rows profiled as 20 samples of the real sample's 114 users (the mean of the samples)."""
-    out = tmp_path_factory.mktemp("gen1m") / "raw"
-    generate(GenerateConfig(rows=1_000_000, output=str(out), seed=7, parts=4), spark)
-    events, _ = raw_events(spark, "taobao", str(out))
-    return headline(sample_profile(events.localCheckpoint(), size=114, samples=20, seed=1))
+def calibrated(spark):
+    """A 1M-row generation profiled as 20 samples of the real sample's 114 users (the mean of the samples).
+
+    Only the sampled users' rows are generated: a user's rows are a function of the seed and that user alone (the
+    test above), and a sample's users rank first among any superset of them, so profiling the union of the samples
+    draws the same samples as profiling all 1M rows."""
+    cfg = GenerateConfig(rows=1_000_000, output="/unused", seed=7, parts=4)
+    table = users(spark, cfg).localCheckpoint()
+    union = (sample_groups(table.select((F.col("user") + 1).alias("user")), size=114, samples=20, seed=1)
+             .select((F.col("user") - 1).alias("user")).distinct())
+    sampled = profile_rows(events(table.join(union, "user"), cfg)).localCheckpoint()
+    return headline(sample_profile(sampled, size=114, samples=20, seed=1))
 
 
 @pytest.mark.parametrize("statistic", HEADLINE)
