@@ -1,10 +1,10 @@
 """Tuning: every (lr, l2) of a model's grid trains epoch by epoch, val MRR replayed after each, stopped early after
 `patience` epochs without a better val MRR; the best (lr, l2, epoch) on val is the model.
 
-Each epoch is one TorchDistributor launch resuming from the last epoch's checkpoint (weights and optimizer state,
-so the epochs are those of one uninterrupted run), and the driver replays val between launches. Trainer runs share
-petastorm sources and evaluation arrays (read once per view); the training processes' peak memory is sampled while
-they run.
+A trial is one TorchDistributor launch: after every epoch rank 0 replays val (twots.evaluation.evaluate.ValMRR on
+the view's val events, pickled once per view) and the ranks stop together (twots.training.trainer). Every epoch's
+checkpoint is kept, so the best epoch's weights are the model. Trials share petastorm sources and evaluation arrays
+(read once per view); the training processes' peak memory is sampled while they run.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Trial:
     max_epochs: int
     model_path: str = ""
     checkpoints: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0           # the launch's wall time without the val replays
     peak_rss: int = 0
     history: list[dict] = field(default_factory=list)
     val_mrr: list[float] = field(default_factory=list)
@@ -79,12 +79,6 @@ class Trial:
     def as_dict(self) -> dict:
         return {"lr": self.lr, "l2": self.l2, "val_mrr_by_epoch": self.val_mrr, "best_epoch": self.best_epoch + 1,
                 "stopped_early": len(self.val_mrr) < self.max_epochs, "seconds": self.seconds}
-
-
-def should_stop(val_mrr: list[float], patience: int) -> bool:
-    """True once the last `patience` epochs brought no val MRR above the best before them."""
-    best = max(range(len(val_mrr)), key=lambda e: val_mrr[e])
-    return len(val_mrr) - 1 - best >= patience
 
 
 def load_epoch(trial: Trial, epoch: int):
@@ -111,6 +105,7 @@ class Runner:
         self.inputs = BuildInputs(tcfg.dims(self.manifest), str(side_data), extra or {})
         self._sources: dict = {}
         self._eval_data: dict = {}
+        self._val_checks: dict = {}
 
     def source(self, view: Path, table: str):
         from twots.training.train import make_source
@@ -122,52 +117,58 @@ class Runner:
                                              cache)
         return self._sources[key]
 
-    def _launch(self, name: str, plan: StagePlan, view: Path, trial: Trial, epochs: int, previous: str | None,
-                run_dir: Path) -> None:
-        """Train `trial` up to `epochs` epochs, resuming from its last checkpoint when it has one."""
-        from twots.training import distributed
-        from twots.training.runs import StageSettings, stage_job
-        from twots.training.trainer import run_stage
+    def eval_data(self, view: Path):
+        from twots.evaluation.evaluate import SPLITS, load_arrays
 
-        settings = StageSettings(epochs, trial.lr, self.tcfg.settings()[plan.settings].batch_size, trial.l2)
-        job = stage_job(plan, self.inputs, self.source(view, plan.table), settings, run_dir, previous,
-                        replace(self.tcfg.options(), resume=bool(trial.checkpoints)), name=name)
-        started = time.perf_counter()
-        with PeakRSS() as memory:
-            result = distributed.run(run_stage, job, num_processes=self.tcfg.num_processes,
-                                     local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu,
-                                     error_dir=run_dir / "rank-errors", timeout_s=self.tcfg.collective_timeout_s)
-        trial.seconds += time.perf_counter() - started
-        trial.peak_rss = max(trial.peak_rss, memory.peak)
-        trial.model_path, trial.history = job.model_path, result["history"]
-        trial.checkpoints = sorted(str(p) for p in (run_dir / "checkpoints").glob(f"{name}-epoch*.pt"))
+        if str(view) not in self._eval_data:
+            self._eval_data[str(view)] = load_arrays(view, self.spark, SPLITS)
+        return self._eval_data[str(view)]
+
+    def val_check(self, view: Path):
+        """The ranks' per-epoch val MRR on `view` (its val events pickled once)."""
+        from twots.evaluation.evaluate import ValMRR
+
+        if str(view) not in self._val_checks:
+            path = self.out / "runs" / "val" / f"{len(self._val_checks)}.pkl"
+            self._val_checks[str(view)] = ValMRR.write(self.eval_data(view), path)
+        return self._val_checks[str(view)]
 
     def train(self, name: str, plan: StagePlan, view: Path, lr: float, l2: float, max_epochs: int, patience: int,
               previous: str | None, run_name: str) -> Trial:
         """One stage on `view` (for full histories, a full-history view: its `sequences` are the histories) at one
-        (lr, l2): an epoch at a time, val replayed after each, until max_epochs or `patience` epochs without a
+        (lr, l2), in one launch: val replayed after each epoch, until max_epochs or `patience` epochs without a
         better val MRR."""
+        from twots.training import distributed
+        from twots.training.runs import StageSettings, stage_job
+        from twots.training.trainer import run_stage
+
         run_dir = self.out / "runs" / run_name
         if run_dir.exists():
             shutil.rmtree(run_dir)
         trial = Trial(name, lr, l2, max_epochs)
         self.log(f"[compare] training {run_name}: up to {max_epochs} epochs at lr {lr:g}, l2 {l2:g}")
-        for epoch in range(max_epochs):
-            self._launch(name, plan, view, trial, epoch + 1, previous, run_dir)
-            trial.val_mrr.append(self.evaluate(load_epoch(trial, epoch), view, ("val",))
-                                 ["metrics"]["val"]["overall"]["mrr"])
-            self.log(f"[compare] {run_name}: val MRR by epoch " + ", ".join(f"{m:.4f}" for m in trial.val_mrr))
-            if should_stop(trial.val_mrr, patience):
-                self.log(f"[compare] {run_name}: stopped after epoch {epoch + 1}, best epoch {trial.best_epoch + 1}")
-                break
+        settings = StageSettings(max_epochs, lr, self.tcfg.settings()[plan.settings].batch_size, l2)
+        job = replace(stage_job(plan, self.inputs, self.source(view, plan.table), settings, run_dir, previous,
+                                self.tcfg.options(), name=name), validate=self.val_check(view), patience=patience)
+        started = time.perf_counter()
+        with PeakRSS() as memory:
+            result = distributed.run(run_stage, job, num_processes=self.tcfg.num_processes,
+                                     local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu,
+                                     error_dir=run_dir / "rank-errors", timeout_s=self.tcfg.collective_timeout_s)
+        trial.history = result["history"]
+        trial.val_mrr = [h["val_score"] for h in trial.history]
+        trial.seconds = time.perf_counter() - started - sum(h["val_seconds"] for h in trial.history)
+        trial.peak_rss = memory.peak
+        trial.model_path = job.model_path
+        trial.checkpoints = sorted(str(p) for p in (run_dir / "checkpoints").glob(f"{name}-epoch*.pt"))
+        self.log(f"[compare] {run_name}: val MRR by epoch " + ", ".join(f"{m:.4f}" for m in trial.val_mrr)
+                 + (f"; stopped early, best epoch {trial.best_epoch + 1}" if len(trial.val_mrr) < max_epochs else ""))
         return trial
 
     def evaluate(self, model, view: Path, splits: tuple[str, ...]) -> dict:
-        from twots.evaluation.evaluate import SPLITS, evaluate_loaded, load_arrays
+        from twots.evaluation.evaluate import evaluate_loaded
 
-        if str(view) not in self._eval_data:
-            self._eval_data[str(view)] = load_arrays(view, self.spark, SPLITS)
-        return evaluate_loaded(model, self._eval_data[str(view)], splits)
+        return evaluate_loaded(model, self.eval_data(view), splits)
 
     def tune(self, name: str, plan: StagePlan, view: Path, grid: Grid,
              previous: str | None = None) -> tuple[Trial, list[Trial]]:

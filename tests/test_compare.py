@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from experiments.compare import MODEL_NAMES, CompareConfig, compare, results_table
-from experiments.tuning import should_stop
 from twots.config import ConfigError, resolve
+from twots.evaluation.evaluate import evaluate
 from twots.models.baselines import SASRec
+from twots.models.kinds import load_model
+from twots.training.trainer import should_stop
 
 START = 1511539200  # the Taobao window (conf/taobao.yaml)
 CLUSTERS, ITEMS_PER_CLUSTER = 6, 12
@@ -176,6 +178,11 @@ def test_grid_with_early_stopping_records_each_models_setting(spark, prepared_cl
         assert row["val_mrr"] == max(best["val_mrr_by_epoch"])
         assert row["epochs_trained"] == len(best["val_mrr_by_epoch"])
         assert row["tuning_seconds"] == pytest.approx(sum(t["seconds"] for t in row["trials"]))
+    # The ranks' val replay (after every epoch, inside the launch) is the driver's: CCF's chosen epoch, saved as the
+    # stage-1 model, replayed here gives the val MRR the ranks recorded for it.
+    stage1 = load_model(str(out / "models" / "stage1.pt"))
+    assert evaluate(stage1, prepared_clusters, spark, ("val",))["metrics"]["val"]["overall"]["mrr"] == pytest.approx(
+        ccf["val_mrr"], abs=1e-9)
     assert ccf["grid"] == {"lrs": [0.05], "l2s": [0.0, 0.01], "max_epochs": 3, "patience": 1}
     assert two["grid"] == {"lrs": [0.05], "l2s": [0.0], "max_epochs": 2, "patience": 1}
     # L2 reaches the ranks: the two CCF points start from the same weights and data, and part after one epoch.

@@ -15,6 +15,7 @@ full_ndcg@10 and full_count in each group's metrics.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -91,6 +92,35 @@ class EvalData:
             raise ValueError(f"no events of splits {sorted(missing)} were loaded")
         keep = np.isin(self.split, list(splits))
         return EvalData(self.warmup, self.events.subset(keep), self.split[keep], self.activity)
+
+
+@dataclass(frozen=True)
+class ValMRR:
+    """The trainer's per-epoch check in tuning (twots.training.trainer.StageJob.validate): the overall MRR of the val
+    replay of the EvalData pickled at `path` (written once by `write`, read once per process)."""
+
+    path: str
+
+    @classmethod
+    def write(cls, data: EvalData, path: str | Path) -> ValMRR:
+        import pickle
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump(data.only(("val",)), f, protocol=pickle.HIGHEST_PROTOCOL)
+        return cls(str(path))
+
+    def __call__(self, model) -> float:
+        return evaluate_loaded(model, _val_data(self.path), ("val",))["metrics"]["val"]["overall"]["mrr"]
+
+
+@functools.cache
+def _val_data(path: str) -> EvalData:
+    import pickle
+
+    with open(path, "rb") as f:
+        return pickle.load(f)
 
 
 def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:

@@ -2,8 +2,12 @@
 
 `run_stages(jobs)` is the function TorchDistributor (or plain torchrun, see bench/train.py) runs on each rank:
 join the process group, then per stage build the model, train it for the stage's epochs with a checkpoint after
-each and save it (rank 0); end with the all-reduce every rank must reach. Embedding tables (sparse gradients) are
-trained with SparseAdam, the other parameters with Adam; see twots.training.distributed for how gradients are synced.
+each and save it (rank 0); end with the all-reduce every rank must reach. With `StageJob.validate`, rank 0 scores
+the model after every epoch (val MRR in tuning, twots.evaluation.evaluate.ValMRR) and every rank stops once
+`patience` epochs brought no better score: a whole early-stopped run is one launch.
+
+Embedding tables (sparse gradients) are trained with SparseAdam, the other parameters with Adam; see
+twots.training.distributed for how gradients are synced.
 
 L2 (`StageJob.l2`, one value for the whole model): every step minimises loss + l2/2 * ||w||^2 over the parameters
 the step trains. SparseAdam has no weight decay, so `add_row_l2` adds l2 * w to the synced sparse gradient of the
@@ -52,6 +56,8 @@ class StageJob:
     resume: bool = False
     log_every_s: float = 10.0      # seconds between progress lines (rank 0), and one at the end of each epoch
     threads: int = 0               # torch intra-op threads per rank; 0 keeps torchrun's setting
+    validate: Callable | None = None  # model -> score (higher is better), called on rank 0 after every epoch
+    patience: int = 1              # with validate: stop after this many epochs without a better score
 
 
 def make_optimizers(model: nn.Module, lr: float, l2: float = 0.0) -> list[torch.optim.Optimizer]:
@@ -86,6 +92,12 @@ def batch_interactions(batch: dict[str, torch.Tensor]) -> int:
     if "item_ids" in batch:
         return int((batch["item_ids"] >= 0).sum())
     return int(batch["user_id"].numel())
+
+
+def should_stop(scores: list[float], patience: int) -> bool:
+    """True once the last `patience` epochs brought no score above the best before them."""
+    best = max(range(len(scores)), key=lambda e: scores[e])
+    return len(scores) - 1 - best >= patience
 
 
 def checkpoint_path(job: StageJob, epoch: int) -> Path:
@@ -144,9 +156,26 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
         total = distributed.all_sum(ctx, clicks)
         history.append({"epoch": epoch, "loss": mean_loss, "interactions": total, "seconds": seconds,
                         "interactions_per_s": total / seconds})
+        if job.validate is not None:
+            history[-1].update(validate(ctx, model, job, log))
         if ctx.is_main:
             _save_checkpoint(checkpoint_path(job, epoch), model, optimizers, history, epoch)
+        if job.validate is not None and should_stop([h["val_score"] for h in history], job.patience):
+            if ctx.is_main:
+                log(f"[{job.name}] stopped after epoch {epoch + 1}: no better val score in {job.patience} epoch(s)")
+            break
     return {"stage": job.name, "history": history, "steps_per_epoch": steps, "world": ctx.world}
+
+
+def validate(ctx: distributed.Context, model: nn.Module, job: StageJob, log=print) -> dict:
+    """{"val_score", "val_seconds"} of job.validate on rank 0's model, the same on every rank (the others wait)."""
+    started = time.perf_counter()
+    score = 0.0
+    if ctx.is_main:
+        model.eval()
+        score = float(job.validate(model))
+        log(f"[{job.name}] val score {score:.4f} ({time.perf_counter() - started:.1f} s)")
+    return {"val_score": distributed.all_sum(ctx, score), "val_seconds": time.perf_counter() - started}
 
 
 def _save_checkpoint(path: Path, model, optimizers, history, epoch) -> None:
