@@ -3,7 +3,9 @@
 `KINDS` is the one list (in the order of the paper's tables); jobs/train.py, the comparison, the demo, bench and
 serving read it. A kind is either not trained by gradient (Popularity: Spark counts), stage 1 alone (CCF), stage 1
 then one stage on the saved stage-1 model (2TS, 2TS-Plus, 2-GRU and our two variants), or one stage from scratch on
-full histories (the sequence baselines and 2TS-SingleStage).
+full histories (the sequence baselines and 2TS-SingleStage). Every kind that starts with `STAGE1` can share one
+trained stage 1 (twots.training.runs builds such runs). Every kind serves through the same pyfunc
+(twots.mlops.pyfunc): the protocol of twots.models.two_time_scale.SequentialRecommender is all serving uses.
 
 Two variants beyond the paper (issue 10), each a 2TS kind on the same stage 1:
 - `2ts-plus-gw`: 2TS-Plus with one W per user group (TwoTimeScaleModel group_mix): active users' state lives near
@@ -11,9 +13,7 @@ Two variants beyond the paper (issue 10), each a 2TS kind on the same stage 1:
 - `2ts-coldstart-all`: 2TS whose cold-start side (psi and the inactive GRU Theta_1, which new users run) trains on
   the inactive users' sequences plus the first t* training items of every active user, as each active user was once
   an inactive one; the active users' rows are unchanged. Its stage 2 reads COLDSTART_SEQUENCES, a table of a view
-  (pipelines.views.coldstart_view). Every kind that starts with `STAGE1` can share one trained stage 1
-(twots.training.runs builds such runs). Every kind serves through the same pyfunc (twots.mlops.pyfunc): the
-protocol of twots.models.two_time_scale.SequentialRecommender is all serving uses.
+  (pipelines.views.coldstart_view).
 
 A stage's builder is called on every rank as `build(inputs, previous_model_path)` and returns the nn.Module to
 train (`forward(batch) -> loss`). Saved models are tagged with their class name (`save_model` / `load_model`), not
