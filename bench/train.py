@@ -34,7 +34,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
-from twots.data.tables import FULL_HISTORIES, SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY  # noqa: E402  (after the path set-up)
+from twots.data.tables import (  # noqa: E402  (after the path set-up)
+    COLDSTART_SEQUENCES,
+    FULL_HISTORIES,
+    SEQUENCES,
+    STAGE1_OFFERS,
+    USER_ACTIVITY,
+)
 from twots.models.kinds import KINDS, TRAINABLE, BuildInputs, ModelDims  # noqa: E402  (torch-only imports)
 from twots.training.loaders import Layout, ParquetSource  # noqa: E402
 from twots.training.runs import RunOptions, StageSettings, run_jobs  # noqa: E402
@@ -183,7 +189,9 @@ def prepared_data(spark, rows: int, out: Path) -> Path:
 
 def export(spark, data: Path, out: Path, max_len: int) -> Path:
     """The training rows as plain Parquet + side data: the folder bench/gpu_train.sh trains from. Full histories
-    (each user's last `max_len` training items, as experiments.compare builds them) are a third table."""
+    (each user's last `max_len` training items, as experiments.compare builds them) are a third table, the
+    2ts-coldstart-all rows (pipelines.views.coldstart_view's, at the prepared t*) a fourth."""
+    from pipelines.activity import coldstart_sequences
     from pipelines.histories import full_sequences
     from twots.training.loaders import export_parquet
     from twots.training.train import TrainConfig, read_manifest, write_side_data
@@ -194,8 +202,11 @@ def export(spark, data: Path, out: Path, max_len: int) -> Path:
     target = out / "export"
     manifest = read_manifest(data)
     offers = read(STAGE1_OFFERS)
+    activity = read(USER_ACTIVITY)
     tables = {STAGE1_OFFERS: offers, SEQUENCES: read(SEQUENCES),
-              FULL_HISTORIES: full_sequences(offers, read(USER_ACTIVITY), max_len)}
+              FULL_HISTORIES: full_sequences(offers, activity, max_len),
+              COLDSTART_SEQUENCES: coldstart_sequences(read(SEQUENCES), offers, activity,
+                                                       manifest["config"]["threshold"])}
     layouts = {}
     for table, df in tables.items():
         source = export_parquet(df.coalesce(2), STAGE1_OFFERS if table == STAGE1_OFFERS else SEQUENCES, target / table)

@@ -7,13 +7,16 @@ on the same offer sets, and is replayed online on the same val/test candidates (
   ccf               stage 1 alone (twots.models.two_time_scale.Stage1Model)
   2ts, 2ts-plus     stage 2 on `sequences` from the selected stage-1 model (shared, its time counted in each)
   2gru              the same, without phi: active users start from a learned common state (ablation)
+  2ts-plus-gw       2TS-Plus with one W per user group (our variant, twots.models.kinds)
+  2ts-coldstart-all 2TS whose psi and inactive GRU also learn from every active user's first t* training items
+                    (our variant; a view adds those rows, pipelines.views.coldstart_view)
   2ts-singlestage   the 2TS architecture, every parameter trained jointly from scratch on full histories (ablation)
   sumpooling, gru4rec, sasrec   full histories (twots.models.baselines)
 
 "Full histories" are each user's last `max_len` training items (pipelines.histories); models trained on them
 are also warmed up on them before the replay. Tables that differ from the prepared ones (full histories, another
-t*) live in a *view*: a folder holding the new Delta tables and links to the prepared ones, so the trainer and the
-evaluation read it like any prepared folder.
+t*, cold-start rows) live in a *view*: a folder holding the new Delta tables and links to the prepared ones, so the
+trainer and the evaluation read it like any prepared folder.
 
 Module map: experiments.config (CompareConfig), experiments.tuning (trials, the best (lr, epoch), Popularity),
 experiments.threshold (t** and the t* sweep), experiments.reporting (results table, files, MLflow),
@@ -25,8 +28,9 @@ the val-best one (or all) is registered with its kind, settings and metrics as t
 Tuning (experiments.tuning), the same budget for every trained model by default (`compare.lrs` x `compare.l2s`, up
 to `max_epochs`): each (lr, l2) trains an epoch at a time, val is replayed after each epoch, and training stops after
 `patience` epochs without a better val MRR; the (lr, l2, epoch) with the best val MRR is the model. Stage 1 is tuned
-once on that grid as CCF; 2TS, 2TS-Plus and 2-GRU build on CCF's chosen stage 1 and tune their stage 2 on the same
-grid. Only then is test replayed. The chosen setting and every grid point's val MRRs go to results.json and MLflow.
+once on that grid as CCF; 2TS, 2TS-Plus, 2-GRU and the two variants build on CCF's chosen stage 1 and tune their
+stage 2 on the same grid. Only then is test replayed. The chosen setting and every grid point's val MRRs go to
+results.json and MLflow.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments.config import MODEL_NAMES, CompareConfig
+from experiments.config import MODEL_NAMES, PAPER_MODELS, CompareConfig
 from experiments.reporting import results_table
 
-__all__ = ["MODEL_NAMES", "CompareConfig", "compare", "results_table"]
+__all__ = ["MODEL_NAMES", "PAPER_MODELS", "CompareConfig", "compare", "results_table"]
 
 
 def prepared_data(cfg: CompareConfig, spark, out: Path, log=print) -> Path:
@@ -66,7 +70,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     from experiments.reporting import log_model_run, log_threshold, write_results
     from experiments.threshold import choose_threshold
     from experiments.tuning import Runner, fit, load_epoch
-    from pipelines.views import full_history_view, threshold_view
+    from pipelines.views import stage_view, threshold_view
     from twots.config import resolve
     from twots.data.tables import USER_ACTIVITY
     from twots.evaluation.evaluate import read_delta
@@ -104,13 +108,13 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
         t_star = threshold["t_star"]
         view = base if t_star == prepared_t else threshold_view(spark, base, out / "views" / f"t{t_star}", t_star,
                                                                 last_k)
-        full = (full_history_view(spark, view, out / "views" / "full", cfg.max_len)
-                if any(kind.full_histories for kind in trained) else None)
+        views = {table: stage_view(spark, table, view, out / "views", t_star=t_star, max_len=cfg.max_len)
+                 for table in {kind.stages[-1].table for kind in trained}}
         log(f"[compare] t* = {t_star} ({threshold['source']}); models: {', '.join(cfg.models)}")
 
         for name in cfg.models:
             with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as run:
-                model, model_view, row = fit(name, cfg, runner, view, full, stage1)
+                model, model_view, row = fit(name, cfg, runner, view, views, stage1)
                 report = runner.evaluate(model, model_view, ("val", "test"))
                 val_mrr[name], run_ids[name] = report["metrics"]["val"]["overall"]["mrr"], run.info.run_id
                 if cfg.register_models != "none":

@@ -47,10 +47,10 @@ def prepare_once(source: str, output: Path, spark) -> Path:
 def run(cfg: DemoConfig) -> dict[str, dict]:
     from twots.spark import get_spark
 
-    unknown = [m for m in cfg.models if m not in TRAINABLE or KINDS[m].full_histories]
+    unknown = [m for m in cfg.models if m not in TRAINABLE or KINDS[m].on_view]
     if unknown:
         raise ValueError(f"unknown models {unknown}; the demo trains the kinds on the prepared tables: "
-                         f"{', '.join(m for m in TRAINABLE if not KINDS[m].full_histories)}")
+                         f"{', '.join(m for m in TRAINABLE if not KINDS[m].on_view)}")
     started = time.perf_counter()
     output = Path(cfg.output)
     spark = get_spark("twots-demo", master="local[2]", conf={"spark.sql.shuffle.partitions": "8",

@@ -9,6 +9,7 @@ checkpoint is kept, so the best epoch's weights are the model. Trials share peta
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -120,18 +121,28 @@ class Runner:
     def eval_data(self, view: Path):
         from twots.evaluation.evaluate import SPLITS, load_arrays
 
-        if str(view) not in self._eval_data:
-            self._eval_data[str(view)] = load_arrays(view, self.spark, SPLITS)
-        return self._eval_data[str(view)]
+        # Keyed by the tables the arrays come from, resolved through a view's links: a view that only adds a table
+        # (cold-start rows) shares its base's arrays instead of holding a second copy.
+        key = self._eval_key(view)
+        if key not in self._eval_data:
+            self._eval_data[key] = load_arrays(view, self.spark, SPLITS)
+        return self._eval_data[key]
+
+    @staticmethod
+    def _eval_key(view: Path) -> tuple[str, ...]:
+        from twots.data.tables import EVAL_CANDIDATES, SEQUENCES, USER_ACTIVITY
+
+        return tuple(os.path.realpath(Path(view) / table) for table in (SEQUENCES, EVAL_CANDIDATES, USER_ACTIVITY))
 
     def val_check(self, view: Path):
         """The ranks' per-epoch val MRR on `view` (its val events pickled once)."""
         from twots.evaluation.evaluate import ValMRR
 
-        if str(view) not in self._val_checks:
+        key = self._eval_key(view)
+        if key not in self._val_checks:
             path = self.out / "runs" / "val" / f"{len(self._val_checks)}.pkl"
-            self._val_checks[str(view)] = ValMRR.write(self.eval_data(view), path)
-        return self._val_checks[str(view)]
+            self._val_checks[key] = ValMRR.write(self.eval_data(view), path)
+        return self._val_checks[key]
 
     def train(self, name: str, plan: StagePlan, view: Path, lr: float, l2: float, max_epochs: int, patience: int,
               previous: str | None, run_name: str) -> Trial:
@@ -199,8 +210,9 @@ def setting(trial: Trial) -> dict:
     return {"lr": trial.lr, "l2": trial.l2, "epochs": trial.best_epoch + 1, "val_mrr": trial.best_val_mrr}
 
 
-def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, full: Path | None, stage1) -> tuple:
+def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, views: dict[str, Path], stage1) -> tuple:
     """Train (tune) one model; returns (model, the view it is replayed on, its result row without test metrics).
+    `views` maps the table a model's last stage reads to the folder holding it (pipelines.views.stage_view).
     `stage1` is CCF's (best trial, trials, saved model path), shared by the models built on it: a two-stage model's
     grid is its stage 2's, on the stage 1 CCF chose."""
     if name == "popularity":
@@ -211,7 +223,7 @@ def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, full: Path | 
     kind = KINDS[name]
     plan = kind.stages[-1]
     on = kind.on_stage1 and plan != STAGE1  # built on CCF's stage 1 (CCF itself is that stage 1)
-    model_view = full if kind.full_histories else view
+    model_view = views[plan.table]
     grid = cfg.grid("ccf" if plan == STAGE1 else name)
     if plan == STAGE1:
         best, trials, _ = stage1

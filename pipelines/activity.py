@@ -46,3 +46,21 @@ def sequences(offers: DataFrame, activity: DataFrame, last_k: int,
         F.flatten("_steps.neg_item_ids").alias("neg_item_ids"),
         F.coalesce("_prev", F.lit(-1)).alias("prev_item_id"),
     )
+
+
+def early_sequences(offers: DataFrame, activity: DataFrame, t_star: int) -> DataFrame:
+    """Each active user's first t* training items (rows of `offers`, i.e. of the training split only) as a
+    `sequences` row of an inactive user: is_active false, prev_item_id -1, the offers' negatives. An active user has
+    more than t* training items, so every row holds exactly t* (none at all when t* is 0)."""
+    first = Window.partitionBy("user_id").orderBy("event_id")
+    active = activity.where(F.col("is_active")).select("user_id", F.lit(False).alias("is_active"))
+    early = (offers.join(active.select("user_id"), "user_id")
+             .withColumn("_n", F.row_number().over(first)).where(F.col("_n") <= t_star).drop("_n"))
+    # As inactive users, sequences() keeps all of their (now first t*) items; its last_k cuts active rows only.
+    return sequences(early, active, last_k=t_star)
+
+
+def coldstart_sequences(seqs: DataFrame, offers: DataFrame, activity: DataFrame, t_star: int) -> DataFrame:
+    """The stage-2 rows of the 2ts-coldstart-all kind: `sequences` (`seqs`) plus early_sequences, so psi and the
+    inactive GRU learn from every user's first t* training items, the active users' rows unchanged."""
+    return seqs.unionByName(early_sequences(offers, activity, t_star))

@@ -1,6 +1,7 @@
-"""Views of a prepared folder: a folder holding some tables rebuilt (another t*, full histories) and links to every
-other entry of the prepared one, so the trainer and the evaluation read it like any prepared folder.
-Used by the comparison (experiments.compare) and by jobs/train.py for the full-history kinds."""
+"""Views of a prepared folder: a folder holding some tables rebuilt (another t*, full histories) or added (cold-start
+rows) and links to every other entry of the prepared one, so the trainer and the evaluation read it like any prepared
+folder. Used by the comparison (experiments.compare) and by jobs/train.py for the kinds whose rows no prepared folder
+holds (`stage_view`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,19 @@ import os
 import shutil
 from pathlib import Path
 
-from pipelines.activity import sequences, user_activity
+from pyspark.sql import functions as F
+
+from pipelines.activity import coldstart_sequences, sequences, user_activity
 from pipelines.histories import full_sequences
-from twots.data.tables import INTERACTIONS, SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY, USERS
+from twots.data.tables import (
+    COLDSTART_SEQUENCES,
+    FULL_HISTORIES,
+    INTERACTIONS,
+    SEQUENCES,
+    STAGE1_OFFERS,
+    USER_ACTIVITY,
+    USERS,
+)
 from twots.evaluation.evaluate import read_delta
 
 # What a view never links: the outputs of runs on the base folder, and other views.
@@ -44,3 +55,27 @@ def full_history_view(spark, base: str | Path, view: str | Path, max_len: int) -
     """`base` whose `sequences` are each user's last `max_len` training items (pipelines.histories)."""
     seqs = full_sequences(read_delta(spark, base, STAGE1_OFFERS), read_delta(spark, base, USER_ACTIVITY), max_len)
     return make_view(spark, base, view, {SEQUENCES: seqs})
+
+
+def coldstart_view(spark, base: str | Path, view: str | Path, t_star: int) -> Path:
+    """`base` plus COLDSTART_SEQUENCES: its `sequences` and each active user's first t* training items as an
+    inactive user's row (pipelines.activity.coldstart_sequences), with their stage1_offers negatives. `sequences` stays
+    as it is, so the replay warms users up as on `base`. `t_star` must be the one `base`'s user_activity holds."""
+    activity = read_delta(spark, base, USER_ACTIVITY)
+    wrong = activity.where(F.col("is_active") != (F.col("n_train") > t_star)).count()
+    if wrong:
+        raise ValueError(f"coldstart_view: {base}/{USER_ACTIVITY} was not built with t* = {t_star} ({wrong} users "
+                         "are active or inactive by another threshold); pass its t*, or make a threshold_view first")
+    rows = coldstart_sequences(read_delta(spark, base, SEQUENCES), read_delta(spark, base, STAGE1_OFFERS), activity,
+                               t_star)
+    return make_view(spark, base, view, {COLDSTART_SEQUENCES: rows})
+
+
+def stage_view(spark, table: str, base: str | Path, views: str | Path, *, t_star: int, max_len: int) -> Path:
+    """The folder whose `table` a training stage reads (StagePlan.table): `base` for the prepared tables, else a view
+    of `base` under `views` (full histories of `max_len` items, cold-start rows for `t_star`)."""
+    if table == FULL_HISTORIES:
+        return full_history_view(spark, base, Path(views) / f"full-{max_len}", max_len)
+    if table == COLDSTART_SEQUENCES:
+        return coldstart_view(spark, base, Path(views) / f"coldstart-t{t_star}", t_star)
+    return Path(base)

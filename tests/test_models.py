@@ -143,15 +143,21 @@ def test_phi_of_inactive_users_is_not_used_but_phi_of_active_users_is():
     assert model(batch).item() != pytest.approx(base, abs=1e-6)
 
 
-@pytest.mark.parametrize("plus", [False, True])
-def test_stage2_loss_scores_each_step_with_the_state_before_it(plus):
+HEADS = {"2ts": {}, "2ts-plus": {"plus": True}, "2ts-plus-gw": {"plus": True, "group_mix": True}}
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_stage2_loss_scores_each_step_with_the_state_before_it(head):
     """Hand-unrolled GRUs: active rows from phi_u with Theta_2, inactive rows from psi with Theta_1, padding masked;
-    2TS-Plus scores with W [h, x_prev], x_prev = the batch's prev_item_id at the first step, then the last click."""
-    model = TwoTimeScaleModel.from_stage1(stage1(), plus=plus)
+    2TS-Plus scores with W [h, x_prev], x_prev = the batch's prev_item_id at the first step, then the last click;
+    with one W per group, active rows with their own W."""
+    model = TwoTimeScaleModel.from_stage1(stage1(), **HEADS[head])
+    plus, per_group = model.mix is not None, model.mix_active is not None
     with torch.no_grad():
         model.psi.normal_()
-        if plus:
-            model.mix.weight.normal_(std=0.3)
+        for mix in (model.mix, model.mix_active):
+            if mix is not None:
+                mix.weight.normal_(std=0.3)
     batch = stage2_batch()
     users, pos, neg = [], [], []
     for row in range(4):
@@ -163,7 +169,8 @@ def test_stage2_loss_scores_each_step_with_the_state_before_it(plus):
             if item < 0:
                 break
             x_prev = model.items(torch.tensor(prev)) if prev >= 0 else torch.zeros(8)
-            users.append(model.mix(torch.cat([h, x_prev])) if plus else h)
+            mix = model.mix_active if per_group and active else model.mix
+            users.append(mix(torch.cat([h, x_prev])) if plus else h)
             pos.append(model.items(torch.tensor(item)))
             neg.append(model.items(batch["neg_item_ids"][row, t]))
             h = cell(model.items(torch.tensor([item])), h.unsqueeze(0))[0]
@@ -176,7 +183,8 @@ def test_stage2_loss_scores_each_step_with_the_state_before_it(plus):
 def stepwise_loss(model: TwoTimeScaleModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The stage-2 loss through the replay's cell-based `step`, one position at a time (the reference recurrence)."""
     item_ids, is_active = batch["item_ids"], batch["is_active"]
-    state = (model.init_state(batch["user_id"], is_active)[0], batch["prev_item_id"])
+    start = model.init_state(batch["user_id"], is_active)
+    state = (start[0], batch["prev_item_id"], *start[2:])
     users = []
     for t in range(item_ids.shape[1]):
         users.append(model.user_vector(state))
@@ -198,11 +206,11 @@ def random_stage2_batch(gen: torch.Generator, rows: int, length: int, active_sha
             "prev_item_id": torch.randint(-1, N_ITEMS, (rows,), generator=gen)}
 
 
-@pytest.mark.parametrize("plus", [False, True])
+@pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("ablation", [{}, {"use_phi": False}, {"freeze_stage1": False}],
                          ids=["2ts", "2-gru", "single-stage"])
-def test_fused_forward_equals_the_stepwise_cell_recurrence_with_the_same_gradients(plus, ablation):
-    model = TwoTimeScaleModel.from_stage1(stage1(), plus=plus, **ablation)
+def test_fused_forward_equals_the_stepwise_cell_recurrence_with_the_same_gradients(head, ablation):
+    model = TwoTimeScaleModel.from_stage1(stage1(), **HEADS[head], **ablation)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():
@@ -306,9 +314,52 @@ def test_plus_user_vector_uses_the_previous_item():
     assert plain(batch).item() == plain(stage2_batch()).item()
 
 
+def test_group_mix_gives_each_user_group_its_own_w():
+    """2ts-plus-gw: active users' vectors go through mix_active, inactive and new users' through mix; both start as
+    [I, 0]; a group's loss reaches only its own W, so after training on both groups the two Ws differ."""
+    with pytest.raises(ValueError, match="needs plus=True"):
+        TwoTimeScaleModel(N_USERS, N_ITEMS, group_mix=True)
+    model = TwoTimeScaleModel.from_stage1(stage1(), plus=True, group_mix=True)
+    assert torch.equal(model.mix.weight, model.mix_active.weight) and torch.equal(model.mix.bias, model.mix_active.bias)
+    with torch.no_grad():
+        model.psi.normal_()
+        model.mix_active.weight.normal_(std=0.3)
+    users, active = torch.tensor([0, 1, 9]), torch.tensor([True, False, False])  # active, inactive, new
+    state = model.step(model.init_state(users, active), torch.tensor([4, 5, 6]), active)
+    assert torch.equal(state[2], active)  # the group travels with the state through step
+    h_prev = torch.cat([state[0], model.items(torch.tensor([4, 5, 6]))], dim=-1)
+    vectors = model.user_vector(state)
+    assert torch.allclose(vectors[0], model.mix_active(h_prev[0]), atol=1e-6)
+    assert torch.allclose(vectors[1:], model.mix(h_prev[1:]), atol=1e-6)
+    assert not torch.allclose(vectors[0], model.mix(h_prev[0]), atol=1e-3)
+
+    batch = stage2_batch()  # rows 0 and 2 active, 1 and 3 inactive
+    for group, own, other in ((True, model.mix_active, model.mix), (False, model.mix, model.mix_active)):
+        rows = (batch["is_active"] == group).nonzero().squeeze(1)
+        model.zero_grad(set_to_none=True)
+        model({k: v[rows] for k, v in batch.items()}).backward()
+        assert own.weight.grad.abs().sum() > 0 and own.bias.grad.abs().sum() > 0, group
+        assert torch.count_nonzero(other.weight.grad) == 0 and torch.count_nonzero(other.bias.grad) == 0, group
+
+    fresh = TwoTimeScaleModel.from_stage1(stage1(), plus=True, group_mix=True)
+    optimizer = torch.optim.Adam(split_parameters(fresh)[1], lr=0.05)
+    for _ in range(5):
+        optimizer.zero_grad()
+        fresh(batch).backward()
+        optimizer.step()
+    start = _identity(fresh.mix.weight.shape[0])
+    assert not torch.equal(fresh.mix.weight, start) and not torch.equal(fresh.mix_active.weight, start)
+    assert (fresh.mix.weight - fresh.mix_active.weight).abs().max() > 1e-3
+
+
+def _identity(dim: int) -> torch.Tensor:
+    return torch.cat([torch.eye(dim), torch.zeros(dim, dim)], dim=1)
+
+
 @pytest.mark.parametrize("build", [
     lambda: stage1(),
     lambda: TwoTimeScaleModel.from_stage1(stage1(), plus=True),
+    lambda: TwoTimeScaleModel.from_stage1(stage1(), plus=True, group_mix=True),
     lambda: TwoTimeScaleModel.from_stage1(stage1(), use_phi=False),
 ])
 def test_save_load_round_trip_gives_identical_scores(tmp_path, build):

@@ -46,6 +46,8 @@ def untrained(kind: str, data, tmp_path, seed: int = 5):
         for name, parameter in model.named_parameters():
             if name in ("psi", "psi_active", "h0"):
                 parameter.normal_(std=0.3)
+            if name == "mix_active.weight":  # [I, 0] like `mix` at start: make the active users' W its own
+                parameter.add_(torch.randn_like(parameter) * 0.3)
     return model.eval()
 
 
@@ -84,8 +86,8 @@ def test_every_kind_serves_like_its_replay(spark, prepared_movielens, tables, ki
         assert answer["items"][row] == [items.raw_item_id[i] for i in ids], (kind, row)
         assert answer["scores"][row] == pytest.approx(scores, rel=1e-5, abs=1e-6)
         assert not set(answer["items"][row]) & {items.raw_item_id[i] for i in history}
-    own = {"ccf": ["phi", "phi"], "2ts": ["phi", "psi"], "2ts-plus": ["phi", "psi"],
-           "2ts-singlestage": ["phi", "psi"]}.get(kind, ["psi", "psi"])
+    own = {"ccf": ["phi", "phi"], "2ts": ["phi", "psi"], "2ts-plus": ["phi", "psi"], "2ts-plus-gw": ["phi", "psi"],
+           "2ts-coldstart-all": ["phi", "psi"], "2ts-singlestage": ["phi", "psi"]}.get(kind, ["psi", "psi"])
     assert answer["start"].tolist() == own + ["psi"] * (len(rows) - 2)
     # Users the tables do not know (absent, unknown id) start like the model's new users.
     assert answer["items"][len(rows) - 1] == answer["items"][len(rows) - 2]

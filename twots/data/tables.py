@@ -19,6 +19,10 @@ MANIFEST = "manifest.json"
 # Not a prepared table: rows of the `sequences` schema holding each user's last max_len training items, built by
 # pipelines.histories.full_sequences into a view (the full-history baselines and 2TS-SingleStage train on them).
 FULL_HISTORIES = "full_sequences"
+# Not a prepared table either: rows of the `sequences` schema, `sequences` plus each active user's first t* training
+# items as a row of an inactive user (pipelines.activity.early_sequences), written into a view beside the unchanged
+# `sequences` (pipelines.views.coldstart_view); the 2ts-coldstart-all kind trains its stage 2 on them.
+COLDSTART_SEQUENCES = "coldstart_sequences"
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     INTERACTIONS: ("event_id", "user_id", "item_id", "ts", "split", "feature_ids"),

@@ -2,10 +2,18 @@
 
 `KINDS` is the one list (in the order of the paper's tables); jobs/train.py, the comparison, the demo, bench and
 serving read it. A kind is either not trained by gradient (Popularity: Spark counts), stage 1 alone (CCF), stage 1
-then one stage on the saved stage-1 model (2TS, 2TS-Plus, 2-GRU), or one stage from scratch on full histories (the
-sequence baselines and 2TS-SingleStage). Every kind that starts with `STAGE1` can share one trained stage 1
-(twots.training.runs builds such runs). Every kind serves through the same pyfunc (twots.mlops.pyfunc): the
-protocol of twots.models.two_time_scale.SequentialRecommender is all serving uses.
+then one stage on the saved stage-1 model (2TS, 2TS-Plus, 2-GRU and our two variants), or one stage from scratch on
+full histories (the sequence baselines and 2TS-SingleStage). Every kind that starts with `STAGE1` can share one
+trained stage 1 (twots.training.runs builds such runs). Every kind serves through the same pyfunc
+(twots.mlops.pyfunc): the protocol of twots.models.two_time_scale.SequentialRecommender is all serving uses.
+
+Two variants beyond the paper (issue 10), each a 2TS kind on the same stage 1:
+- `2ts-plus-gw`: 2TS-Plus with one W per user group (TwoTimeScaleModel group_mix): active users' state lives near
+  phi, inactive and new users' near psi, and one shared W has to serve both.
+- `2ts-coldstart-all`: 2TS whose cold-start side (psi and the inactive GRU Theta_1, which new users run) trains on
+  the inactive users' sequences plus the first t* training items of every active user, as each active user was once
+  an inactive one; the active users' rows are unchanged. Its stage 2 reads COLDSTART_SEQUENCES, a table of a view
+  (pipelines.views.coldstart_view).
 
 A stage's builder is called on every rank as `build(inputs, previous_model_path)` and returns the nn.Module to
 train (`forward(batch) -> loss`). Saved models are tagged with their class name (`save_model` / `load_model`), not
@@ -23,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from twots.data.tables import FULL_HISTORIES, SEQUENCES, STAGE1_OFFERS
+from twots.data.tables import COLDSTART_SEQUENCES, FULL_HISTORIES, SEQUENCES, STAGE1_OFFERS, TABLES
 from twots.models.baselines import GRU4Rec, Popularity, SASRec, SumPooling
 from twots.models.two_time_scale import SequentialRecommender, Stage1Model, TwoTimeScaleModel
 
@@ -65,7 +73,7 @@ class StagePlan:
     """One training stage of a model kind: its name, the rows it trains on, and how to build its model."""
 
     name: str                                   # "stage1", "stage2" (on stage 1) or "train" (a one-stage kind)
-    table: str                                  # STAGE1_OFFERS, SEQUENCES or FULL_HISTORIES
+    table: str                                  # STAGE1_OFFERS, SEQUENCES, FULL_HISTORIES or COLDSTART_SEQUENCES
     build: Callable[..., object]                # (inputs: BuildInputs, previous model path | None) -> nn.Module
 
     @property
@@ -87,10 +95,11 @@ def build_stage1(inputs: BuildInputs, previous: str | None):
     return model
 
 
-def build_two_time_scale(inputs: BuildInputs, previous: str | None, plus: bool = False, use_phi: bool = True):
-    """Stage 2: 2TS (2TS-Plus with `plus`, 2-GRU without `use_phi`) on the frozen embeddings of the stage-1 model
-    saved at `previous`."""
-    return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus, use_phi=use_phi)
+def build_two_time_scale(inputs: BuildInputs, previous: str | None, plus: bool = False, use_phi: bool = True,
+                         group_mix: bool = False):
+    """Stage 2: 2TS (2TS-Plus with `plus`, one W per user group with `group_mix`, 2-GRU without `use_phi`) on the
+    frozen embeddings of the stage-1 model saved at `previous`."""
+    return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus, use_phi=use_phi, group_mix=group_mix)
 
 
 def build_single_stage(inputs: BuildInputs, previous: str | None):
@@ -107,8 +116,8 @@ def build_baseline(inputs: BuildInputs, previous: str | None, kind: str):
 STAGE1 = StagePlan("stage1", STAGE1_OFFERS, build_stage1)
 
 
-def _on_stage1(**kwargs) -> tuple[StagePlan, ...]:
-    return STAGE1, StagePlan("stage2", SEQUENCES, partial(build_two_time_scale, **kwargs))
+def _on_stage1(table: str = SEQUENCES, **kwargs) -> tuple[StagePlan, ...]:
+    return STAGE1, StagePlan("stage2", table, partial(build_two_time_scale, **kwargs))
 
 
 def _one_stage(build) -> tuple[StagePlan, ...]:
@@ -132,6 +141,12 @@ class Kind:
     def full_histories(self) -> bool:
         return bool(self.stages) and self.stages[-1].table == FULL_HISTORIES
 
+    @property
+    def on_view(self) -> bool:
+        """Whether its last stage reads rows no prepared folder holds (full histories, cold-start rows): they are
+        built into a view first (pipelines.views.stage_view)."""
+        return bool(self.stages) and self.stages[-1].table not in TABLES
+
 
 def _kinds(*kinds: Kind) -> dict[str, Kind]:
     return {k.name: k for k in kinds}
@@ -148,6 +163,8 @@ KINDS: dict[str, Kind] = _kinds(
     Kind("2ts-singlestage", TwoTimeScaleModel, _one_stage(build_single_stage)),
     Kind("2ts", TwoTimeScaleModel, _on_stage1()),
     Kind("2ts-plus", TwoTimeScaleModel, _on_stage1(plus=True)),
+    Kind("2ts-plus-gw", TwoTimeScaleModel, _on_stage1(plus=True, group_mix=True)),
+    Kind("2ts-coldstart-all", TwoTimeScaleModel, _on_stage1(COLDSTART_SEQUENCES)),
 )
 TRAINABLE = tuple(name for name, kind in KINDS.items() if kind.stages)
 

@@ -3,7 +3,8 @@
 ItemEncoder       item vector [x_i, g(f_i)] of dimension D = item_dim + feature_dim
 Stage1Model       stage 1: transductive phi_u and items, offer-set softmax; also the CCF baseline
 TwoTimeScaleModel stage 2: frozen phi/items, learned psi, GRU Theta_1 (inactive) and Theta_2 (active);
-                  plus=True is 2TS-Plus, use_phi=False is 2-GRU, freeze_stage1=False is 2TS-SingleStage
+                  plus=True is 2TS-Plus (with group_mix=True one W per user group), use_phi=False is 2-GRU,
+                  freeze_stage1=False is 2TS-SingleStage
 Saving and loading, and the table of model kinds: twots.models.kinds.
 """
 
@@ -206,17 +207,22 @@ class TwoTimeScaleModel(SequentialRecommender):
     """2TS: inactive and new users run GRU Theta_1 from a learned psi, active users GRU Theta_2 from phi_u.
 
     State = (h [B, D], prev_item [B], -1 = none). The user vector is h, or W [h, x_prev] with plus=True (2TS-Plus).
-    Ablations: use_phi=False (2-GRU: active users start from their own learned common start, no phi table);
-    freeze_stage1=False (2TS-SingleStage: phi and items are trained with the GRUs).
+    group_mix=True (with plus) gives each user group its own W: `mix` for inactive and new users, `mix_active` for
+    active ones, whose h lives near phi rather than near psi; the state then carries is_active [B] as a third
+    tensor, as user_vector needs the group. Ablations: use_phi=False (2-GRU: active users start from their own
+    learned common start, no phi table); freeze_stage1=False (2TS-SingleStage: phi and items are trained with the GRUs).
     """
 
     def __init__(self, n_users: int, n_items: int, n_features: int = 0, max_features: int = 0,
                  item_dim: int = DEFAULT_ITEM_DIM, feature_dim: int = DEFAULT_FEATURE_DIM,
-                 plus: bool = False, use_phi: bool = True, freeze_stage1: bool = True):
+                 plus: bool = False, use_phi: bool = True, freeze_stage1: bool = True, group_mix: bool = False):
         super().__init__()
+        if group_mix and not plus:
+            raise ValueError("TwoTimeScaleModel: group_mix=True gives each user group its own W of 2TS-Plus; "
+                             "it needs plus=True")
         self.hparams = dict(n_users=n_users, n_items=n_items, n_features=n_features, max_features=max_features,
                             item_dim=item_dim, feature_dim=feature_dim, plus=plus, use_phi=use_phi,
-                            freeze_stage1=freeze_stage1)
+                            freeze_stage1=freeze_stage1, group_mix=group_mix)
         self.items = ItemEncoder(n_items, n_features, max_features, item_dim, feature_dim)
         dim = self.items.dim
         self.phi = nn.Embedding(n_users, dim, sparse=True) if use_phi else None
@@ -226,13 +232,8 @@ class TwoTimeScaleModel(SequentialRecommender):
         self.psi_active = None if use_phi else nn.Parameter(torch.zeros(dim))
         self.gru_inactive = nn.GRUCell(dim, dim)
         self.gru_active = nn.GRUCell(dim, dim)
-        self.mix = nn.Linear(2 * dim, dim) if plus else None
-        if self.mix is not None:
-            # W = [I, 0] at start: 2TS-Plus begins as 2TS and learns how much of the previous item to mix in.
-            with torch.no_grad():
-                self.mix.weight.zero_()
-                self.mix.weight[:, :dim].copy_(torch.eye(dim))
-                self.mix.bias.zero_()
+        self.mix = _identity_mix(dim) if plus else None
+        self.mix_active = _identity_mix(dim) if group_mix else None
         if freeze_stage1:
             self.items.requires_grad_(False)
             if self.phi is not None:
@@ -240,9 +241,9 @@ class TwoTimeScaleModel(SequentialRecommender):
 
     @classmethod
     def from_stage1(cls, stage1: Stage1Model, *, plus: bool = False, use_phi: bool = True,
-                    freeze_stage1: bool = True) -> TwoTimeScaleModel:
+                    freeze_stage1: bool = True, group_mix: bool = False) -> TwoTimeScaleModel:
         """A stage-2 model holding copies of a trained stage-1 model's phi and item encoder."""
-        model = cls(**stage1.hparams, plus=plus, use_phi=use_phi, freeze_stage1=freeze_stage1)
+        model = cls(**stage1.hparams, plus=plus, use_phi=use_phi, freeze_stage1=freeze_stage1, group_mix=group_mix)
         model.items.load_state_dict(stage1.items.state_dict())
         if model.phi is not None:
             model.phi.load_state_dict(stage1.phi.state_dict())
@@ -253,26 +254,35 @@ class TwoTimeScaleModel(SequentialRecommender):
         active_start = (self.phi(user_ids.clamp(min=0)) if self.phi is not None
                         else self.psi_active.expand(batch, -1))
         h = torch.where(is_active.unsqueeze(-1), active_start, self.psi.expand(batch, -1))
-        return h, torch.full_like(user_ids, -1)
+        group = (is_active,) if self.mix_active is not None else ()
+        return h, torch.full_like(user_ids, -1), *group
 
     def own_start(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> torch.Tensor:
         return is_active & torch.tensor(self.phi is not None, device=is_active.device)
 
     def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         """Feed one clicked item per user; rows with item -1 (padding) keep their state."""
-        h, prev = state
+        h, prev = state[:2]
         clicked = item_ids >= 0
         x = self.items(item_ids.clamp(min=0))
         # Both cells run on every row and torch.where picks: no data-dependent indexing, so no host sync on GPUs.
         h_next = torch.where(is_active.unsqueeze(-1), self.gru_active(x, h), self.gru_inactive(x, h))
-        return torch.where(clicked.unsqueeze(-1), h_next, h), torch.where(clicked, item_ids, prev)
+        return torch.where(clicked.unsqueeze(-1), h_next, h), torch.where(clicked, item_ids, prev), *state[2:]
 
     def user_vector(self, state: State) -> torch.Tensor:
-        h, prev = state
+        h, prev = state[:2]
         if self.mix is None:
             return h
         x_prev = self.items(prev.clamp(min=0)) * (prev >= 0).unsqueeze(-1)
-        return self.mix(torch.cat([h, x_prev], dim=-1))
+        return self._mixed(torch.cat([h, x_prev], dim=-1), state[2] if self.mix_active is not None else None)
+
+    def _mixed(self, h_prev: torch.Tensor, is_active: torch.Tensor | None) -> torch.Tensor:
+        """W [h, x_prev] for h_prev [B, ..., 2D]: the one W, or each row's group's (is_active [B]). Both Ws run on
+        every row and torch.where picks, so a group's loss reaches only its own W."""
+        if is_active is None:
+            return self.mix(h_prev)
+        group = is_active.reshape(-1, *[1] * (h_prev.dim() - 1))
+        return torch.where(group, self.mix_active(h_prev), self.mix(h_prev))
 
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
         return self.items(item_ids)
@@ -287,7 +297,7 @@ class TwoTimeScaleModel(SequentialRecommender):
         # refuses empty rows; the extra state is masked). Groups and lengths go to the host once (packing needs
         # them there), before the heavy kernels are queued: the one host sync of the forward.
         groups, inputs = torch.stack([is_active.long(), (valid.sum(1) - 1).clamp(min=1)]).cpu()
-        h0, _ = self.init_state(batch["user_id"], is_active)
+        h0 = self.init_state(batch["user_id"], is_active)[0]
         x = self.items(item_ids.clamp(min=0))
         h = h0.unsqueeze(1)
         if length > 1:
@@ -297,7 +307,8 @@ class TwoTimeScaleModel(SequentialRecommender):
         else:
             prev = batch["prev_item_id"]
             first = self.items(prev.clamp(min=0)) * (prev >= 0).unsqueeze(-1)
-            users = self.mix(torch.cat([h, torch.cat([first.unsqueeze(1), x[:, :-1]], dim=1)], dim=-1))
+            users = self._mixed(torch.cat([h, torch.cat([first.unsqueeze(1), x[:, :-1]], dim=1)], dim=-1),
+                                is_active if self.mix_active is not None else None)
         neg = self.items(neg_ids.clamp(min=0)).reshape(batch_size * length, neg_ids.shape[2], -1)
         return offer_softmax_loss(users.reshape(batch_size * length, -1), x.reshape(batch_size * length, -1), neg,
                                   mask=valid.reshape(-1))
@@ -318,6 +329,16 @@ class TwoTimeScaleModel(SequentialRecommender):
                 # dense all-reduce needs the same gradients everywhere, and Adam steps the same parameters.
                 out = out + sum(w.sum() for w in cell.parameters()) * 0
         return out
+
+
+def _identity_mix(dim: int) -> nn.Linear:
+    """W of 2TS-Plus, [I, 0] at start: 2TS-Plus begins as 2TS and learns how much of the previous item to mix in."""
+    mix = nn.Linear(2 * dim, dim)
+    with torch.no_grad():
+        mix.weight.zero_()
+        mix.weight[:, :dim].copy_(torch.eye(dim))
+        mix.bias.zero_()
+    return mix
 
 
 def fused_gru(cell: nn.GRUCell, x: torch.Tensor, h0: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from twots.config import Section
-from twots.data.tables import FULL_HISTORIES, ITEMS, MANIFEST, SEQUENCES, USER_ACTIVITY
+from twots.data.tables import FULL_HISTORIES, ITEMS, MANIFEST, SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY
 from twots.models.kinds import KINDS, TRAINABLE, BuildInputs, ModelDims
 from twots.training.runs import RunOptions, StageSettings
 
@@ -29,7 +29,8 @@ class TrainConfig(Section):
 
     data: str = Field(description="folder of the prepared Delta tables and manifest.json (prepare's --output)")
     model: str = Field("2ts", description="model kind: a trainable kind of twots.models.kinds.KINDS (the "
-                                          "full-history kinds train on a full-history view: jobs/train.py makes it)")
+                                          "full-history and cold-start-all kinds train on a view: jobs/train.py "
+                                          "makes it)")
     run_dir: str | None = Field(None, description="checkpoints and models; default <data>/runs/<model>")
     item_dim: int = Field(48, ge=1, description="dimension of the transductive item embedding x_i")
     feature_dim: int = Field(16, ge=0, description="dimension of the item feature embedding g(f_i)")
@@ -124,14 +125,15 @@ def write_side_data(spark, data_dir: str | Path, manifest: dict, path: Path) -> 
 
 def make_source(spark, cfg: TrainConfig, table: str, run_dir: Path):
     """The rows of `table` for the ranks. FULL_HISTORIES are the `sequences` of a full-history view
-    (pipelines.views.full_history_view)."""
+    (pipelines.views.full_history_view); every table but stage1_offers has the `sequences` schema."""
     from twots.training import loaders
 
-    table = SEQUENCES if table == FULL_HISTORIES else table
-    df = spark.read.format("delta").load(str(Path(cfg.data) / table))
+    folder = SEQUENCES if table == FULL_HISTORIES else table
+    df = spark.read.format("delta").load(str(Path(cfg.data) / folder))
+    layout = STAGE1_OFFERS if table == STAGE1_OFFERS else SEQUENCES
     if cfg.loader == "petastorm":
-        return loaders.petastorm_source(spark, df, table, run_dir / "petastorm-cache", cfg.num_processes)
-    return loaders.export_parquet(df, table, run_dir / "parquet" / table)
+        return loaders.petastorm_source(spark, df, layout, run_dir / "petastorm-cache", cfg.num_processes)
+    return loaders.export_parquet(df, layout, run_dir / "parquet" / folder)
 
 
 def train(cfg: TrainConfig, spark) -> TrainResult:

@@ -1,0 +1,109 @@
+"""The 2ts-coldstart-all kind's training rows: a view of a prepared folder (the real Taobao sample) that adds each
+active user's first t* training items as an inactive user's row, checked against pandas; then trained through
+TorchDistributor and replayed like any 2TS model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines import PrepareConfig, prepare
+from pipelines.views import coldstart_view, stage_view
+from twots.data.tables import COLDSTART_SEQUENCES, INTERACTIONS, SEQUENCES, STAGE1_OFFERS, TRAIN, USER_ACTIVITY
+from twots.evaluation.evaluate import load_arrays
+from twots.models.kinds import KINDS, load_model
+from twots.models.two_time_scale import TwoTimeScaleModel
+
+T_STAR, NEGATIVES = 40, 3
+
+
+@pytest.fixture(scope="module")
+def prepared(spark, shared_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("coldstart") / "data"
+    prepare(PrepareConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv"),
+                          output=str(output), threshold=T_STAR, last_k=10, negatives=NEGATIVES, eval_negatives=20,
+                          seed=3, min_ts=1511539200, max_ts=1512316799), spark)
+    return output
+
+
+@pytest.fixture(scope="module")
+def view(spark, prepared):
+    return coldstart_view(spark, prepared, prepared.parent / "views" / "coldstart", T_STAR)
+
+
+def frame(spark, folder, table) -> pd.DataFrame:
+    return spark.read.format("delta").load(str(folder / table)).toPandas()
+
+
+def as_lists(df: pd.DataFrame) -> dict[int, tuple]:
+    return {int(r.user_id): (list(r.item_ids), list(r.neg_item_ids), int(r.prev_item_id)) for r in df.itertuples()}
+
+
+def test_inactive_rows_are_inactive_users_plus_each_active_users_first_t_star_training_items(spark, prepared, view):
+    rows = frame(spark, view, COLDSTART_SEQUENCES)
+    base = frame(spark, prepared, SEQUENCES)
+    activity = frame(spark, prepared, USER_ACTIVITY).set_index("user_id")
+    events = frame(spark, prepared, INTERACTIONS)
+    offers = frame(spark, prepared, STAGE1_OFFERS).set_index("event_id")
+    active_users = activity.index[activity["is_active"]]
+    assert 5 <= len(active_users) < len(activity)  # both groups exist on the sample at t* = 40
+
+    # Active users' rows: the prepared ones, untouched.
+    assert as_lists(rows[rows["is_active"]]) == as_lists(base[base["is_active"]])
+
+    # The inactive group: every inactive user's prepared row, plus one row per active user.
+    inactive = rows[~rows["is_active"]]
+    assert inactive["user_id"].value_counts().max() == 1
+    prepared_inactive = as_lists(base[~base["is_active"]])
+    early = as_lists(inactive[inactive["user_id"].isin(active_users)])
+    assert as_lists(inactive[~inactive["user_id"].isin(active_users)]) == prepared_inactive
+    assert sorted(early) == sorted(active_users.tolist())
+
+    # Independently: an active user's first t* events of the training split by event_id, with the negatives
+    # stage1_offers drew for those very events, and no previous item.
+    train = events[events["split"] == TRAIN].sort_values("event_id")
+    for user in active_users:
+        first = train[train["user_id"] == user].head(T_STAR)
+        assert len(first) == T_STAR
+        expected_negs = np.concatenate([offers.loc[e, "neg_item_ids"] for e in first["event_id"]]).tolist()
+        assert early[int(user)] == (first["item_id"].tolist(), expected_negs, -1), user
+    # Every extra step is a training event; the users' later events (val/test included) never appear.
+    later = events[events["user_id"].isin(active_users) & (events["split"] != TRAIN)]
+    assert len(later) > 0
+    assert len(rows) == len(base) + len(active_users)
+
+
+def test_the_view_replays_like_its_base_and_refuses_another_t_star(spark, prepared, view):
+    # `sequences` is the base's: the replay warms users up as on the prepared folder (one row per user).
+    on_view, on_base = load_arrays(view, spark), load_arrays(prepared, spark)
+    assert np.array_equal(on_view.warmup.user_id, on_base.warmup.user_id)
+    assert np.array_equal(on_view.warmup.item_ids, on_base.warmup.item_ids)
+    assert np.array_equal(on_view.events.neg_item_ids, on_base.events.neg_item_ids)
+    with pytest.raises(ValueError, match="not built with t\\* = 20"):
+        coldstart_view(spark, prepared, prepared.parent / "views" / "wrong", 20)
+    assert stage_view(spark, SEQUENCES, prepared, prepared.parent / "views", t_star=T_STAR, max_len=50) == prepared
+    made = stage_view(spark, COLDSTART_SEQUENCES, prepared, prepared.parent / "views", t_star=T_STAR, max_len=50)
+    assert made == prepared.parent / "views" / f"coldstart-t{T_STAR}" and (made / COLDSTART_SEQUENCES).is_dir()
+
+
+@pytest.mark.distributed
+@pytest.mark.mlflow
+@pytest.mark.slow
+def test_coldstart_all_trains_on_the_view_and_replays(spark, prepared, view, tmp_path):
+    from twots.config import resolve
+    from twots.training.train import TrainConfig, train
+
+    assert KINDS["2ts-coldstart-all"].on_view and KINDS["2ts-coldstart-all"].stages[-1].table == COLDSTART_SEQUENCES
+    cfg = resolve(TrainConfig, "train", dict(
+        data=str(view), run_dir=str(tmp_path / "run"), model="2ts-coldstart-all", num_processes=2, stage1_epochs=1,
+        stage2_epochs=1, stage1_batch_size=256, stage2_batch_size=8, item_dim=8, feature_dim=4, loader="parquet",
+        log_every_s=1000, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    result = train(cfg, spark)
+    stage2 = result.stages[1]
+    # The stage-2 rows are the view's: more than the prepared sequences by one row of t* items per active user.
+    n_rows = len(frame(spark, view, COLDSTART_SEQUENCES))
+    assert stage2["steps_per_epoch"] == -(-n_rows // (8 * 2))
+    model = load_model(result.model_path)
+    assert isinstance(model, TwoTimeScaleModel) and not model.hparams["plus"]
+    assert result.metrics["test"]["overall"]["count"] > 0 and 0 < result.metrics["test"]["overall"]["mrr"] < 1
