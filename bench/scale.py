@@ -107,6 +107,10 @@ def _gb(value: int | None) -> str:
     return "-" if value is None else f"{value / 1e9:.2f}"
 
 
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1e6:,.1f}"
+
+
 def _num(value) -> str:
     if value is None:
         return "-"
@@ -118,9 +122,9 @@ def _hours(seconds: float | None) -> str:
 
 
 def markdown(records: list[dict], rows: int) -> str:
-    """The step table: wall, memory (GB), disk (GB), rows in / out, rate and the projections to 100M rows."""
+    """The step table: wall, memory (GB), disk (MB), rows in / out, rate and the projections to 100M rows."""
     head = ["step", "status", "wall s", "peak RSS GB (tree)", "driver py", "driver JVM", "ranks (sum)",
-            "rank max", "server", "disk GB", "rows in", "rows out", "rows/s"]
+            "rank max", "server", "disk MB", "rows in", "rows out", "rows/s"]
     projections = [key for key in PROJECTIONS if any(r.get(key) for r in records)]
     head += [PROJECTIONS[key] for key in projections]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -130,7 +134,7 @@ def markdown(records: list[dict], rows: int) -> str:
         lines.append("| " + " | ".join([
             r["step"], r["status"], f"{r['wall_s']:.1f}", *(_gb(mem.get(k)) for k in MEMORY_COLUMNS[:3]),
             _gb(mem.get("ranks") or None), "-" if rank_max is None else f"{rank_max / 1e3:.2f}",
-            _gb(mem.get("server") or None), _gb(r.get("disk_bytes")), _num(r.get("rows_in")),
+            _gb(mem.get("server") or None), _mb(r.get("disk_bytes")), _num(r.get("rows_in")),
             _num(r.get("rows_out")), _num(r.get("rows_per_s")), *(_hours(r.get(key)) for key in projections)]) + " |")
     return "\n".join(lines)
 
@@ -300,7 +304,10 @@ def run_step(index: int, step: Step, args, done: dict, env: dict) -> dict:
     record["rows_per_s"] = rate(record.get("scale_rows"), wall)
     record["projected_100m_s"] = projection(wall, args.rows) if step.scales else None
     other = args.baseline_steps.get(step.name, {})
-    if step.scales and other.get("status") == "ok" and args.baseline_rows != args.rows and args.rows < TARGET_ROWS:
+    same = {k: v for k, v in other.get("settings", {}).items() if k != "rows"} == \
+        {k: v for k, v in record["settings"].items() if k != "rows"}
+    if (step.scales and same and other.get("status") == "ok" and args.baseline_rows != args.rows
+            and args.rows < TARGET_ROWS):
         record["projected_2pt_s"] = two_point(args.baseline_rows, other["wall_s"], args.rows, wall)
     return record
 
@@ -352,7 +359,7 @@ def run(args) -> int:
             return 1
         projected = record["projected_100m_s"]
         print(f"[scale] {step.name} done: {record['wall_s']:.1f} s, peak RSS {_gb(record['peak_rss']['total'])} GB, "
-              f"disk {_gb(record['disk_bytes'])} GB, rows in {_num(record['rows_in'])}, out {_num(record['rows_out'])}"
+              f"disk {_mb(record['disk_bytes'])} MB, rows in {_num(record['rows_in'])}, out {_num(record['rows_out'])}"
               + (f", {_num(record['rows_per_s'])} rows/s" if record["rows_per_s"] else "")
               + (f"; at 100M rows (linear projection) {projected:,.0f} s" if projected else ""), flush=True)
     print("\n" + write_table(args, [records[s.name] for s in STEPS]), flush=True)

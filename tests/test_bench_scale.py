@@ -82,6 +82,7 @@ def test_table_has_a_line_per_record_with_its_figures():
     assert len(table) == 4
     prepare = [cell.strip() for cell in table[2].strip("|").split("|")]
     assert prepare[:6] == ["prepare", "ok", "120.0", "3.00", "0.20", "2.80"]
+    assert prepare[9] == "50.0"  # MB
     assert "1,000,000" in prepare and "999,000" in prepare and "8,333" in prepare
     assert "12,000 s (3.3 h)" in prepare and "9,000 s (2.5 h)" in prepare
     assert table[3].startswith("| train | failed | 3.5 |")
