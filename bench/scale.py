@@ -10,15 +10,16 @@ evaluate.py, register.py; the serve step is this script's `serve-step` mode), wi
 tree and of its parts (the Python driver, the Spark driver JVM with its Python workers, the training ranks, the model
 server), sampled every 0.2 s; the training ranks' own peak (each rank's ru_maxrss, the largest); the disk used by
 the step's outputs (du); rows in and rows out; the rate and, when N < 100M, the time projected linearly to 100M
-rows (labelled as such: fixed costs such as JVM start-up make it pessimistic for small N). The table is printed
-and written to <workdir>/scale.json and scale.md after every step.
+rows (labelled as such: fixed costs such as JVM start-up make it pessimistic for small N), and with --baseline
+(another run's scale.json, at other rows and the same settings) the line through both runs (a fixed cost plus a
+cost per row). The table is printed and written to <workdir>/scale.json and scale.md after every step.
 
 Resume: each finished step writes <workdir>/steps/<step>.json. A rerun with the same --workdir skips the steps whose
 record, same settings and outputs exist, and reruns the first other step and every step after it (--from-step NAME
 forces that). A failed step keeps the earlier records, prints which step failed with its error, and exits 1.
 Without --keep, the outputs (raw CSV, tables, runs) are deleted once every step has succeeded; the records stay.
 
-Serving: the trained model's catalogue holds the items the generator made for N rows (4.16M at 100M; fewer below):
+Serving: the trained model's catalogue holds the items the generator made for N rows (about 4.15M at 100M; fewer below):
 it is served as trained, at --scan (a version logged with another scan than training's default is registered as
 twots-<scan>). --serve-items M also serves a random 2TS model of the same kind and dimensions over M synthetic items
 (bench/serve.py's tables and model), so the latency at the full catalogue is measured at any N.
