@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,6 +59,21 @@ def synthetic_tables(spark, data: Path, n_users: int, n_items: int, clicks_per_u
                 str(data / "interactions"))
 
 
+def register_synthetic(spark, client, experiment: str, data: Path, n_users: int, n_items: int, history: int,
+                       scan: str) -> str:
+    """Synthetic tables under `data` and a random 2TS model of the default dimensions on them, logged in
+    `experiment` with the given full-catalogue scan and registered @champion as twots-bench-<n_items>; its URI."""
+    synthetic_tables(spark, data, n_users, n_items, clicks_per_user=history)
+    torch.manual_seed(0)
+    model = TwoTimeScaleModel(n_users=n_users, n_items=n_items).eval()
+    name = f"twots-bench-{n_items}"
+    with mlflow.start_run(experiment_id=experiment):
+        info = log_model(model, str(data), kind="2ts", spark=spark, registered_model_name=name,
+                         limits=resolve(ServeConfig, "serve", {"scan": scan}))
+    client.set_registered_model_alias(name, "champion", info.registered_model_version)
+    return f"models:/{name}@champion"
+
+
 def post(url: str, body: bytes) -> float:
     started = time.perf_counter()
     request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
@@ -66,11 +82,16 @@ def post(url: str, body: bytes) -> float:
     return time.perf_counter() - started
 
 
-def requests_for(n_users: int, n_items: int, count: int, history: int, seed: int) -> list[bytes]:
+def requests_for(n_users: int, n_items: int, count: int, history: int, seed: int,
+                 user_id: Callable[[int], str] = "u{}".format,
+                 item_id: Callable[[int], str] = "i{}".format) -> list[bytes]:
+    """`count` request bodies: a random user of `n_users` and `history` random items of `n_items`, as raw ids
+    (`user_id(u)`, `item_id(i)`: the synthetic tables' by default)."""
     rng = np.random.default_rng(seed)
     return [json.dumps({"dataframe_records": [{
-        "user_id": f"u{rng.integers(n_users)}", "k": 10,
-        "recent_items": [f"i{i}" for i in rng.integers(n_items, size=history)]}]}).encode() for _ in range(count)]
+        "user_id": user_id(int(rng.integers(n_users))), "k": 10,
+        "recent_items": [item_id(int(i)) for i in rng.integers(n_items, size=history)]}]}).encode()
+        for _ in range(count)]
 
 
 def measure(url: str, bodies: list[bytes], clients: int) -> dict:
@@ -113,15 +134,7 @@ def main() -> None:
     online, batch = [], []
     for n_items in args.items:
         data = workdir / f"items-{n_items}"
-        synthetic_tables(spark, data, args.users, n_items, clicks_per_user=args.history)
-        torch.manual_seed(0)
-        model = TwoTimeScaleModel(n_users=args.users, n_items=n_items).eval()
-        name = f"twots-bench-{n_items}"
-        with mlflow.start_run(experiment_id=experiment):
-            info = log_model(model, str(data), kind="2ts", spark=spark, registered_model_name=name,
-                             limits=resolve(ServeConfig, "serve", {"scan": args.scan}))
-        client.set_registered_model_alias(name, "champion", info.registered_model_version)
-        uri = f"models:/{name}@champion"
+        uri = register_synthetic(spark, client, experiment, data, args.users, n_items, args.history, args.scan)
         runs = []
         with local_server(uri, tracking_uri=tracking, timeout_s=600) as url:
             for run in range(args.runs):

@@ -11,47 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from experiments.config import CompareConfig, Grid
+from experiments.memory import PeakRSS
 from twots.models.kinds import KINDS, STAGE1, StagePlan
-
-
-class PeakRSS:
-    """Peak resident memory (bytes) of the training processes, sampled while open: every `torch.distributed.run`
-    (torchrun) process below this one and its ranks. Local mode only: Spark-task ranks are not our children."""
-
-    def __init__(self, every_s: float = 0.2):
-        import psutil
-
-        self.me, self.every_s, self.peak = psutil.Process(), every_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self):
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for proc in self.me.children(recursive=True):
-                try:
-                    if "torch.distributed.run" in " ".join(proc.cmdline()):
-                        total += sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-                except psutil.Error:
-                    pass  # the process ended between listing and reading it
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.every_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass

@@ -1,0 +1,109 @@
+"""bench/scale.py's bookkeeping: which step a rerun resumes from, the projections to 100M rows, the table, and the
+memory sampler's groups (experiments.memory.PeakRSS) on real child processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.memory import PeakRSS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+scale = load_bench()
+
+
+def finished(tmp_path: Path, settings: dict) -> tuple[dict, dict]:
+    """Records of every step finished with `settings`, and every step's outputs on disk."""
+    for step in scale.STEPS:
+        for path in step.outputs(tmp_path):
+            path.mkdir(parents=True, exist_ok=True)
+    records = {s.name: {"status": "ok", "settings": settings[s.name]} for s in scale.STEPS}
+    return records, settings
+
+
+def settings_for(**values) -> dict:
+    return {s.name: {k: values.get(k, 1) for k in s.settings} for s in scale.STEPS}
+
+
+def test_resume_starts_at_the_first_unfinished_step(tmp_path):
+    names = [s.name for s in scale.STEPS]
+    records, settings = finished(tmp_path, settings_for())
+    assert scale.first_to_run(scale.STEPS, records, settings, tmp_path) == len(names)
+    del records["evaluate"]
+    assert scale.first_to_run(scale.STEPS, records, settings, tmp_path) == names.index("evaluate")
+    records["prepare"]["status"] = "failed"
+    assert scale.first_to_run(scale.STEPS, records, settings, tmp_path) == names.index("prepare")
+
+
+def test_resume_reruns_a_step_whose_settings_or_outputs_changed(tmp_path):
+    names = [s.name for s in scale.STEPS]
+    records, settings = finished(tmp_path, settings_for())
+    changed = settings_for(num_processes=4)
+    assert scale.first_to_run(scale.STEPS, records, changed, tmp_path) == names.index("train")
+    (tmp_path / "serve").rmdir()
+    assert scale.first_to_run(scale.STEPS, records, settings, tmp_path) == names.index("serve")
+    assert scale.first_to_run(scale.STEPS, records, settings, tmp_path, from_step="register") == \
+        names.index("register")
+    with pytest.raises(ValueError, match="--from-step 'deploy'"):
+        scale.first_to_run(scale.STEPS, records, settings, tmp_path, from_step="deploy")
+
+
+def test_projections():
+    assert scale.projection(90.0, 200_000) == pytest.approx(45_000.0)
+    assert scale.projection(90.0, 100_000_000) is None
+    # 60 s at 200k rows and 100 s at 1M: 50 s fixed + 50 us a row -> 5,050 s at 100M
+    assert scale.two_point(200_000, 60.0, 1_000_000, 100.0) == pytest.approx(5_050.0)
+    assert scale.two_point(1_000_000, 100.0, 200_000, 60.0) == pytest.approx(5_050.0)
+    assert scale.two_point(200_000, 60.0, 1_000_000, 55.0) is None  # no per-row cost measured: no projection
+    assert scale.rate(200_000, 4.0) == 50_000
+    assert scale.rate(None, 4.0) is None
+
+
+def test_table_has_a_line_per_record_with_its_figures():
+    records = [{"step": "prepare", "status": "ok", "wall_s": 120.0, "peak_rss": {"total": 3e9, "driver": 2e8,
+                "jvm": 2.8e9, "ranks": 0, "server": 0}, "disk_bytes": 5e7, "rows_in": 1_000_000,
+                "rows_out": 999_000, "rows_per_s": 8333.3, "projected_100m_s": 12_000.0, "projected_2pt_s": 9_000.0},
+               {"step": "train", "status": "failed", "wall_s": 3.5}]
+    table = scale.markdown(records, 1_000_000).splitlines()
+    assert len(table) == 4
+    prepare = [cell.strip() for cell in table[2].strip("|").split("|")]
+    assert prepare[:6] == ["prepare", "ok", "120.0", "3.00", "0.20", "2.80"]
+    assert prepare[9] == "50.0"  # MB
+    assert "1,000,000" in prepare and "999,000" in prepare and "8,333" in prepare
+    assert "12,000 s (3.3 h)" in prepare and "9,000 s (2.5 h)" in prepare
+    assert table[3].startswith("| train | failed | 3.5 |")
+
+
+def test_peak_rss_counts_each_child_in_its_group():
+    code = "import time; b = bytearray({}); time.sleep(3)"
+    big = subprocess.Popen([sys.executable, "-c", code.format(300 << 20), "marker-big"])
+    small = subprocess.Popen([sys.executable, "-c", code.format(1 << 20), "marker-small"])
+    try:
+        memory = PeakRSS({"big": "marker-big", "small": "marker-small"}, count_root=True)
+        for _ in range(20):
+            now = memory.sample()
+            if now["big"] > 300 << 20:
+                break
+            subprocess.run(["sleep", "0.1"])
+        assert memory.peaks["big"] > 300 << 20 > memory.peaks["small"] > 0
+        assert memory.peaks["root"] > 0
+        assert memory.peak >= memory.peaks["big"] + memory.peaks["small"]
+    finally:
+        big.kill()
+        small.kill()
+        big.wait()
+        small.wait()
