@@ -109,6 +109,8 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         self.user_active = users["is_active"].to_numpy(dtype=bool)
         self.item_index = pd.Index(items["raw_item_id"])
         self.raw_items = items["raw_item_id"].to_numpy(dtype=object)
+        for index in (self.user_index, self.item_index):
+            index.get_indexer(index[:1])  # builds the hash table now, not in the first request (4.16M ids: seconds)
         self.limits = ServeConfig(**(context.model_config or {}))
         with torch.no_grad():
             self.item_matrix = self.model.item_vectors(torch.arange(self.model.hparams["n_items"])).to(
