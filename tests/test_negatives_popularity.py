@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipelines import PrepareConfig, prepare
-from pipelines.negatives import stage1_offers
+from pipelines.negatives import eval_candidates, stage1_offers
 from twots.config import ConfigError, resolve
 
 N_CLICKED, N_ITEMS, P = 30, 35, 10
@@ -97,47 +97,43 @@ def test_bad_sampler_settings_name_the_key():
 
 
 @pytest.fixture(scope="module")
-def taobao_both(spark, shared_data, tmp_path_factory):
-    """The Taobao sample prepared with each sampler, the same seed."""
-    out = {}
-    for sampler in ("uniform", "popularity"):
-        output = tmp_path_factory.mktemp(f"taobao-{sampler}")
-        prepare(PrepareConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv"),
-                              output=str(output), threshold=60, last_k=10, negatives=5, eval_negatives=50, seed=3,
-                              sampler=sampler), spark)
-        out[sampler] = output
-    return out
+def taobao_popularity(spark, shared_data, tmp_path_factory):
+    """The Taobao sample prepared with popularity negatives."""
+    output = tmp_path_factory.mktemp("taobao-popularity")
+    prepare(PrepareConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv"),
+                          output=str(output), threshold=60, last_k=10, negatives=5, eval_negatives=50, seed=3,
+                          sampler="popularity"), spark)
+    return output
 
 
-def test_prepare_with_popularity_negatives(spark, taobao_both):
-    def table(sampler, name):
-        return spark.read.format("delta").load(str(taobao_both[sampler] / name)).toPandas()
+def test_prepare_with_popularity_negatives(spark, taobao_popularity):
+    def table(name):
+        return spark.read.format("delta").load(str(taobao_popularity / name))
 
-    manifest = json.loads((taobao_both["popularity"] / "manifest.json").read_text())
+    manifest = json.loads((taobao_popularity / "manifest.json").read_text())
     assert (manifest["config"]["sampler"], manifest["config"]["alpha"]) == ("popularity", 0.75)
-    offers = table("popularity", "stage1_offers").set_index("event_id").sort_index()
-    uniform_offers = table("uniform", "stage1_offers").set_index("event_id").sort_index()
+    interactions, n_items = table("interactions"), manifest["n_items"]
+    offers = table("stage1_offers").toPandas().set_index("event_id").sort_index()
+    # What the uniform sampler draws for the same events and seed.
+    uniform_offers = stage1_offers(interactions, n_items, 5, 3).toPandas().set_index("event_id").sort_index()
     assert offers.index.equals(uniform_offers.index) and offers.item_id.equals(uniform_offers.item_id)
     negs = np.stack(offers.neg_item_ids.to_numpy())
     assert (negs != offers.item_id.to_numpy()[:, None]).all()
     assert set(negs.ravel()) <= set(offers.item_id)  # clicked in training
     # The popular items are drawn more often than uniformly: the top 1 % of clicked items take a larger share.
     clicks = offers.item_id.value_counts()
-    top = set(clicks.index[:max(1, len(clicks) // 100)])
-    share = np.isin(negs, list(top)).mean()
-    uniform_negs = np.stack(uniform_offers.neg_item_ids.to_numpy())
-    assert share > 3 * np.isin(uniform_negs, list(top)).mean()
+    top = list(clicks.index[:max(1, len(clicks) // 100)])
+    assert np.isin(negs, top).mean() > 3 * np.isin(np.stack(uniform_offers.neg_item_ids.to_numpy()), top).mean()
     # sequences hold the very negatives of their steps' offer sets.
-    seqs = table("popularity", "sequences")
+    seqs = table("sequences").toPandas()
     assert len(seqs) > 0
     events = offers.reset_index().sort_values("event_id").groupby("user_id")
     for row in seqs.itertuples():
-        user_events = events.get_group(row.user_id)
-        steps = user_events.tail(len(row.item_ids))
+        steps = events.get_group(row.user_id).tail(len(row.item_ids))
         assert list(steps.item_id) == list(row.item_ids)
         assert np.array_equal(np.concatenate(steps.neg_item_ids.to_numpy()), row.neg_item_ids)
     # The evaluation candidates are the uniform ones, untouched.
-    cands = table("popularity", "eval_candidates").set_index("event_id").sort_index()
-    uniform_cands = table("uniform", "eval_candidates").set_index("event_id").sort_index()
+    cands = table("eval_candidates").toPandas().set_index("event_id").sort_index()
+    uniform_cands = eval_candidates(interactions, n_items, 50, 3, 1.0).toPandas().set_index("event_id").sort_index()
     assert cands.index.equals(uniform_cands.index)
     assert all(np.array_equal(a, b) for a, b in zip(cands.neg_item_ids, uniform_cands.neg_item_ids))
