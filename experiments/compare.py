@@ -62,6 +62,17 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def options_of(kind, tcfg, manifest: dict) -> list[str]:
+    """What a kind was trained with beyond the paper's recipe (issue 10's stage-1 study): the results table says it."""
+    prepared = manifest["config"]
+    options = []
+    if tcfg.item_bias and kind.takes_item_bias:
+        options.append("item bias b_i (train.item_bias)")
+    if kind.stages and prepared.get("sampler", "uniform") == "popularity":
+        options.append(f"negatives in proportion to train count^{prepared['alpha']:g} (prepare.sampler)")
+    return options
+
+
 def compare(cfg: CompareConfig, spark, log=print) -> dict:
     """Run the whole comparison; returns {model: result} (also results.json and results.md under --output)."""
     import mlflow
@@ -124,7 +135,8 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 if name in ("2ts", "2ts-plus"):
                     changes[name] = report["changes"]
                 results[name] = row = {"model": name, "test": report["metrics"]["test"], "params": n_params(model),
-                                       "full_ranking": report["full"], **row}
+                                       "full_ranking": report["full"],
+                                       "options": options_of(KINDS[name], runner.tcfg, runner.manifest), **row}
                 log_model_run(row)
                 log(f"[compare] {name}: test MRR {row['test']['overall']['mrr']:.4f}, "
                     f"trained in {row['train_seconds']:.1f}s")

@@ -36,6 +36,8 @@ def settings_of(name: str, cfg, tcfg) -> dict:
     kinds."""
     kind = KINDS[name]
     settings = {"item_dim": tcfg.item_dim, "feature_dim": tcfg.feature_dim} if kind.stages else {}
+    if kind.takes_item_bias:
+        settings["item_bias"] = tcfg.item_bias
     if kind.full_histories:
         settings["max_len"] = cfg.max_len
     if name == "sasrec":

@@ -20,13 +20,17 @@ def grid_text(grid: dict) -> str:
 
 
 def tuning_lines(results: dict[str, dict]) -> list[str]:
-    """What each model was given: one line when every trained model had the same grid, else one per model."""
+    """What each model was given: one line when every trained model had the same grid, else one per model; the
+    options beyond the paper's recipe (rows' `options`), one line per distinct set."""
     grids = {name: row["grid"] for name, row in results.items() if row.get("grid")}
     if not grids:
         return []
     distinct = {grid_text(g) for g in grids.values()}
     lines = ([f"Tuning, every trained model: {distinct.pop()}."] if len(distinct) == 1 else
              [f"Tuning of {name}: {grid_text(g)}." for name, g in grids.items()])
+    options = {name: "; ".join(row["options"]) for name, row in results.items() if row.get("options")}
+    for text in dict.fromkeys(options.values()):
+        lines.append(f"Not the paper's recipe, {', '.join(n for n, t in options.items() if t == text)}: {text}.")
     if any(row.get("stage1") for row in results.values()):
         lines.append("Two-stage models: stage 1 is CCF's chosen setting (column `stage 1`: lr / l2 / epochs); the grid "
                      "is their stage 2's. lr, l2, epochs: the chosen setting (best val MRR).")
@@ -90,6 +94,7 @@ def log_model_run(row: dict) -> None:
     stage1 = {f"stage1_{k}": v for k, v in (row["stage1"] or {}).items() if k != "val_mrr"}
     mlflow.log_params({"model": row["model"], "lr": row["lr"], "l2": row["l2"], "epochs": row["epochs"],
                        "epochs_trained": row.get("epochs_trained"), **stage1,
+                       "options": "; ".join(row.get("options") or []) or "none",
                        **{f"grid_{k}": json.dumps(v) for k, v in (row["grid"] or {}).items()}})
     mlflow.log_metrics({k: v for k, v in {
         **flatten(row["test"], "test"), "val_mrr": row["val_mrr"], "train_seconds": row["train_seconds"],

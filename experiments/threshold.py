@@ -5,7 +5,7 @@ truth phi* by E||phi(z[T]) - phi*||^2 <= Q / (T + 1), and true embeddings spread
 Var_m = E||phi* - m||^2. The expected excess risk is smallest at t** = Q / Var_m - 1: below it, starting from the
 common m (psi) beats starting from one's own noisy estimate.
 
-Our estimators (`theory_guide`), with the stage-1 item vectors held fixed:
+Our estimators (`theory_guide`), with the stage-1 item vectors (and item biases, if any) held fixed:
 - phi_u(T) := argmin_phi mean offer-set softmax loss over the user's first T training interactions + l2/2 ||phi||^2
   (the per-user convex problem of stage 1; fitted for every T of a geometric grid at once, by gradient descent);
 - phi*_u := phi_u(all of the user's interactions, up to `max_events`);
@@ -52,11 +52,12 @@ class TheoryGuide:
 
 
 def fit_user_embeddings(offer_vecs: torch.Tensor, lengths: torch.Tensor, l2: float, steps: int = 300,
-                        lr: float = 0.05) -> torch.Tensor:
+                        lr: float = 0.05, offer_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Per-user regularised offer-set softmax fits on prefixes of their histories.
 
     offer_vecs [U, N, 1 + P, D]: item vectors of each interaction's offer set, the clicked item first;
-    lengths [U, S]: for each user S prefix lengths (0 <= length <= N). Returns phi [U, S, D].
+    lengths [U, S]: for each user S prefix lengths (0 <= length <= N); offer_bias [U, N, 1 + P]: the stage-1 item
+    biases b_i of the same items (fixed, added to every logit), if stage 1 has them. Returns phi [U, S, D].
     """
     users, n, _, dim = offer_vecs.shape
     steps_mask = torch.arange(n, device=offer_vecs.device).view(1, 1, n) < lengths.unsqueeze(-1)   # [U, S, N]
@@ -65,6 +66,8 @@ def fit_user_embeddings(offer_vecs: torch.Tensor, lengths: torch.Tensor, l2: flo
     opt = torch.optim.Adam([phi], lr=lr)
     for _ in range(steps):
         logits = torch.einsum("unkd,usd->usnk", offer_vecs, phi)
+        if offer_bias is not None:
+            logits = logits + offer_bias.unsqueeze(1)
         per_step = torch.logsumexp(logits, dim=-1) - logits[..., 0]                 # [U, S, N]
         loss = (per_step * weight).sum() + 0.5 * l2 * (phi ** 2).sum()
         opt.zero_grad()
@@ -83,11 +86,13 @@ def prefix_grid(max_events: int) -> list[int]:
 
 
 def theory_guide(item_vectors: torch.Tensor, item_ids: np.ndarray, neg_item_ids: np.ndarray, lengths: np.ndarray,
-                 stage1_phi: torch.Tensor, *, l2: float = 0.1, steps: int = 300) -> TheoryGuide:
+                 stage1_phi: torch.Tensor, *, l2: float = 0.1, steps: int = 300,
+                 item_bias: torch.Tensor | None = None) -> TheoryGuide:
     """t** = Q / Var_m - 1 from a sample of active users (see the module doc for the estimators).
 
     item_vectors [n_items, D] (stage 1, fixed); item_ids [U, N] and neg_item_ids [U, N, P]: each user's first N
-    training offer sets in time order, padded past lengths[u]; stage1_phi [U, D] the same users' stage-1 phi.
+    training offer sets in time order, padded past lengths[u]; stage1_phi [U, D] the same users' stage-1 phi;
+    item_bias [n_items]: stage 1's b_i when it has them (train.item_bias).
     """
     item_ids = torch.as_tensor(item_ids, dtype=torch.long)
     neg_item_ids = torch.as_tensor(neg_item_ids, dtype=torch.long)
@@ -101,7 +106,9 @@ def theory_guide(item_vectors: torch.Tensor, item_ids: np.ndarray, neg_item_ids:
     offer_vecs = item_vectors.detach()[offers]                                      # [U, N, 1 + P, D]
     grid = [t for t in prefix_grid(int(lengths.max())) if t < int(lengths.min())]
     prefix = torch.tensor(grid).expand(users, -1)
-    phi = fit_user_embeddings(offer_vecs, torch.cat([prefix, lengths.unsqueeze(1)], dim=1), l2, steps)
+    offer_bias = None if item_bias is None else item_bias.detach()[offers]
+    phi = fit_user_embeddings(offer_vecs, torch.cat([prefix, lengths.unsqueeze(1)], dim=1), l2, steps,
+                              offer_bias=offer_bias)
     phi_star = phi[:, -1]
     errors = ((phi[:, :-1] - phi_star.unsqueeze(1)) ** 2).sum(-1).mean(0)           # [len(grid)]
     curve = {t: float(e) for t, e in zip(grid, errors)}
@@ -164,8 +171,10 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
                                 runner.tcfg.seed)
     with torch.no_grad():
         item_vectors = stage1.items(torch.arange(manifest["n_items"]))
+    item_bias = None if stage1.items.bias is None else stage1.items.bias.weight.squeeze(1)
     guide = theory_guide(item_vectors, sample["item_ids"], sample["neg_item_ids"], sample["lengths"],
-                         stage1.phi.weight[torch.as_tensor(sample["user_id"])], l2=cfg.theory_l2)
+                         stage1.phi.weight[torch.as_tensor(sample["user_id"])], l2=cfg.theory_l2,
+                         item_bias=item_bias)
     log(f"[threshold] t** = Q / Var_m - 1 = {guide.q:.4f} / {guide.var_m:.4f} - 1 = {guide.t_star:.1f} "
         f"({guide.users} active users)")
     # One point of 2TS's grid for every candidate (the middle learning rate, the first l2), early-stopped like tuning.

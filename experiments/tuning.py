@@ -63,13 +63,12 @@ class Runner:
     them. `extra` are per-kind extra constructor arguments (twots.models.kinds.BuildInputs)."""
 
     def __init__(self, spark, tcfg, out: Path, log=print, extra: dict | None = None):
-        from twots.models.kinds import BuildInputs
         from twots.training.train import read_manifest, write_side_data
 
         self.spark, self.tcfg, self.out, self.log = spark, tcfg, out, log
         self.manifest = read_manifest(tcfg.data)
         side_data = write_side_data(spark, tcfg.data, self.manifest, out / "runs" / "side_data.npz")
-        self.inputs = BuildInputs(tcfg.dims(self.manifest), str(side_data), extra or {})
+        self.inputs = tcfg.build_inputs(self.manifest, side_data, extra)
         self._sources: dict = {}
         self._eval_data: dict = {}
         self._val_checks: dict = {}

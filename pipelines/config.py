@@ -20,6 +20,12 @@ class PrepareConfig(Section):
     threshold: int = Field(20, ge=0, description="t*: a user with n_train > threshold is active")
     last_k: int = Field(10, ge=1, description="K: active users' sequences keep their last K training items (K <= t*)")
     negatives: int = Field(10, ge=1, description="p: negatives per training offer set")
+    sampler: Literal["uniform", "popularity"] = Field(
+        "uniform", description="training offer sets' negatives (stage1_offers, sequences): uniform over the items, "
+        "or popularity: in proportion to the item's training count^alpha; never the positive. The eval "
+        "candidates stay uniform")
+    alpha: float = Field(0.75, ge=0, description="sampler popularity: the exponent of the training count (1: as "
+                                                 "clicked, 0: uniform over the items clicked in training)")
     eval_negatives: int = Field(499, ge=1, description="negatives per val/test event")
     seed: int = Field(7, description="seed of negative sampling and of the evaluation sample")
     train_fraction: float = Field(0.7, gt=0, lt=1, description="first fraction of events (global time order) for train")

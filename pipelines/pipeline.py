@@ -139,12 +139,16 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         activity = run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold))
 
     with run.step(STAGE1_OFFERS):
-        run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed))
+        offers = run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed,
+                                                               cfg.sampler, cfg.alpha))
 
     with run.step(SEQUENCES):
-        train = interactions.where(F.col("split") == "train").select("event_id", "user_id", "item_id")
-        draw = partial(offer_negatives, n_items=n_items, p=cfg.negatives, seed=cfg.seed)
-        run.write(spark, SEQUENCES, sequences(train, activity, cfg.last_k, draw))
+        if cfg.sampler == "uniform":  # the draws are expressions: redraw the kept steps' instead of copying arrays
+            train = interactions.where(F.col("split") == "train").select("event_id", "user_id", "item_id")
+            draw = partial(offer_negatives, n_items=n_items, p=cfg.negatives, seed=cfg.seed)
+            run.write(spark, SEQUENCES, sequences(train, activity, cfg.last_k, draw))
+        else:  # popularity draws take a join: the kept steps copy stage1_offers' arrays
+            run.write(spark, SEQUENCES, sequences(offers, activity, cfg.last_k))
 
     with run.step(EVAL_CANDIDATES):
         run.write(spark, EVAL_CANDIDATES,

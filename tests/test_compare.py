@@ -236,3 +236,10 @@ def test_results_table_marks_missing_groups():
     table = results_table({"ccf": {**two, "grid": {**grid, "max_epochs": 2}}, "2ts": two})
     assert "Tuning of ccf: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 2 epochs" in table
     assert "Tuning of 2ts: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 5 epochs" in table
+    assert "Not the paper's" not in table
+    # Options beyond the paper's recipe: one line per distinct set, naming its models.
+    bias, negs = "item bias b_i (train.item_bias)", "negatives in proportion to train count^0.75 (prepare.sampler)"
+    table = results_table({"ccf": {**two, "options": [bias, negs]}, "gru4rec": {**two, "options": [negs]},
+                           "2ts": {**two, "options": [bias, negs]}})
+    assert f"Not the paper's recipe, ccf, 2ts: {bias}; {negs}." in table
+    assert f"Not the paper's recipe, gru4rec: {negs}." in table

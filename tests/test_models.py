@@ -15,9 +15,9 @@ N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES = 12, 30, 5, 3
 DIMS = dict(item_dim=6, feature_dim=2)
 
 
-def stage1() -> Stage1Model:
+def stage1(item_bias: bool = False) -> Stage1Model:
     torch.manual_seed(0)
-    model = Stage1Model(N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES, **DIMS)
+    model = Stage1Model(N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES, **DIMS, item_bias=item_bias)
     features = torch.randint(-1, N_FEATURES, (N_ITEMS, MAX_FEATURES))
     features[0] = -1  # an item without features
     features[1] = torch.tensor([2, 4, -1])
@@ -190,8 +190,10 @@ def stepwise_loss(model: TwoTimeScaleModel, batch: dict[str, torch.Tensor]) -> t
         users.append(model.user_vector(state))
         state = model.step(state, item_ids[:, t], is_active)
     n, dim = item_ids.numel(), users[0].shape[1]
-    return offer_softmax_loss(torch.stack(users, 1).reshape(n, dim), model.items(item_ids.clamp(min=0)).reshape(n, dim),
-                              model.items(batch["neg_item_ids"]).reshape(n, -1, dim), mask=(item_ids >= 0).reshape(-1))
+    return offer_softmax_loss(torch.stack(users, 1).reshape(n, dim),
+                              model.item_vectors(item_ids.clamp(min=0)).reshape(n, dim),
+                              model.item_vectors(batch["neg_item_ids"]).reshape(n, -1, dim),
+                              mask=(item_ids >= 0).reshape(-1))
 
 
 def random_stage2_batch(gen: torch.Generator, rows: int, length: int, active_share: float) -> dict[str, torch.Tensor]:
@@ -206,11 +208,12 @@ def random_stage2_batch(gen: torch.Generator, rows: int, length: int, active_sha
             "prev_item_id": torch.randint(-1, N_ITEMS, (rows,), generator=gen)}
 
 
+@pytest.mark.parametrize("item_bias", [False, True], ids=["", "item-bias"])
 @pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("ablation", [{}, {"use_phi": False}, {"freeze_stage1": False}],
                          ids=["2ts", "2-gru", "single-stage"])
-def test_fused_forward_equals_the_stepwise_cell_recurrence_with_the_same_gradients(head, ablation):
-    model = TwoTimeScaleModel.from_stage1(stage1(), **HEADS[head], **ablation)
+def test_fused_forward_equals_the_stepwise_cell_recurrence_with_the_same_gradients(head, ablation, item_bias):
+    model = TwoTimeScaleModel.from_stage1(stage1(item_bias), **HEADS[head], **ablation)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():

@@ -60,12 +60,14 @@ class ModelDims:
 @dataclass(frozen=True)
 class BuildInputs:
     """What a stage builder needs besides the previous stage's model: the dimensions, the side-data file (item
-    features, known users; twots.training.train.write_side_data) and per-kind extra constructor arguments
-    (e.g. {"sasrec": {"window": 50}})."""
+    features, known users; twots.training.train.write_side_data), per-kind extra constructor arguments
+    (e.g. {"sasrec": {"window": 50}}) and `item_bias` (train.item_bias: stage 1 and 2TS-SingleStage learn a b_i;
+    the kinds built on a stage-1 model take it from that model)."""
 
     dims: ModelDims
     side_data: str
     extra: dict[str, dict] = field(default_factory=dict)
+    item_bias: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,9 @@ def _with_item_features(model, inputs: BuildInputs):
 
 
 def build_stage1(inputs: BuildInputs, previous: str | None):
-    """Stage 1: phi_u and items from scratch, with the item features and known users of the side data."""
-    model = _with_item_features(Stage1Model(**asdict(inputs.dims)), inputs)
+    """Stage 1: phi_u and items (and b_i with `inputs.item_bias`) from scratch, with the item features and known
+    users of the side data."""
+    model = _with_item_features(Stage1Model(**asdict(inputs.dims), item_bias=inputs.item_bias), inputs)
     model.set_known_users(torch.from_numpy(np.load(inputs.side_data)["known_users"]))
     return model
 
@@ -98,13 +101,14 @@ def build_stage1(inputs: BuildInputs, previous: str | None):
 def build_two_time_scale(inputs: BuildInputs, previous: str | None, plus: bool = False, use_phi: bool = True,
                          group_mix: bool = False):
     """Stage 2: 2TS (2TS-Plus with `plus`, one W per user group with `group_mix`, 2-GRU without `use_phi`) on the
-    frozen embeddings of the stage-1 model saved at `previous`."""
+    frozen embeddings (and item biases, if it has them) of the stage-1 model saved at `previous`."""
     return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus, use_phi=use_phi, group_mix=group_mix)
 
 
 def build_single_stage(inputs: BuildInputs, previous: str | None):
     """2TS-SingleStage: the 2TS architecture with every parameter trained jointly from scratch."""
-    return _with_item_features(TwoTimeScaleModel(**asdict(inputs.dims), freeze_stage1=False), inputs)
+    return _with_item_features(TwoTimeScaleModel(**asdict(inputs.dims), freeze_stage1=False,
+                                                 item_bias=inputs.item_bias), inputs)
 
 
 def build_baseline(inputs: BuildInputs, previous: str | None, kind: str):
@@ -146,6 +150,11 @@ class Kind:
         """Whether its last stage reads rows no prepared folder holds (full histories, cold-start rows): they are
         built into a view first (pipelines.views.stage_view)."""
         return bool(self.stages) and self.stages[-1].table not in TABLES
+
+    @property
+    def takes_item_bias(self) -> bool:
+        """Whether train.item_bias changes this kind: stage 1, the kinds built on it, 2TS-SingleStage."""
+        return self.model_class in (Stage1Model, TwoTimeScaleModel)
 
 
 def _kinds(*kinds: Kind) -> dict[str, Kind]:

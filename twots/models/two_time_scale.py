@@ -1,6 +1,6 @@
 """The two-time-scale model family (paper section 3) behind one protocol (docs/design.md, docs/model.md).
 
-ItemEncoder       item vector [x_i, g(f_i)] of dimension D = item_dim + feature_dim
+ItemEncoder       item vector [x_i, g(f_i)] of dimension D = item_dim + feature_dim; optionally a bias b_i
 Stage1Model       stage 1: transductive phi_u and items, offer-set softmax; also the CCF baseline
 TwoTimeScaleModel stage 2: frozen phi/items, learned psi, GRU Theta_1 (inactive) and Theta_2 (active);
                   plus=True is 2TS-Plus (with group_mix=True one W per user group), use_phi=False is 2-GRU,
@@ -72,9 +72,15 @@ class ItemEncoder(nn.Module):
 
     The item -> feature ids matrix ([n_items, max_features], -1 = padding) is a buffer, so it is saved with the model;
     fill it with set_item_features (or load a saved state). An item without features has g(f_i) = 0.
+
+    With bias=True it also holds b_i, a learned scalar per item (the `item_bias` option of the 2TS family) that every
+    score adds: u . [x_i, g(f_i)] + b_i = user_side(u) . item_side([x_i, g(f_i)], i), one more column on each side,
+    so scores stay dot products of a user vector and item vectors (replay, serving and remap need nothing else). The
+    encoder's own output (what the GRUs read) stays [x_i, g(f_i)].
     """
 
-    def __init__(self, n_items: int, n_features: int, max_features: int, item_dim: int, feature_dim: int):
+    def __init__(self, n_items: int, n_features: int, max_features: int, item_dim: int, feature_dim: int,
+                 bias: bool = False):
         super().__init__()
         self.n_features = n_features
         # With features declared but never given, every g(f_i) would silently be 0: forward refuses instead.
@@ -91,6 +97,23 @@ class ItemEncoder(nn.Module):
             self.feature.weight[:n_features].normal_(std=INIT_STD)
         self.register_buffer("item_features", torch.full((n_items, max(max_features, 1)), -1, dtype=torch.long))
         self._table: tuple[tuple, torch.Tensor] | None = None
+        # Zero at start and drawn from no random generator: with the same seed a model with biases starts with the
+        # same weights and scores as one without. Sparse like x_i (SparseAdam, L2 on the touched rows).
+        self.bias = nn.Embedding.from_pretrained(torch.zeros(n_items, 1), freeze=False, sparse=True) if bias else None
+
+    def item_side(self, vectors: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        """The item side of a score: vectors [*S, D] of item_ids [*S], with b_i appended ([*S, D + 1]) when the
+        encoder has biases, else unchanged."""
+        if self.bias is None:
+            return vectors
+        return torch.cat([vectors, self.bias(item_ids)], dim=-1)
+
+    def user_side(self, users: torch.Tensor) -> torch.Tensor:
+        """The user side of a score: users [..., D] with a constant 1 appended when the encoder has biases, so that
+        user_side(u) . item_side(x_i, i) = u . x_i + b_i; else unchanged."""
+        if self.bias is None:
+            return users
+        return torch.cat([users, users.new_ones(*users.shape[:-1], 1)], dim=-1)
 
     def set_item_features(self, feature_ids) -> None:
         """Each item's feature ids: an [n_items, F] array padded with -1, or one list per item (the `feature_ids`
@@ -155,17 +178,18 @@ def pad_lists(lists, fill: int = -1) -> np.ndarray:
 
 class Stage1Model(SequentialRecommender):
     """Stage 1 (collaborative competitive filtering): score phi_u . [x_i, g(f_i)], offer-set softmax loss.
+    With item_bias=True the score is phi_u . [x_i, g(f_i)] + b_i (ItemEncoder), in training and in scoring.
 
     As a recommender (the CCF baseline) the state is static: phi_u for users seen in training, the mean phi of those
     users for new users (set_known_users after training); step leaves the state unchanged.
     """
 
     def __init__(self, n_users: int, n_items: int, n_features: int = 0, max_features: int = 0,
-                 item_dim: int = DEFAULT_ITEM_DIM, feature_dim: int = DEFAULT_FEATURE_DIM):
+                 item_dim: int = DEFAULT_ITEM_DIM, feature_dim: int = DEFAULT_FEATURE_DIM, item_bias: bool = False):
         super().__init__()
         self.hparams = dict(n_users=n_users, n_items=n_items, n_features=n_features, max_features=max_features,
-                            item_dim=item_dim, feature_dim=feature_dim)
-        self.items = ItemEncoder(n_items, n_features, max_features, item_dim, feature_dim)
+                            item_dim=item_dim, feature_dim=feature_dim, item_bias=item_bias)
+        self.items = ItemEncoder(n_items, n_features, max_features, item_dim, feature_dim, bias=item_bias)
         self.phi = nn.Embedding(n_users, self.items.dim, sparse=True)
         nn.init.normal_(self.phi.weight, std=INIT_STD)
         self.register_buffer("known_users", torch.zeros(n_users, dtype=torch.bool))
@@ -179,9 +203,10 @@ class Stage1Model(SequentialRecommender):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # One lookup for the whole offer set: one sparse gradient for the item table instead of two to add up.
-        offers = self.items(torch.cat([batch["item_id"].unsqueeze(1), batch["neg_item_ids"]], dim=1))
+        ids = torch.cat([batch["item_id"].unsqueeze(1), batch["neg_item_ids"]], dim=1)
+        offers = self.items.item_side(self.items(ids), ids)
         pos, neg = offers.split([1, offers.shape[1] - 1], dim=1)
-        return offer_softmax_loss(self.phi(batch["user_id"]), pos.squeeze(1), neg)
+        return offer_softmax_loss(self.items.user_side(self.phi(batch["user_id"])), pos.squeeze(1), neg)
 
     def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         if not self.known_users.any():
@@ -197,10 +222,10 @@ class Stage1Model(SequentialRecommender):
         return state
 
     def user_vector(self, state: State) -> torch.Tensor:
-        return state[0]
+        return self.items.user_side(state[0])
 
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
-        return self.items(item_ids)
+        return self.items.item_side(self.items(item_ids), item_ids)
 
 
 class TwoTimeScaleModel(SequentialRecommender):
@@ -211,19 +236,22 @@ class TwoTimeScaleModel(SequentialRecommender):
     active ones, whose h lives near phi rather than near psi; the state then carries is_active [B] as a third
     tensor, as user_vector needs the group. Ablations: use_phi=False (2-GRU: active users start from their own
     learned common start, no phi table); freeze_stage1=False (2TS-SingleStage: phi and items are trained with the GRUs).
+    item_bias=True adds b_i to every score, in the stage-2 loss too; from_stage1 takes it (frozen, with the items)
+    from the stage-1 model, 2TS-SingleStage learns it with the rest.
     """
 
     def __init__(self, n_users: int, n_items: int, n_features: int = 0, max_features: int = 0,
                  item_dim: int = DEFAULT_ITEM_DIM, feature_dim: int = DEFAULT_FEATURE_DIM,
-                 plus: bool = False, use_phi: bool = True, freeze_stage1: bool = True, group_mix: bool = False):
+                 plus: bool = False, use_phi: bool = True, freeze_stage1: bool = True, group_mix: bool = False,
+                 item_bias: bool = False):
         super().__init__()
         if group_mix and not plus:
             raise ValueError("TwoTimeScaleModel: group_mix=True gives each user group its own W of 2TS-Plus; "
                              "it needs plus=True")
         self.hparams = dict(n_users=n_users, n_items=n_items, n_features=n_features, max_features=max_features,
                             item_dim=item_dim, feature_dim=feature_dim, plus=plus, use_phi=use_phi,
-                            freeze_stage1=freeze_stage1, group_mix=group_mix)
-        self.items = ItemEncoder(n_items, n_features, max_features, item_dim, feature_dim)
+                            freeze_stage1=freeze_stage1, group_mix=group_mix, item_bias=item_bias)
+        self.items = ItemEncoder(n_items, n_features, max_features, item_dim, feature_dim, bias=item_bias)
         dim = self.items.dim
         self.phi = nn.Embedding(n_users, dim, sparse=True) if use_phi else None
         if self.phi is not None:
@@ -242,7 +270,8 @@ class TwoTimeScaleModel(SequentialRecommender):
     @classmethod
     def from_stage1(cls, stage1: Stage1Model, *, plus: bool = False, use_phi: bool = True,
                     freeze_stage1: bool = True, group_mix: bool = False) -> TwoTimeScaleModel:
-        """A stage-2 model holding copies of a trained stage-1 model's phi and item encoder."""
+        """A stage-2 model holding copies of a trained stage-1 model's phi and item encoder (b_i included, when the
+        stage-1 model has item biases)."""
         model = cls(**stage1.hparams, plus=plus, use_phi=use_phi, freeze_stage1=freeze_stage1, group_mix=group_mix)
         model.items.load_state_dict(stage1.items.state_dict())
         if model.phi is not None:
@@ -272,9 +301,10 @@ class TwoTimeScaleModel(SequentialRecommender):
     def user_vector(self, state: State) -> torch.Tensor:
         h, prev = state[:2]
         if self.mix is None:
-            return h
+            return self.items.user_side(h)
         x_prev = self.items(prev.clamp(min=0)) * (prev >= 0).unsqueeze(-1)
-        return self._mixed(torch.cat([h, x_prev], dim=-1), state[2] if self.mix_active is not None else None)
+        return self.items.user_side(self._mixed(torch.cat([h, x_prev], dim=-1),
+                                                state[2] if self.mix_active is not None else None))
 
     def _mixed(self, h_prev: torch.Tensor, is_active: torch.Tensor | None) -> torch.Tensor:
         """W [h, x_prev] for h_prev [B, ..., 2D]: the one W, or each row's group's (is_active [B]). Both Ws run on
@@ -285,7 +315,7 @@ class TwoTimeScaleModel(SequentialRecommender):
         return torch.where(group, self.mix_active(h_prev), self.mix(h_prev))
 
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
-        return self.items(item_ids)
+        return self.items.item_side(self.items(item_ids), item_ids)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Stage-2 loss: the state before each step scores that step's offer set, then the GRU takes the click."""
@@ -309,9 +339,11 @@ class TwoTimeScaleModel(SequentialRecommender):
             first = self.items(prev.clamp(min=0)) * (prev >= 0).unsqueeze(-1)
             users = self._mixed(torch.cat([h, torch.cat([first.unsqueeze(1), x[:, :-1]], dim=1)], dim=-1),
                                 is_active if self.mix_active is not None else None)
-        neg = self.items(neg_ids.clamp(min=0)).reshape(batch_size * length, neg_ids.shape[2], -1)
-        return offer_softmax_loss(users.reshape(batch_size * length, -1), x.reshape(batch_size * length, -1), neg,
-                                  mask=valid.reshape(-1))
+        neg_ids = neg_ids.clamp(min=0)
+        neg = self.items.item_side(self.items(neg_ids), neg_ids).reshape(batch_size * length, neg_ids.shape[2], -1)
+        pos = self.items.item_side(x, item_ids.clamp(min=0))
+        return offer_softmax_loss(self.items.user_side(users).reshape(batch_size * length, -1),
+                                  pos.reshape(batch_size * length, -1), neg, mask=valid.reshape(-1))
 
     def _run_groups(self, x: torch.Tensor, h0: torch.Tensor, is_active: torch.Tensor,
                     lengths: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,9 @@ class TrainConfig(Section):
     run_dir: str | None = Field(None, description="checkpoints and models; default <data>/runs/<model>")
     item_dim: int = Field(48, ge=1, description="dimension of the transductive item embedding x_i")
     feature_dim: int = Field(16, ge=0, description="dimension of the item feature embedding g(f_i)")
+    item_bias: bool = Field(False, description="stage 1 learns a scalar b_i per item, added to every score: "
+                                               "phi_u . [x_i, g(f_i)] + b_i; 2TS, 2TS-Plus and 2-GRU keep it frozen "
+                                               "from stage 1, 2TS-SingleStage learns it, the baselines have none")
     stage1_epochs: int = Field(3, ge=1)
     stage1_lr: float = Field(0.01, gt=0)
     stage1_batch_size: int = Field(1024, ge=1, description="stage1_offers rows per batch per process")
@@ -69,6 +72,10 @@ class TrainConfig(Section):
 
     def dims(self, manifest: dict) -> ModelDims:
         return ModelDims.of(manifest, self.item_dim, self.feature_dim)
+
+    def build_inputs(self, manifest: dict, side_data: str | Path, extra: dict | None = None) -> BuildInputs:
+        """What every stage builder of a run gets (twots.models.kinds.BuildInputs)."""
+        return BuildInputs(self.dims(manifest), str(side_data), extra or {}, item_bias=self.item_bias)
 
     def settings(self) -> dict[str, StageSettings]:
         """StagePlan.settings -> how such a stage trains."""
@@ -147,11 +154,19 @@ def train(cfg: TrainConfig, spark) -> TrainResult:
         raise FileNotFoundError(f"--stage1-model {cfg.stage1_model}: no such file")
     if cfg.stage1_model is not None and not KINDS[cfg.model].on_stage1:
         raise ValueError(f"--stage1-model: model {cfg.model!r} has no stage 1 to skip")
+    if cfg.stage1_model is not None:
+        from twots.models.kinds import load_model
+
+        given = load_model(cfg.stage1_model).hparams.get("item_bias", False)
+        if given != cfg.item_bias:
+            raise ValueError(f"--stage1-model {cfg.stage1_model} has item_bias={given}, the run item_bias="
+                             f"{cfg.item_bias}: stage 2 takes b_i from its stage-1 model; set --item-bias "
+                             f"{str(given).lower()}")
     run_dir = run_dir_of(cfg)
     if not cfg.resume and run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run never picks up another run's checkpoints
     run_dir.mkdir(parents=True, exist_ok=True)
-    inputs = BuildInputs(cfg.dims(manifest), str(write_side_data(spark, cfg.data, manifest, run_dir / "side_data.npz")))
+    inputs = cfg.build_inputs(manifest, write_side_data(spark, cfg.data, manifest, run_dir / "side_data.npz"))
     with tracking.pipeline_run(cfg, run_dir, manifest, spark) as tracker:
         plans = KINDS[cfg.model].stages
         sources = {plan.table: make_source(spark, cfg, plan.table, run_dir) for plan in plans
