@@ -84,9 +84,8 @@ def test_early_stopping_rule():
     assert not should_stop([0.2, 0.1, 0.3], 1)
 
 
-# 9 models, 11 TorchDistributor runs and ~25 replays: 12 min on the shared 2-core box at load 11, over the
-# project's 900 s default at load 15-18 (see the report); too slow, kept whole until evaluation can reuse arrays.
-# With the two variants (11 models, 13 runs): 20 min 39 s at load 11-21, beside another comparison (2026-11-30).
+# The paper's 9 models (the variants run by name, not in 'all'), one TorchDistributor run per trained model and
+# sweep point: 12 min on the shared 2-core box at load 11 (when CCF's two epochs were two runs).
 @pytest.mark.timeout(1800)
 @pytest.mark.distributed
 @pytest.mark.mlflow
