@@ -19,7 +19,7 @@ from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.training.loaders import read_columns
 
 REPO = Path(__file__).resolve().parent.parent
-TABLES = ("stage1_offers", "sequences", "full_sequences")
+TABLES = ("stage1_offers", "sequences", "full_sequences", "coldstart_sequences")
 
 
 def load_bench():
@@ -94,6 +94,9 @@ def test_export_then_every_kind_under_torchrun(spark, prepared_movielens, tmp_pa
     for user, row in zip(last_k["user_id"].tolist(), last_k["item_ids"]):
         items = row[row >= 0].tolist()
         assert histories[user][-len(items):] == items
+    # 2ts-coldstart-all's rows: every sequences row plus one early row per active user.
+    coldstart = read_columns(str(export / "coldstart_sequences"), ("user_id",))
+    assert len(coldstart["user_id"]) == len(last_k["user_id"]) + int(activity["is_active"].sum())
 
     out, runs = tmp_path / "gpu", tmp_path / "runs"
     env = {**os.environ, "OUT": str(out), "RUNS": str(runs), "PYTHON": sys.executable}
