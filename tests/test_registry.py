@@ -70,23 +70,34 @@ def train_clicks(spark, data):
     return read(spark, data, "interactions").where("split = 'train'").groupBy("item_id").count().toPandas()
 
 
+def fresh_registry(data, root, experiment: str) -> tuple[str, object, str]:
+    """A sqlite registry under `root` for the tables of `data`: (tracking URI, client, id of a new experiment)."""
+    tracking = f"sqlite:///{root}/mlflow.db"
+    client = use_registry(tracking, None, str(data))
+    return tracking, client, mlflow.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())
+
+
+def log_runs(spark, data, experiment: str, models: dict, kind) -> dict:
+    """Each model logged as the served pyfunc in a run of its own: key -> run id (`kind(key)`: its model kind)."""
+    ids = {}
+    for key, model in models.items():
+        with mlflow.start_run(experiment_id=experiment) as run:
+            log_model(model, str(data), kind=kind(key), spark=spark)
+        ids[key] = run.info.run_id
+    return ids
+
+
 @pytest.fixture(scope="module")
 def registry(spark, prepared_movielens, tmp_path_factory):
     """A fresh sqlite registry and three logged runs: random, popular and unpopular items first."""
     data = prepared_movielens
     root = tmp_path_factory.mktemp("registry")
-    tracking = f"sqlite:///{root}/mlflow.db"
-    client = use_registry(tracking, None, str(data))
-    experiment = mlflow.create_experiment("registry-test", artifact_location=(root / "artifacts").as_uri())
-    runs = {}
+    tracking, client, experiment = fresh_registry(data, root, "registry-test")
     base = random_model(spark, data, root)
     clicks = train_clicks(spark, data)
     models = {"random": base, "popular": popularity_model(base, clicks, 1.0),
               "unpopular": popularity_model(base, clicks, -1.0)}
-    for name, model in models.items():
-        with mlflow.start_run(experiment_id=experiment) as run:
-            log_model(model, str(data), kind="2ts", spark=spark)
-        runs[name] = run.info.run_id
+    runs = log_runs(spark, data, experiment, models, kind=lambda name: "2ts")
     # Validation replays the val split only, to keep the test short; the default (test) replays val then test.
     cfg = RegistryConfig(data=str(data), model_name=NAME, tracking_uri=tracking, split="val")
     return dict(client=client, cfg=cfg, runs=runs, tracking=tracking, experiment=experiment)

@@ -11,11 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_registry import popularity_model, random_model, train_clicks
+from test_registry import fresh_registry, log_runs, popularity_model, random_model, train_clicks
 from test_serving import expected
 from test_serving_kinds import untrained
 
-from twots.mlops.packaging import log_model
 from twots.mlops.registry import (
     CHAMPION,
     KIND,
@@ -23,7 +22,6 @@ from twots.mlops.registry import (
     RegistryConfig,
     promote,
     register,
-    use_registry,
     validate,
 )
 from twots.mlops.server import local_server
@@ -53,18 +51,12 @@ def runs(spark, prepared_movielens, tmp_path_factory):
     """Four logged runs: 2TS and GRU4Rec, each ranking popular or unpopular items first."""
     data = prepared_movielens
     root = tmp_path_factory.mktemp("registry-kinds")
-    tracking = f"sqlite:///{root}/mlflow.db"
-    client = use_registry(tracking, None, str(data))
-    experiment = mlflow.create_experiment("kinds", artifact_location=(root / "artifacts").as_uri())
+    tracking, client, experiment = fresh_registry(data, root, "kinds")
     clicks = train_clicks(spark, data)
     base = random_model(spark, data, root)
     models = {("2ts", sign): popularity_model(base, clicks, sign) for sign in (1.0, -1.0)}
     models.update({("gru4rec", sign): gru4rec_by_popularity(data, root, clicks, sign) for sign in (1.0, -1.0)})
-    ids = {}
-    for (kind, sign), model in models.items():
-        with mlflow.start_run(experiment_id=experiment) as run:
-            log_model(model, str(data), kind=kind, spark=spark)
-        ids[kind, sign] = run.info.run_id
+    ids = log_runs(spark, data, experiment, models, kind=lambda key: key[0])
     return dict(client=client, data=data, tracking=tracking, ids=ids, models=models)
 
 
