@@ -10,6 +10,11 @@ evaluation sample, each table written as Parquet. Peak memory is the largest res
 sampled every 0.2 s. Spark's step times come from its manifest.json. Prints one table per size and the ratio
 Spark wall / DuckDB wall; medians when --runs > 1.
 
+Where Spark's time goes: the Spark run writes its event log (<workdir>/eventlog-<rows>), and the bench prints,
+per step, the tasks' run, CPU and GC seconds, shuffle bytes written and bytes spilled, against the step's wall.
+Task seconds over the 2 cores are the executors' share of the wall; the rest is the driver's (planning, code
+generation, scheduling, Delta's commits and snapshots) or waiting.
+
 The two outputs are then compared: every table without random draws must hold the same rows (users, items,
 interactions, user_activity, the ids of stage1_offers and of sequences). The negatives and the evaluation sample
 use DuckDB's `hash` where Spark uses `xxhash64`: the same amount of hashing, other values.
@@ -83,6 +88,52 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(log)[-4000:]}")
     return time.perf_counter() - start, peak / 1e9, sum(cpu.values()), "".join(log)
+
+
+def task_time_by_step(event_log: Path) -> dict[str, dict]:
+    """Sum Spark's task metrics per prepare step from an event log (JSON lines); the step is the job property
+    pipelines.pipeline.STEP_PROPERTY of the job that ran the task's stage ("other" outside the steps)."""
+    from pipelines.pipeline import STEP_PROPERTY
+
+    stage_step, found = {}, {}
+    # Spark 4 rolls its event log by default: a folder of events_<n>_<app id> files, read in the order of n.
+    files = (sorted(event_log.glob("events_*"), key=lambda f: int(f.name.split("_")[1])) if event_log.is_dir()
+             else [event_log])
+    for path in files:
+        with path.open() as lines:
+            events = [json.loads(line) for line in lines]
+        for event in events:
+            if event["Event"] == "SparkListenerJobStart":
+                name = (event.get("Properties") or {}).get(STEP_PROPERTY) or "other"
+                stage_step.update({stage: name for stage in event["Stage IDs"]})
+            elif event["Event"] == "SparkListenerTaskEnd" and event.get("Task Metrics"):
+                m = event["Task Metrics"]
+                step = found.setdefault(stage_step.get(event["Stage ID"], "other"), {
+                    "stages": set(), "tasks": 0, "run_s": 0.0, "cpu_s": 0.0, "gc_s": 0.0, "shuffle_mb": 0.0,
+                    "spill_mb": 0.0})
+                step["stages"].add(event["Stage ID"])
+                step["tasks"] += 1
+                step["run_s"] += m["Executor Run Time"] / 1e3
+                step["cpu_s"] += m["Executor CPU Time"] / 1e9
+                step["gc_s"] += m["JVM GC Time"] / 1e3
+                step["shuffle_mb"] += m["Shuffle Write Metrics"]["Shuffle Bytes Written"] / 1e6
+                step["spill_mb"] += (m["Memory Bytes Spilled"] + m["Disk Bytes Spilled"]) / 1e6
+    return {name: {**step, "stages": len(step["stages"])} for name, step in found.items()}
+
+
+def print_task_time(walls: dict[str, float], by_step: dict[str, dict], cores: int = 2) -> None:
+    print(f"\nSpark's tasks per step (event log, last run): executors' share of the wall = task seconds / {cores} "
+          "cores; the rest is driver-side work or waiting")
+    print("| step | wall | stages | tasks | task run s | task CPU s | GC s | executors' share | rest | shuffle MB "
+          "| spilled MB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in [*walls, *sorted(set(by_step) - set(walls))]:
+        step, wall = by_step.get(name, {}), walls.get(name)
+        share = step.get("run_s", 0.0) / cores
+        cells = [f"{wall:.1f} s" if wall is not None else "-", str(step.get("stages", 0)), str(step.get("tasks", 0)),
+                 *(f"{step.get(k, 0.0):.1f}" for k in ("run_s", "cpu_s", "gc_s")), f"{share:.1f} s",
+                 f"{wall - share:.1f} s" if wall is not None else "-",
+                 *(f"{step.get(k, 0.0):.1f}" for k in ("shuffle_mb", "spill_mb"))]
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
 def prepare_duckdb(cfg, threads: int = 2) -> dict:
@@ -220,10 +271,14 @@ def main() -> None:
     parser.add_argument("--eval-sample", default="0.1", help="fraction of users evaluated (499 negatives each)")
     args = parser.parse_args()
     work = Path(args.workdir)
-    env = {**os.environ, "PYSPARK_SUBMIT_ARGS": f"--master local[2] --driver-memory {args.driver_memory} pyspark-shell"}
+    submit = f"--master local[2] --driver-memory {args.driver_memory}"
     py = sys.executable
     for rows in args.rows:
-        data = work / f"taobao-{rows}"
+        data, event_logs = work / f"taobao-{rows}", work / f"eventlog-{rows}"
+        env = {**os.environ, "PYSPARK_SUBMIT_ARGS": f"{submit} pyspark-shell"}
+        spark_env = {**os.environ, "PYSPARK_SUBMIT_ARGS": (
+            f"{submit} --conf spark.eventLog.enabled=true --conf spark.eventLog.dir={event_logs.resolve().as_uri()} "
+            "--conf spark.eventLog.compress=false pyspark-shell")}
         if not (data / "_generator.json").exists():
             gen_s, *_ = run_measured([py, "jobs/generate.py", "--rows", str(rows), "--output", str(data)], env)
             print(f"generated {rows:,} rows in {gen_s:.0f}s", flush=True)
@@ -233,12 +288,14 @@ def main() -> None:
         steps = {engine: {s: [] for s in STEPS} for engine in walls}
         loads = []
         for run in range(args.runs):
-            for engine, out, cmd in (("spark", spark_out, [py, "jobs/prepare.py"]),
-                                     ("duckdb", duck_out, [py, "bench/prepare.py", "duckdb"])):
+            shutil.rmtree(event_logs, ignore_errors=True)
+            event_logs.mkdir(parents=True)
+            for engine, out, cmd, run_env in (("spark", spark_out, [py, "jobs/prepare.py"], spark_env),
+                                              ("duckdb", duck_out, [py, "bench/prepare.py", "duckdb"], env)):
                 shutil.rmtree(out, ignore_errors=True)
-                wall, peak, cpu, log = run_measured([*cmd, *flags, "--output", str(out)], env)
+                wall, peak, cpu, log = run_measured([*cmd, *flags, "--output", str(out)], run_env)
                 if engine == "spark":
-                    timings = json.loads((out / "manifest.json").read_text())["timings_s"]
+                    timings = spark_timings = json.loads((out / "manifest.json").read_text())["timings_s"]
                 else:
                     timings = json.loads(log.strip().splitlines()[-1])["timings_s"]
                 walls[engine].append(wall)
@@ -267,6 +324,8 @@ def main() -> None:
         print(f"| CPU (user + system, process tree) | {cpu['spark']:.1f} s | {cpu['duckdb']:.1f} s | "
               f"{cpu['spark'] / cpu['duckdb']:.2f}x |")
         print(f"| peak RSS | {max(peaks['spark']):.1f} GB | {max(peaks['duckdb']):.1f} GB | |")
+        (event_log,) = event_logs.iterdir()
+        print_task_time(spark_timings, task_time_by_step(event_log))
         print(f"\nsame content (last run): {json.dumps(compare_outputs(spark_out, duck_out))}", flush=True)
 
 

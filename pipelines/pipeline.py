@@ -35,6 +35,9 @@ from twots.data.tables import (
 )
 from twots.spark import progress
 
+# Every Spark job a step starts carries its name in this local property (in the event log's job properties).
+STEP_PROPERTY = "twots.prepare.step"
+
 
 class PrepareError(ValueError):
     """The input or config cannot give valid tables; the message names the key or the cause."""
@@ -89,12 +92,15 @@ class _Run:
     def step(self, name: str):
         start = time.perf_counter()
         print(f"[prepare] {name} ...", flush=True)
-        self.spark.sparkContext.setJobDescription(f"prepare: {name}")  # the Spark UI groups stages by step
+        sc = self.spark.sparkContext
+        sc.setJobDescription(f"prepare: {name}")  # the Spark UI groups stages by step
+        sc.setLocalProperty(STEP_PROPERTY, name)  # kept on Delta's own jobs, which replace the description
         try:
             with progress(self.spark, f"[prepare] {name}"):
                 yield
         finally:
-            self.spark.sparkContext.setJobDescription(None)
+            sc.setJobDescription(None)
+            sc.setLocalProperty(STEP_PROPERTY, None)
         self.timings[name] = round(time.perf_counter() - start, 3)
         print(f"[prepare] {name} done in {self.timings[name]:.1f}s", flush=True)
 
