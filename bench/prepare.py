@@ -7,8 +7,8 @@ back on the same files: `jobs/prepare.py` as its own process, as a user would ru
 logic in DuckDB (2 threads, this script's `duckdb` mode in its own process): validate every line with the same
 reasons, dense ids, the global time order and split, activity, stage-1 offer sets, last-K sequences and the
 evaluation sample, each table written as Parquet. Peak memory is the largest resident set of each process tree,
-sampled every 0.2 s. Spark's step times come from its manifest.json. Prints one table per size and the ratio
-Spark wall / DuckDB wall; medians when --runs > 1.
+sampled every 0.2 s (experiments.memory.PeakRSS). Spark's step times come from its manifest.json. Prints one
+table per size and the ratio Spark wall / DuckDB wall; medians when --runs > 1.
 
 Where Spark's time goes: the Spark run writes its event log (<workdir>/eventlog-<rows>), and the bench prints,
 per step, the tasks' run, CPU and GC seconds, shuffle bytes written and bytes spilled, against the step's wall.
@@ -29,14 +29,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from experiments.memory import PeakRSS  # noqa: E402  (after the path set-up)
 
 STEPS = ["validate", "rejects", "users", "items", "interactions", "user_activity", "stage1_offers", "sequences",
          "eval_candidates"]
@@ -59,35 +58,16 @@ def run_measured(cmd: list[str], env: dict) -> tuple[float, float, float, str]:
     """
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, cpu, done = 0, {}, threading.Event()
-
-    def sample():
-        nonlocal peak
-        root = psutil.Process(proc.pid)
-        while not done.is_set():
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-                for p in tree:
-                    times = p.cpu_times()
-                    cpu[p.pid] = times.user + times.system
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     log = []
-    for line in proc.stdout:  # progress as it comes: a long run shows its finished steps
-        log.append(line)
-        if line.startswith(("[prepare]", "[duckdb]")):
-            print("   ", line, end="", flush=True)
-    proc.wait()
-    done.set()
-    sampler.join()
+    with PeakRSS({}, root=proc.pid, count_root=True) as memory:
+        for line in proc.stdout:  # progress as it comes: a long run shows its finished steps
+            log.append(line)
+            if line.startswith(("[prepare]", "[duckdb]")):
+                print("   ", line, end="", flush=True)
+        proc.wait()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(log)[-4000:]}")
-    return time.perf_counter() - start, peak / 1e9, sum(cpu.values()), "".join(log)
+    return time.perf_counter() - start, memory.peak / 1e9, memory.cpu_s, "".join(log)
 
 
 def task_time_by_step(event_log: Path) -> dict[str, dict]:

@@ -18,7 +18,10 @@ class PeakRSS:
     `groups` maps a name to a text of a command line: a process whose command line holds it counts, with all its
     descendants, in that group (the first group that matches, the nearest matching ancestor first). `root` itself
     and the processes of no group count in "root" when `count_root` is set. `peaks[name]` is each group's largest
-    sum seen at one sample, `peak` the largest sum of all of them at one sample. Local-mode training ranks
+    sum held over two samples in a row, `peak` the same for the sum of all groups. Two in a row, because a process
+    that forks shows the parent's whole resident set once more in the child until it execs: summed RSS saw a 9.5 GB
+    Spark JVM as 19 GB in one sample of three runs (bench/prepare.py, 10M rows) when it forked a helper command.
+    `cpu_s` is the CPU seconds (user + system) of every process seen, at its last sample. Local-mode training ranks
     are descendants (torchrun's); Spark-task ranks on a cluster are not, and are not seen.
     """
 
@@ -30,6 +33,8 @@ class PeakRSS:
         self.groups, self.count_root, self.every_s = dict(groups), count_root, every_s
         self.peaks = dict.fromkeys([*self.groups, *(["root"] if count_root else [])], 0)
         self.peak = 0
+        self._last = dict.fromkeys(self.peaks, 0)
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -47,13 +52,20 @@ class PeakRSS:
                     group = next((name for name, text in self.groups.items() if text in command), group)
                 if group is not None:
                     now[group] += proc.memory_info().rss
+                times = proc.cpu_times()
+                self._cpu[proc.pid] = times.user + times.system
                 todo += [(child, group) for child in proc.children()]
             except psutil.Error:
                 pass  # the process ended between listing and reading it
         for name, rss in now.items():
-            self.peaks[name] = max(self.peaks[name], rss)
-        self.peak = max(self.peak, sum(now.values()))
+            self.peaks[name] = max(self.peaks[name], min(rss, self._last[name]))
+        self.peak = max(self.peak, min(sum(now.values()), sum(self._last.values())))
+        self._last = now
         return now
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self._cpu.values())
 
     def _sample(self):
         while not self._stop.is_set():

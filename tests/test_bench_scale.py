@@ -88,22 +88,40 @@ def test_table_has_a_line_per_record_with_its_figures():
     assert table[3].startswith("| train | failed | 3.5 |")
 
 
+def hold_memory(size: int, marker: str) -> subprocess.Popen:
+    """A child process holding `size` bytes; returns once they are allocated and touched."""
+    code = f"import sys, time; b = bytearray({size}); print('ready', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code, marker], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
 def test_peak_rss_counts_each_child_in_its_group():
-    code = "import time; b = bytearray({}); time.sleep(3)"
-    big = subprocess.Popen([sys.executable, "-c", code.format(300 << 20), "marker-big"])
-    small = subprocess.Popen([sys.executable, "-c", code.format(1 << 20), "marker-small"])
+    big, small = hold_memory(300 << 20, "marker-big"), hold_memory(1 << 20, "marker-small")
     try:
         memory = PeakRSS({"big": "marker-big", "small": "marker-small"}, count_root=True)
-        for _ in range(20):
-            now = memory.sample()
-            if now["big"] > 300 << 20:
-                break
-            subprocess.run(["sleep", "0.1"])
+        assert memory.sample()["big"] > 300 << 20
+        assert memory.peaks["big"] == 0  # seen once: not yet a peak
+        memory.sample()
         assert memory.peaks["big"] > 300 << 20 > memory.peaks["small"] > 0
         assert memory.peaks["root"] > 0
         assert memory.peak >= memory.peaks["big"] + memory.peaks["small"]
+        assert memory.cpu_s > 0
     finally:
-        big.kill()
-        small.kill()
-        big.wait()
-        small.wait()
+        for child in (big, small):
+            child.kill()
+            child.wait()
+
+
+def test_peak_rss_ignores_a_process_seen_in_one_sample_only():
+    """What a forked child looks like before it execs: there for one sample, then gone."""
+    memory = PeakRSS({"child": "marker-brief"})
+    memory.sample()
+    child = hold_memory(200 << 20, "marker-brief")
+    try:
+        assert memory.sample()["child"] > 200 << 20
+    finally:
+        child.kill()
+        child.wait()
+    memory.sample()
+    assert memory.peaks["child"] == 0 and memory.peak == 0
