@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from experiments.memory import PeakRSS  # noqa: E402  (after the path set-up)
 
+CORES = 2  # Spark's local[CORES] and DuckDB's threads: the same cores for both engines
 STEPS = ["validate", "rejects", "users", "items", "interactions", "user_activity", "stage1_offers", "sequences",
          "eval_candidates"]
 # Tables (and columns) whose content has no random draw: Spark's and DuckDB's must be equal.
@@ -79,29 +80,33 @@ def task_time_by_step(event_log: Path) -> dict[str, dict]:
     # Spark 4 rolls its event log by default: a folder of events_<n>_<app id> files, read in the order of n.
     files = (sorted(event_log.glob("events_*"), key=lambda f: int(f.name.split("_")[1])) if event_log.is_dir()
              else [event_log])
-    for path in files:
-        with path.open() as lines:
-            events = [json.loads(line) for line in lines]
-        for event in events:
-            if event["Event"] == "SparkListenerJobStart":
-                name = (event.get("Properties") or {}).get(STEP_PROPERTY) or "other"
-                stage_step.update({stage: name for stage in event["Stage IDs"]})
-            elif event["Event"] == "SparkListenerTaskEnd" and event.get("Task Metrics"):
-                m = event["Task Metrics"]
-                step = found.setdefault(stage_step.get(event["Stage ID"], "other"), {
-                    "stages": set(), "tasks": 0, "run_s": 0.0, "cpu_s": 0.0, "gc_s": 0.0, "shuffle_mb": 0.0,
-                    "spill_mb": 0.0})
-                step["stages"].add(event["Stage ID"])
-                step["tasks"] += 1
-                step["run_s"] += m["Executor Run Time"] / 1e3
-                step["cpu_s"] += m["Executor CPU Time"] / 1e9
-                step["gc_s"] += m["JVM GC Time"] / 1e3
-                step["shuffle_mb"] += m["Shuffle Write Metrics"]["Shuffle Bytes Written"] / 1e6
-                step["spill_mb"] += (m["Memory Bytes Spilled"] + m["Disk Bytes Spilled"]) / 1e6
+    for event in _events(files):
+        if event["Event"] == "SparkListenerJobStart":
+            name = (event.get("Properties") or {}).get(STEP_PROPERTY) or "other"
+            stage_step.update({stage: name for stage in event["Stage IDs"]})
+        elif event["Event"] == "SparkListenerTaskEnd" and event.get("Task Metrics"):
+            m = event["Task Metrics"]
+            step = found.setdefault(stage_step.get(event["Stage ID"], "other"), {
+                "stages": set(), "tasks": 0, "run_s": 0.0, "cpu_s": 0.0, "gc_s": 0.0, "shuffle_mb": 0.0,
+                "spill_mb": 0.0})
+            step["stages"].add(event["Stage ID"])
+            step["tasks"] += 1
+            step["run_s"] += m["Executor Run Time"] / 1e3
+            step["cpu_s"] += m["Executor CPU Time"] / 1e9
+            step["gc_s"] += m["JVM GC Time"] / 1e3
+            step["shuffle_mb"] += m["Shuffle Write Metrics"]["Shuffle Bytes Written"] / 1e6
+            step["spill_mb"] += (m["Memory Bytes Spilled"] + m["Disk Bytes Spilled"]) / 1e6
     return {name: {**step, "stages": len(step["stages"])} for name, step in found.items()}
 
 
-def print_task_time(walls: dict[str, float], by_step: dict[str, dict], cores: int = 2) -> None:
+def _events(files: list[Path]):
+    """The events of the files, in order, parsed one line at a time."""
+    for path in files:
+        with path.open() as lines:
+            yield from map(json.loads, lines)
+
+
+def print_task_time(walls: dict[str, float], by_step: dict[str, dict], cores: int = CORES) -> None:
     print(f"\nSpark's tasks per step (event log, last run): executors' share of the wall = task seconds / {cores} "
           "cores; the rest is driver-side work or waiting")
     print("| step | wall | stages | tasks | task run s | task CPU s | GC s | executors' share | rest | shuffle MB "
@@ -116,7 +121,7 @@ def print_task_time(walls: dict[str, float], by_step: dict[str, dict], cores: in
         print(f"| {name} | {' | '.join(cells)} |")
 
 
-def prepare_duckdb(cfg, threads: int = 2) -> dict:
+def prepare_duckdb(cfg, threads: int = CORES) -> dict:
     """The prepare logic of pipelines/ in DuckDB SQL, tables as Parquet under cfg.output; returns step times."""
     import duckdb
 
@@ -251,11 +256,11 @@ def main() -> None:
     parser.add_argument("--eval-sample", default="0.1", help="fraction of users evaluated (499 negatives each)")
     args = parser.parse_args()
     work = Path(args.workdir)
-    submit = f"--master local[2] --driver-memory {args.driver_memory}"
+    submit = f"--master local[{CORES}] --driver-memory {args.driver_memory}"
+    env = {**os.environ, "PYSPARK_SUBMIT_ARGS": f"{submit} pyspark-shell"}
     py = sys.executable
     for rows in args.rows:
         data, event_logs = work / f"taobao-{rows}", work / f"eventlog-{rows}"
-        env = {**os.environ, "PYSPARK_SUBMIT_ARGS": f"{submit} pyspark-shell"}
         spark_env = {**os.environ, "PYSPARK_SUBMIT_ARGS": (
             f"{submit} --conf spark.eventLog.enabled=true --conf spark.eventLog.dir={event_logs.resolve().as_uri()} "
             "--conf spark.eventLog.compress=false pyspark-shell")}
@@ -289,8 +294,8 @@ def main() -> None:
             print(f"rows {rows:,} run {run + 1}: Spark / DuckDB = {walls['spark'][-1] / walls['duckdb'][-1]:.2f}x "
                   f"(load average {loads[-1]:.1f})", flush=True)
         med = {e: statistics.median(w) for e, w in walls.items()}
-        print(f"\nprepare, {rows:,} generated Taobao-format rows, {os.cpu_count()}-core CPU: Spark local[2] vs "
-              f"DuckDB 2 threads, {args.runs} run(s) each (median), eval_sample {args.eval_sample}, "
+        print(f"\nprepare, {rows:,} generated Taobao-format rows, {os.cpu_count()}-core CPU: Spark local[{CORES}] vs "
+              f"DuckDB {CORES} threads, {args.runs} run(s) each (median), eval_sample {args.eval_sample}, "
               f"load average after each run {', '.join(f'{x:.1f}' for x in loads)}")
         print("| step | Spark | DuckDB | ratio |\n|---|---|---|---|")
         for s in STEPS:

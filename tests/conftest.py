@@ -81,6 +81,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.spark)
 
 
+def load_bench(name: str):
+    """bench/<name>.py as a module (the bench scripts are not a package), registered in sys.modules, where
+    dataclasses look their module up."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def stop_process_group(process) -> None:
     """SIGTERM a subprocess started in its own session (start_new_session=True) and its children; SIGKILL after 30 s."""
     import signal

@@ -3,18 +3,13 @@ every job of a step carries (Delta's own jobs included), across the files of a r
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
+
+from conftest import load_bench
 
 from pipelines.pipeline import STEP_PROPERTY
 
-REPO = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("bench_prepare", REPO / "bench" / "prepare.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = bench
-spec.loader.exec_module(bench)
+bench = load_bench("prepare")
 
 
 def job(stages: list[int], step: str | None, description: str) -> dict:

@@ -3,27 +3,16 @@ memory sampler's groups (experiments.memory.PeakRSS) on real child processes."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
 from experiments.memory import PeakRSS
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-scale = load_bench()
+scale = load_bench("scale")
 
 
 def finished(tmp_path: Path, settings: dict) -> tuple[dict, dict]:

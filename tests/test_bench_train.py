@@ -3,33 +3,24 @@ end to end in its CPU fallback (plain torchrun, 1 then 2 gloo processes, no Spar
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, load_bench
 
 from twots.models.baselines import GRU4Rec
 from twots.models.kinds import load_model
 from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.training.loaders import read_columns
 
-REPO = Path(__file__).resolve().parent.parent
 TABLES = ("stage1_offers", "sequences", "full_sequences", "coldstart_sequences")
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench()
+bench = load_bench("train")
 
 
 def test_stage1_is_one_job_shared_by_the_kinds_built_on_it(tmp_path):
