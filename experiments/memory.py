@@ -19,8 +19,9 @@ class PeakRSS:
     descendants, in that group (the first group that matches, the nearest matching ancestor first). `root` itself
     and the processes of no group count in "root" when `count_root` is set. `peaks[name]` is each group's largest
     sum held over two samples in a row, `peak` the same for the sum of all groups. Two in a row, because a process
-    that forks shows the parent's whole resident set once more in the child until it execs: summed RSS saw a 9.5 GB
-    Spark JVM as 19 GB in one sample of three runs (bench/prepare.py, 10M rows) when it forked a helper command.
+    that forks shows the parent's whole resident set once more in the child until it execs: one of three Spark
+    runs of bench/prepare.py at 10M rows read 19.0 GB, about twice the others' 9.7 GB, most likely the JVM forking
+    a helper command at that sample (not caught in the act).
     `cpu_s` is the CPU seconds (user + system) of every process seen, at its last sample. Local-mode training ranks
     are descendants (torchrun's); Spark-task ranks on a cluster are not, and are not seen.
     """
