@@ -1,9 +1,11 @@
 """The serving scan alone: one user vector against the whole catalogue, then the top 10, in float32 and bfloat16.
 
-    bin/python bench/scan.py [--items 1000000 4000000] [--calls 30]
+    bin/python bench/scan.py [--items 1000000 4160000] [--calls 30]
 
-Random item matrix of D = 64 (the default model's), torch's default threads; prints min and median ms over --calls
-calls after 3 warm-up ones. This is the part of a request that grows with the catalogue (docs/serving.md).
+Random item matrix of D = 64 (the default model's), torch's default threads; prints the median ms over --calls
+calls (after 3 warm-up ones) of the matmul, of torch.topk over its scores and of the served model's block_topk
+(twots.mlops.pyfunc), and the min of matmul + block_topk. This is the part of a request that grows with the
+catalogue (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -14,29 +16,45 @@ import time
 
 import torch
 
+from twots.mlops.pyfunc import block_topk
+
+
+def timed_ms(call, calls: int) -> list[float]:
+    times = []
+    for n in range(calls + 3):
+        started = time.perf_counter()
+        call()
+        if n >= 3:
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def measure(items: torch.Tensor, user: torch.Tensor, calls: int) -> tuple[float, float, float, float]:
+    """Median ms of the matmul, topk and block_topk, and the min of both together, at the tensors' dtype."""
+    scores = user @ items.T
+    matmul = timed_ms(lambda: user @ items.T, calls)
+    topk = timed_ms(lambda: scores.topk(10), calls)
+    block = timed_ms(lambda: block_topk(scores, 10), calls)
+    total = timed_ms(lambda: block_topk(user @ items.T, 10), calls)
+    return statistics.median(matmul), statistics.median(topk), statistics.median(block), min(total)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--items", type=int, nargs="+", default=[1_000_000, 4_160_000])
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--calls", type=int, default=30)
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"{'items':>10} {'scan':>9} {'min ms':>8} {'median ms':>10}  ({torch.get_num_threads()} threads)")
+    print(f"{'items':>10} {'scan':>9} {'matmul':>8} {'topk':>8} {'block_topk':>11} {'min total':>10}  "
+          f"(ms; {torch.get_num_threads()} threads)")
     for n in args.items:
         items = torch.randn(n, args.dim) * 0.1
         user = torch.randn(1, args.dim)
         for dtype in (torch.float32, torch.bfloat16):
-            matrix, vector = items.to(dtype), user.to(dtype)
-            times = []
-            for call in range(args.calls + 3):
-                started = time.perf_counter()
-                (vector @ matrix.T).topk(10)
-                if call >= 3:
-                    times.append((time.perf_counter() - started) * 1000)
-            print(f"{n:>10,} {str(dtype).split('.')[1]:>9} {min(times):>8.1f} {statistics.median(times):>10.1f}",
+            matmul, topk, block, total = measure(items.to(dtype), user.to(dtype), args.calls)
+            print(f"{n:>10,} {str(dtype).split('.')[1]:>9} {matmul:>8.1f} {topk:>8.1f} {block:>11.1f} {total:>10.1f}",
                   flush=True)
-            del matrix
 
 
 if __name__ == "__main__":

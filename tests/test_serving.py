@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from twots.mlops.batch import RecommendConfig, batch_recommend
 from twots.mlops.packaging import log_model
-from twots.mlops.pyfunc import ServeConfig
+from twots.mlops.pyfunc import ServeConfig, block_topk
 from twots.mlops.registry import use_registry
 from twots.mlops.server import local_server
 from twots.models.two_time_scale import TwoTimeScaleModel
@@ -131,6 +131,22 @@ def test_bfloat16_scan_returns_the_exact_top_k(served):
         # score_all() may round a near-tie apart, so two tied items can come in either order).
         assert truth[got].tolist() == pytest.approx(best, rel=1e-5, abs=1e-6)
         assert answer["scores"][row] == pytest.approx(best, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 10, 300])
+def test_block_topk_is_topk(dtype, k):
+    """Rows wide enough for the block path, with ties (rounded scores) and a row almost all -inf (excluded items:
+    fewer finite blocks than k), give topk's values, each at a distinct id holding that value."""
+    generator = torch.Generator().manual_seed(k)
+    scores = (torch.randn(3, 50_000, generator=generator) * 8).round().to(dtype)
+    scores[2, 100:] = float("-inf")
+    values, ids = block_topk(scores, k, block=64)
+    assert values.dtype == dtype and ids.shape == (3, k)
+    assert torch.equal(values, scores.topk(k, dim=1).values)
+    for row in range(3):
+        assert len(set(ids[row].tolist())) == k
+        assert torch.equal(scores[row, ids[row]], values[row])
 
 
 def test_exclude_clicked_and_unknown_items(served):

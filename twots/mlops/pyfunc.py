@@ -36,6 +36,7 @@ from twots.models.two_time_scale import pad_lists
 # so a batch job's Arrow batch over a 4M-item catalogue still fits in memory (8 requests per chunk).
 SCORES_PER_CHUNK = 1 << 25
 RESCORE_POOL = 256  # candidates of a bfloat16 scan rescored in float32, at least
+TOP_BLOCK = 1024  # items per block of block_topk's maxima
 
 
 class ServeConfig(Section):
@@ -98,6 +99,25 @@ def _as_history(row: int, value) -> list[str]:
     raise _bad_request(f"row {row}: recent_items must be a list of item id strings, got {value!r}")
 
 
+def block_topk(scores: torch.Tensor, k: int, block: int = TOP_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly `scores.topk(k, dim=1)`, faster on wide rows: torch.topk over a 4.16M-item row takes about 50 ms on
+    2 cores. The k-th largest of a row's block maxima is at most its k-th largest score (k blocks each hold a score
+    at least that high), so only the scores at or above it are ranked: about 8 ms, mostly one pass for the maxima."""
+    rows, n = scores.shape
+    blocks = n // block
+    if blocks <= k:
+        return scores.topk(k, dim=1)
+    maxima = scores[:, :blocks * block].reshape(rows, blocks, block).amax(dim=2)
+    floors = maxima.topk(k, dim=1).values[:, -1]
+    values, ids = [], []
+    for row in range(rows):
+        above = (scores[row] >= floors[row]).nonzero().squeeze(1)
+        best, at = scores[row, above].topk(k)
+        values.append(best)
+        ids.append(above[at])
+    return torch.stack(values), torch.stack(ids)
+
+
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     """Artifacts: `model` (a twots.models.kinds.save_model file), `users` and `items` (raw-id maps as Parquet)."""
 
@@ -144,9 +164,9 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     def _top(self, state, scores, k: int):
         """The k best (scores, ids) per row; a bfloat16 scan's best candidates are rescored in float32 first."""
         if scores.dtype == torch.float32:
-            return scores.topk(k, dim=1)
+            return block_topk(scores, k)
         pool = min(scores.shape[1], max(RESCORE_POOL, 4 * k))
-        rough, candidates = scores.topk(pool, dim=1)
+        rough, candidates = block_topk(scores, pool)
         exact = self.model.score(state, candidates)
         top_scores, at = exact.masked_fill(torch.isneginf(rough), float("-inf")).topk(k, dim=1)
         return top_scores, candidates.gather(1, at)
