@@ -19,7 +19,7 @@ record, same settings and outputs exist, and reruns the first other step and eve
 forces that). A failed step keeps the earlier records, prints which step failed with its error, and exits 1.
 Without --keep, the outputs (raw CSV, tables, runs) are deleted once every step has succeeded; the records stay.
 
-Serving: the trained model's catalogue holds the items the generator made for N rows (about 4.15M at 100M; fewer below):
+Serving: the trained model's catalogue holds the items that occur in the N rows (about 4.17M at 100M; fewer below):
 it is served as trained, at --scan (a version logged with another scan than training's default is registered as
 twots-<scan>). --serve-items M also serves a random 2TS model of the same kind and dimensions over M synthetic items
 (bench/serve.py's tables and model), so the latency at the full catalogue is measured at any N.

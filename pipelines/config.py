@@ -64,9 +64,12 @@ class GenerateConfig(Section):
     mean_events: float = Field(101.0, gt=1, description="mean events per user (real Taobao log: 101)")
     median_events: float = Field(
         72.0, gt=1, description="median events per user (the real sample's mean/median ratio 87.7/62.5 at mean 101)")
-    rows_per_item: float = Field(24.0, gt=0, description="rows / items (real log: 100M rows, 4.16M items)")
-    items_per_category: int = Field(440, ge=1, description="items per category (real log: about 440)")
-    taste_spread: float = Field(0.12, gt=0, le=0.5, description="sd of users' home tastes around the population's (circle units)")
+    rows_per_item: float = Field(22.8, gt=0, description="rows / items made; 95 % of them occur, so the log has about "
+                                 "24 rows per distinct item like the real one (100M rows, 4.16M items)")
+    items_per_category: int = Field(462, ge=1, description="items made per category; 95 % occur, about 440 like the "
+                                    "real log's (4.16M items, 9.4k categories)")
+    taste_spread: float = Field(0.08, gt=0, le=0.5, description="scale of users' home tastes around the population's "
+                                "(a Cauchy's, circle units)")
     drift: float = Field(0.02, ge=0, le=0.5, description="sd of a user's taste shift over the whole window (circle units)")
     late_share: float = Field(0.1, ge=0, le=1, description="share of users who first appear at a uniform time in the window")
     session_rate: float = Field(0.185, gt=0, lt=1, description="mean probability that an event starts a new session")
