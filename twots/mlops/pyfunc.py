@@ -100,9 +100,10 @@ def _as_history(row: int, value) -> list[str]:
 
 
 def block_topk(scores: torch.Tensor, k: int, block: int = TOP_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exactly `scores.topk(k, dim=1)`, faster on wide rows: torch.topk over a 4.16M-item row takes about 50 ms on
-    2 cores. The k-th largest of a row's block maxima is at most its k-th largest score (k blocks each hold a score
-    at least that high), so only the scores at or above it are ranked: about 8 ms, mostly one pass for the maxima."""
+    """Exactly `scores.topk(k, dim=1)`, faster on wide rows: torch.topk over a 4.16M-item row takes about 57 ms on
+    2 cores (bench/scan.py). The k-th largest of a row's block maxima is at most its k-th largest score (k blocks
+    each hold a score at least that high), so only the scores at or above it are ranked: about 9 ms, mostly one pass
+    for the maxima."""
     rows, n = scores.shape
     blocks = n // block
     if blocks <= k:
