@@ -456,7 +456,8 @@ def main() -> None:
     parser.add_argument("--num-processes", type=int, default=2, help="training processes")
     parser.add_argument("--full-ranking", action="store_true",
                         help="also rank 1000 users' test events against the whole catalogue")
-    parser.add_argument("--scan", default="bfloat16", choices=("float32", "bfloat16"), help="served model's scan")
+    parser.add_argument("--scan", default="bfloat16", choices=("float32", "bfloat16", "int8"),
+                        help="served model's scan")
     parser.add_argument("--serve-items", type=int, default=0,
                         help="also serve a random 2TS model over this many synthetic items (e.g. 4160000)")
     parser.add_argument("--requests", type=int, default=200, help="requests of the latency burst")

@@ -1,10 +1,10 @@
-"""The serving scan alone: one user vector against the whole catalogue, then the top 10, in float32 and bfloat16.
+"""The serving scan alone: one user vector against the whole catalogue, then the top 10, in float32, bfloat16, int8.
 
     bin/python bench/scan.py [--items 1000000 4160000] [--calls 30]
 
 Random item matrix of D = 64 (the default model's), torch's default threads; prints the median ms over --calls
-calls (after 3 warm-up ones) of the matmul, of torch.topk over its scores and of the served model's block_topk
-(twots.mlops.pyfunc), and the min of matmul + block_topk. This is the part of a request that grows with the
+calls (after 3 warm-up ones) of the scan (twots.mlops.scan.ItemScan), of torch.topk over its scores and of the
+served model's block_topk, and the min of scan + block_topk. This is the part of a request that grows with the
 catalogue (docs/serving.md).
 """
 
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from twots.mlops.pyfunc import block_topk
+from twots.mlops.scan import ItemScan, block_topk
 
 
 def timed_ms(call, calls: int) -> list[float]:
@@ -29,13 +29,13 @@ def timed_ms(call, calls: int) -> list[float]:
     return times
 
 
-def measure(items: torch.Tensor, user: torch.Tensor, calls: int) -> tuple[float, float, float, float]:
-    """Median ms of the matmul, topk and block_topk, and the min of both together, at the tensors' dtype."""
-    scores = user @ items.T
-    matmul = timed_ms(lambda: user @ items.T, calls)
+def measure(scan: ItemScan, user: torch.Tensor, calls: int) -> tuple[float, float, float, float]:
+    """Median ms of the scan, topk and block_topk, and the min of scan + block_topk."""
+    scores = scan(user)
+    matmul = timed_ms(lambda: scan(user), calls)
     topk = timed_ms(lambda: scores.topk(10), calls)
     block = timed_ms(lambda: block_topk(scores, 10), calls)
-    total = timed_ms(lambda: block_topk(user @ items.T, 10), calls)
+    total = timed_ms(lambda: block_topk(scan(user), 10), calls)
     return statistics.median(matmul), statistics.median(topk), statistics.median(block), min(total)
 
 
@@ -46,15 +46,14 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=30)
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"{'items':>10} {'scan':>9} {'matmul':>8} {'topk':>8} {'block_topk':>11} {'min total':>10}  "
+    print(f"{'items':>10} {'kind':>9} {'scan':>8} {'topk':>8} {'block_topk':>11} {'min total':>10}  "
           f"(ms; {torch.get_num_threads()} threads)")
     for n in args.items:
         items = torch.randn(n, args.dim) * 0.1
         user = torch.randn(1, args.dim)
-        for dtype in (torch.float32, torch.bfloat16):
-            matmul, topk, block, total = measure(items.to(dtype), user.to(dtype), args.calls)
-            print(f"{n:>10,} {str(dtype).split('.')[1]:>9} {matmul:>8.1f} {topk:>8.1f} {block:>11.1f} {total:>10.1f}",
-                  flush=True)
+        for kind in ("float32", "bfloat16", "int8"):
+            matmul, topk, block, total = measure(ItemScan(items, kind), user, args.calls)
+            print(f"{n:>10,} {kind:>9} {matmul:>8.1f} {topk:>8.1f} {block:>11.1f} {total:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

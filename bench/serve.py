@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--batch-users", type=int, default=2_000, help="users scored by batch recommend")
     parser.add_argument("--batch-items", type=int, nargs="+", default=[10_000, 100_000],
                         help="catalogue sizes (of --items) for batch recommend")
-    parser.add_argument("--scan", default="float32", choices=("float32", "bfloat16"),
+    parser.add_argument("--scan", default="float32", choices=("float32", "bfloat16", "int8"),
                         help="the served model's full-catalogue scan (serve.scan)")
     parser.add_argument("--workdir", default="bench-output/serve")
     args = parser.parse_args()

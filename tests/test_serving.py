@@ -15,8 +15,9 @@ from mlflow.exceptions import MlflowException
 
 from twots.mlops.batch import RecommendConfig, batch_recommend
 from twots.mlops.packaging import log_model
-from twots.mlops.pyfunc import ServeConfig, block_topk
+from twots.mlops.pyfunc import ServeConfig
 from twots.mlops.registry import use_registry
+from twots.mlops.scan import ItemScan, block_topk
 from twots.mlops.server import local_server
 from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.training.train import write_side_data
@@ -108,12 +109,13 @@ def test_pyfunc_matches_the_model_for_phi_and_psi_starts(served):
     assert answer["items"][0][:5] != answer["items"][2]
 
 
-def test_bfloat16_scan_returns_the_exact_top_k(served):
-    """scan=bfloat16 ranks the catalogue roughly, then rescores its best candidates in float32: the answer is the
-    exact top k (items and float32 scores) for every request here."""
+@pytest.mark.parametrize("scan", ["bfloat16", "int8"])
+def test_rough_scan_returns_the_exact_top_k(served, scan):
+    """A bfloat16 or int8 scan ranks the catalogue roughly, then rescores its best candidates in float32: the answer
+    is the exact top k (items and float32 scores) for every request here."""
     users, items, model = served["users"], served["items"], served["model"]
-    pyfunc = mlflow.pyfunc.load_model(URI, model_config={"scan": "bfloat16"})
-    assert pyfunc.unwrap_python_model().item_matrix.dtype == torch.bfloat16
+    pyfunc = mlflow.pyfunc.load_model(URI, model_config={"scan": scan})
+    assert pyfunc.unwrap_python_model().scan.matrix.dtype == getattr(torch, scan)
     rng = np.random.default_rng(0)
     picked = rng.choice(users.index.to_numpy(), size=40, replace=False)
     histories = [rng.choice(len(items), size=int(rng.integers(0, 25)), replace=False).tolist() for _ in picked]
@@ -131,6 +133,22 @@ def test_bfloat16_scan_returns_the_exact_top_k(served):
         # score_all() may round a near-tie apart, so two tied items can come in either order).
         assert truth[got].tolist() == pytest.approx(best, rel=1e-5, abs=1e-6)
         assert answer["scores"][row] == pytest.approx(best, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("dim", [24, 64, 100])
+def test_int8_scan_scores_close_to_float32(dim):
+    """Widths the int8 kernel cannot take as they are (24, 100: not multiples of 16) are padded: every score is
+    within 1 % of its row's largest |score| of the float32 product, for an odd catalogue size and a zero vector."""
+    generator = torch.Generator().manual_seed(dim)
+    vectors = torch.randn(3001, dim, generator=generator) * torch.rand(3001, 1, generator=generator)
+    vectors[7] = 0
+    users = torch.randn(5, dim, generator=generator)
+    scan = ItemScan(vectors, "int8")
+    assert scan.matrix.dtype == torch.int8 and not scan.exact
+    exact = users @ vectors.T
+    error = (scan(users).float() - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)
+    assert error.max() < 0.01
+    assert torch.equal(scan(users)[:, 7].float(), torch.zeros(5))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -7,8 +7,8 @@ them (their dense id and activity flag: 2TS from phi when active, else psi; CCF 
 have training clicks, else the mean phi); a user missing from it, or no user_id, starts as the model's new users
 (id -1). `start` is "phi" when the model started the user from their own embedding, else "psi" (a start shared
 by users: psi, GRU4Rec's h0, the mean phi, ...). The model steps over the known recent items, then scores the
-whole catalogue with one matmul against the item matrix computed once at load, and returns the top k raw item ids
-with their scores. Unknown item ids are skipped and reported in `unknown_items`; a malformed request raises
+whole catalogue with one scan of the item matrix computed once at load (twots.mlops.scan), and returns the top k
+raw item ids with their scores. Unknown item ids are skipped and reported in `unknown_items`; a malformed request raises
 MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with HTTP 400 and the message.
 
 This module and what it imports is all the logged model carries as code (twots.mlops.packaging); the batch job
@@ -16,8 +16,6 @@ This module and what it imports is all the logged model carries as code (twots.m
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import mlflow
 import numpy as np
@@ -29,14 +27,14 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 from pydantic import Field
 
 from twots.config import Section
+from twots.mlops.scan import ItemScan, ScanKind, block_topk
 from twots.models.kinds import load_model
 from twots.models.two_time_scale import pad_lists
 
 # A batch of requests is scored in chunks of at most this many (request, item) scores: 128 MiB of float32,
 # so a batch job's Arrow batch over a 4M-item catalogue still fits in memory (8 requests per chunk).
 SCORES_PER_CHUNK = 1 << 25
-RESCORE_POOL = 256  # candidates of a bfloat16 scan rescored in float32, at least
-TOP_BLOCK = 1024  # items per block of block_topk's maxima
+RESCORE_POOL = 256  # candidates of a rough scan (bfloat16, int8) rescored in float32, at least
 
 
 class ServeConfig(Section):
@@ -46,9 +44,9 @@ class ServeConfig(Section):
     max_history: int = Field(500, ge=0, description="most recent_items a request may send")
     exclude_clicked: bool = Field(True, description="default for requests that do not say: drop recent_items "
                                                     "from the top k")
-    scan: Literal["float32", "bfloat16"] = Field(
-        "float32", description="item matrix of the full-catalogue scan: bfloat16 halves its memory and time, and its "
-        "best max(256, 4k) candidates are rescored exactly in float32")
+    scan: ScanKind = Field(
+        "float32", description="item matrix of the full-catalogue scan: bfloat16 halves its memory and time, int8 "
+        "quarters its memory; their best max(256, 4k) candidates are rescored exactly in float32")
     model_uri: str = Field("models:/twots@champion", description="recommend: the model to run")
     tracking_uri: str | None = Field(None, description="recommend: MLflow tracking URI "
                                                        "(default sqlite:///<data>/mlflow.db)")
@@ -99,26 +97,6 @@ def _as_history(row: int, value) -> list[str]:
     raise _bad_request(f"row {row}: recent_items must be a list of item id strings, got {value!r}")
 
 
-def block_topk(scores: torch.Tensor, k: int, block: int = TOP_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exactly `scores.topk(k, dim=1)`, faster on wide rows: torch.topk over a 4.16M-item row takes about 57 ms on
-    2 cores (bench/scan.py). The k-th largest of a row's block maxima is at most its k-th largest score (k blocks
-    each hold a score at least that high), so only the scores at or above it are ranked: about 9 ms, mostly one pass
-    for the maxima."""
-    rows, n = scores.shape
-    blocks = n // block
-    if blocks <= k:
-        return scores.topk(k, dim=1)
-    maxima = scores[:, :blocks * block].reshape(rows, blocks, block).amax(dim=2)
-    floors = maxima.topk(k, dim=1).values[:, -1]
-    values, ids = [], []
-    for row in range(rows):
-        above = (scores[row] >= floors[row]).nonzero().squeeze(1)
-        best, at = scores[row, above].topk(k)
-        values.append(best)
-        ids.append(above[at])
-    return torch.stack(values), torch.stack(ids)
-
-
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     """Artifacts: `model` (a twots.models.kinds.save_model file), `users` and `items` (raw-id maps as Parquet)."""
 
@@ -134,8 +112,8 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
             index.get_indexer(index[:1])  # builds the hash table now, not in the first request (4.16M ids: seconds)
         self.limits = ServeConfig(**(context.model_config or {}))
         with torch.no_grad():
-            self.item_matrix = self.model.item_vectors(torch.arange(self.model.hparams["n_items"])).to(
-                getattr(torch, self.limits.scan)).contiguous()
+            self.scan = ItemScan(self.model.item_vectors(torch.arange(self.model.hparams["n_items"])),
+                                 self.limits.scan)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         requests = list(zip(*self._parse(model_input)))
@@ -163,8 +141,8 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         return users, [int(k) for k in ks], [bool(e) for e in excludes], histories
 
     def _top(self, state, scores, k: int):
-        """The k best (scores, ids) per row; a bfloat16 scan's best candidates are rescored in float32 first."""
-        if scores.dtype == torch.float32:
+        """The k best (scores, ids) per row; a rough scan's best candidates are rescored in float32 first."""
+        if self.scan.exact:
             return block_topk(scores, k)
         pool = min(scores.shape[1], max(RESCORE_POOL, 4 * k))
         rough, candidates = block_topk(scores, pool)
@@ -193,7 +171,7 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         for t in range(steps.shape[1]):  # item -1 (a shorter history) leaves that row's state as it is
             state = self.model.step(state, steps[:, t], active_t)
 
-        scores = self.model.user_vector(state).to(self.item_matrix.dtype) @ self.item_matrix.T
+        scores = self.scan(self.model.user_vector(state))
         for row in range(n):
             if excludes[row] and len(clicked[row]):
                 scores[row, torch.from_numpy(clicked[row])] = float("-inf")
