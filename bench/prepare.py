@@ -216,11 +216,13 @@ def prepare_duckdb(cfg, threads: int = CORES) -> dict:
                flatten(list(neg_item_ids ORDER BY event_id) FILTER (WHERE {kept_step})) AS neg_item_ids,
                coalesce(max(item_id) FILTER (WHERE n > {t_star} AND back = {k + 1}), -1) AS prev_item_id
         FROM r GROUP BY user_id, n"""))
-    sample = (f"AND hash({cfg.seed}, 3, user_id) % 1000000 < {int(cfg.eval_sample * 1_000_000)}"
+    sample = (f"WHERE hash({cfg.seed}, 3, user_id) % 1000000 < {int(cfg.eval_sample * 1_000_000)}"
               if cfg.eval_sample < 1 else "")
-    step("eval_candidates", write("eval_candidates", f"""SELECT event_id, user_id, item_id, ts, split,
-            {negatives(cfg.eval_negatives, 2)} AS neg_item_ids FROM interactions
-            WHERE split IN ('val', 'test') {sample}"""))
+    step("eval_candidates", write("eval_candidates", f"""
+        WITH s AS (SELECT *, min(event_id) OVER (PARTITION BY user_id, item_id) AS first FROM interactions {sample})
+        SELECT event_id, user_id, item_id, ts, split, {negatives(cfg.eval_negatives, 2)} AS neg_item_ids,
+               event_id > first AS is_repeat
+        FROM s WHERE split IN ('val', 'test')"""))
     return {"accepted": accepted, "n_items": n_items, "timings_s": timings}
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 METRICS = (("MRR", ("overall", "mrr")), ("Recall@10", ("overall", "recall@10")), ("NDCG@10", ("overall", "ndcg@10")),
            ("MRR active", ("active", "mrr")), ("MRR inactive", ("inactive", "mrr")), ("MRR new", ("new", "mrr")),
+           ("MRR repeat", ("repeat", "mrr")), ("MRR first click", ("first_click", "mrr")),
            ("full MRR", ("overall", "full_mrr")), ("full Recall@10", ("overall", "full_recall@10")),
            ("full NDCG@10", ("overall", "full_ndcg@10")))
 # Training columns, shown when the rows have them (the comparison's; the demo's rows hold test metrics only).
@@ -47,7 +48,7 @@ def results_table(results: dict[str, dict], threshold: dict | None = None) -> st
     def stage1(row):
         return "-" if not row["stage1"] else "{lr:g} / {l2:g} / {epochs}".format(**row["stage1"])
 
-    metrics = [c for c in METRICS if any(c[1][1] in row["test"]["overall"] for row in results.values())]
+    metrics = [c for c in METRICS if any(c[1][1] in row["test"].get(c[1][0], {}) for row in results.values())]
     training = [c for c in TRAINING if all(c[1] in row for row in results.values())]
     with_stage1 = all("stage1" in row for row in results.values())
     head = ["model", *(c for c, _ in metrics), *(c for c, _, _ in training), *(["stage 1"] if with_stage1 else [])]
@@ -59,7 +60,7 @@ def results_table(results: dict[str, dict], threshold: dict | None = None) -> st
     lines += tuning_lines(results)
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results.items():
-        cells = [cell(row["test"][group].get(key), ".4f") for _, (group, key) in metrics]
+        cells = [cell(row["test"].get(group, {}).get(key), ".4f") for _, (group, key) in metrics]
         lines.append("| " + " | ".join([name, *cells, *(cell(row[key], fmt) for _, key, fmt in training),
                                         *([stage1(row)] if with_stage1 else [])]) + " |")
     return "\n".join(lines) + "\n"

@@ -121,9 +121,14 @@ def in_eval_sample(user_id: Column, fraction: float, seed: int) -> Column:
 
 
 def eval_candidates(interactions: DataFrame, n_items: int, n_neg: int, seed: int, fraction: float) -> DataFrame:
-    """Every val/test event (of the sampled users) with the negatives every model is scored against."""
-    events = interactions.where(F.col("split").isin("val", "test") & in_eval_sample(F.col("user_id"), fraction, seed))
+    """Every val/test event (of the sampled users) with the negatives every model is scored against, and
+    `is_repeat`: the user clicked the same item in an earlier event (of any split), so the evaluation can say how
+    a model ranks items the user came back to apart from first clicks."""
+    sampled = interactions.where(in_eval_sample(F.col("user_id"), fraction, seed))
+    first = sampled.groupBy("user_id", "item_id").agg(F.min("event_id").alias("_first"))
+    events = sampled.where(F.col("split").isin("val", "test")).join(first, ["user_id", "item_id"])
     return events.select(
         "event_id", "user_id", "item_id", "ts", "split",
         negatives(F.col("item_id"), F.col("event_id"), n_items, n_neg, seed, EVAL_SALT).alias("neg_item_ids"),
+        (F.col("event_id") > F.col("_first")).alias("is_repeat"),
     )

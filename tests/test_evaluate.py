@@ -9,6 +9,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+from pipelines.views import make_view
 from twots.config import ConfigError, resolve
 from twots.evaluation.evaluate import (
     EvaluateConfig,
@@ -54,6 +55,9 @@ def test_evaluate_replays_val_then_test_and_groups_events(spark, prepared_moviel
     assert test["new"]["count"] == groups["new"]
     assert test["buckets"]["101-200"]["count"] == groups["b"]
     assert sum(b["count"] for b in test["buckets"].values()) == test["overall"]["count"]
+    # MovieLens holds one rating per (user, film): no repeat clicks, every event a first click.
+    assert test["repeat"]["count"] == candidates.where("split = 'test' AND is_repeat").count() == 0
+    assert test["first_click"]["count"] == test["overall"]["count"]
 
     # Fig. 4 records cover the test events, and a user's first test step comes after all of their val events.
     changes = report["changes"]
@@ -64,6 +68,16 @@ def test_evaluate_replays_val_then_test_and_groups_events(spark, prepared_moviel
     test_users = candidates.where("split = 'test'").select("user_id").distinct()
     fewest_val = test_users.join(val_counts, "user_id", "left").fillna(0).agg(F.min("count")).first()[0]
     assert first_test_step == fewest_val + 1
+
+
+def test_a_folder_prepared_before_is_repeat_evaluates_without_it(spark, prepared_movielens, blind_model, tmp_path,
+                                                                 capsys):
+    old = spark.read.format("delta").load(str(prepared_movielens / "eval_candidates")).drop("is_repeat")
+    view = make_view(spark, prepared_movielens, tmp_path / "old", {"eval_candidates": old})
+    test = evaluate(blind_model, view, spark, ("test",))["metrics"]["test"]
+    assert "repeat" not in test and "first_click" not in test
+    assert test["overall"]["count"] == old.where("split = 'test'").count()
+    assert "no is_repeat column" in capsys.readouterr().out
 
 
 def test_unknown_split_is_an_error(spark, prepared_movielens, blind_model):

@@ -99,6 +99,20 @@ def test_full_ranks_are_summarized_beside_the_sampled_ones_where_given():
         summarize(ranks, n_train, n_train > 100, full_ranks=full[:3])
 
 
+def test_repeat_clicks_are_summarized_apart_from_first_clicks_where_given():
+    ranks = np.array([1.0, 2.0, 4.0, 5.0, 10.0])
+    n_train = np.array([0, 3, 50, 400, 400])
+    is_repeat = np.array([False, True, False, True, True])
+    got = summarize(ranks, n_train, n_train > 100, is_repeat=is_repeat)
+    assert got["repeat"]["count"] == 3 and got["repeat"]["mrr"] == pytest.approx((1 / 2 + 1 / 5 + 1 / 10) / 3)
+    assert got["first_click"]["count"] == 2 and got["first_click"]["recall@10"] == 1.0
+    assert got["first_click"]["mrr"] == pytest.approx((1 + 1 / 4) / 2)
+    assert flatten(got)["test/repeat/mrr"] == got["repeat"]["mrr"]
+    assert "repeat" not in summarize(ranks, n_train, n_train > 100)
+    with pytest.raises(ValueError, match="one length"):
+        summarize(ranks, n_train, n_train > 100, is_repeat=is_repeat[:2])
+
+
 def test_summary_rejects_bad_input():
     with pytest.raises(ValueError, match="one length"):
         summarize(np.array([1.0, 2.0]), np.array([1]), np.array([True, False]))

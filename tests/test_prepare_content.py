@@ -98,6 +98,8 @@ def reference(path, cfg):
     held = held[bucket < int(cfg.eval_sample * 1_000_000)]
     cands = held[["event_id", "user_id", "item_id", "ts", "split"]].copy()
     cands["neg_item_ids"] = list(negatives(cands.item_id, cands.event_id, n_items, cfg.eval_negatives, cfg.seed, 2))
+    first = events.groupby(["user_id", "item_id"]).event_id.min().rename("first")
+    cands["is_repeat"] = cands.event_id > cands.join(first, on=["user_id", "item_id"])["first"]
     return {
         "rejects": raw[~ok].assign(raw=lambda r: r[["user", "item", "cat", "behavior", "ts"]].agg(",".join, axis=1),
                                    reason="out_of_window")[["raw", "reason"]],
@@ -143,3 +145,4 @@ def test_reference_covers_both_user_kinds(both):
     assert seqs.is_active.any() and (~seqs.is_active).any()
     assert (seqs.prev_item_id >= 0).any()
     assert 0 < len(expected["eval_candidates"]) < (expected["interactions"].split != "train").sum()
+    assert 0 < expected["eval_candidates"].is_repeat.sum() < len(expected["eval_candidates"])

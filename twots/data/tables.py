@@ -32,7 +32,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     USER_ACTIVITY: ("user_id", "n_train", "is_active"),
     SEQUENCES: ("user_id", "is_active", "item_ids", "neg_item_ids", "prev_item_id"),
     STAGE1_OFFERS: ("event_id", "user_id", "item_id", "neg_item_ids"),
-    EVAL_CANDIDATES: ("event_id", "user_id", "item_id", "ts", "split", "neg_item_ids"),
+    EVAL_CANDIDATES: ("event_id", "user_id", "item_id", "ts", "split", "neg_item_ids", "is_repeat"),
 }
 TABLES = tuple(COLUMNS)
 

@@ -5,7 +5,8 @@ rows of `eval_candidates` from their Delta snapshots' files into arrays, batch b
 replaying many models on one folder load them once and call `evaluate_loaded`), replays val then test in time order
 through `twots.evaluation.replay`
 (score the 1 + 499 candidates with the user's current state, then feed the true item), and summarizes the ranks
-with `twots.evaluation.metrics` per split: overall, active / inactive / new users and per activity bucket. It also
+with `twots.evaluation.metrics` per split: overall, active / inactive / new users, per activity bucket, and repeat
+clicks (an item the user clicked before) apart from first clicks. It also
 returns the per-step embedding changes of the test replay (the paper's Fig. 4).
 
 Beside the paper's sampled metrics, the events of `full_splits` of a sample of users (all users when the model is on
@@ -78,12 +79,14 @@ def read_delta(spark, data_dir: str | Path, table: str):
 @dataclass
 class EvalData:
     """A folder's replay inputs as arrays: warm-up items, the events of some splits with each event's split, and
-    user_activity (n_train, is_active) indexed by user id."""
+    user_activity (n_train, is_active) indexed by user id; is_repeat per event (None from a folder prepared before
+    eval_candidates had it)."""
 
     warmup: Warmup
     events: Events
     split: np.ndarray
     activity: dict[str, np.ndarray]
+    is_repeat: np.ndarray | None = None
 
     def only(self, splits) -> EvalData:
         """The same data restricted to the events of `splits`."""
@@ -91,7 +94,8 @@ class EvalData:
         if missing:
             raise ValueError(f"no events of splits {sorted(missing)} were loaded")
         keep = np.isin(self.split, list(splits))
-        return EvalData(self.warmup, self.events.subset(keep), self.split[keep], self.activity)
+        return EvalData(self.warmup, self.events.subset(keep), self.split[keep], self.activity,
+                        None if self.is_repeat is None else self.is_repeat[keep])
 
 
 @dataclass(frozen=True)
@@ -137,8 +141,12 @@ def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:
         raise ValueError(f"unknown splits {sorted(unknown)}; evaluation replays {SPLITS}")
     warm = read_snapshot(spark, data_dir, SEQUENCES, ("user_id", "is_active", "item_ids"))
     warmup = Warmup(warm["user_id"], warm["is_active"], warm["item_ids"])
+    repeat = ("is_repeat",) if "is_repeat" in read_delta(spark, data_dir, EVAL_CANDIDATES).columns else ()
+    if not repeat:
+        print(f"[evaluate] {data_dir}/eval_candidates has no is_repeat column (prepared by an older version): no "
+              "repeat / first-click metrics; rerun jobs/prepare.py for them", flush=True)
     rows = read_snapshot(spark, data_dir, EVAL_CANDIDATES,
-                         ("user_id", "ts", "event_id", "item_id", "split", "neg_item_ids"),
+                         ("user_id", "ts", "event_id", "item_id", "split", "neg_item_ids", *repeat),
                          ds.field("split").isin(list(splits)))
     if len(rows["user_id"]) == 0:
         raise ValueError(f"{data_dir}/eval_candidates has no rows in splits {list(splits)}")
@@ -148,7 +156,8 @@ def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:
     activity["is_active"] = np.zeros_like(activity["n_train"], dtype=bool)
     activity["n_train"][act["user_id"]] = act["n_train"]
     activity["is_active"][act["user_id"]] = act["is_active"]
-    return EvalData(warmup, events, rows["split"].astype(str), activity)
+    return EvalData(warmup, events, rows["split"].astype(str), activity,
+                    rows["is_repeat"].astype(bool) if repeat else None)
 
 
 def load_history(data_dir: str | Path, spark) -> History:
@@ -318,7 +327,8 @@ def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 
     for name in splits:
         mask = split == name
         summaries[name] = metrics.summarize(result.rank[mask], n_train[mask], is_active[mask], result.is_new[mask],
-                                            full_ranks=result.full_rank[mask])
+                                            full_ranks=result.full_rank[mask],
+                                            is_repeat=None if data.is_repeat is None else data.is_repeat[mask])
     last = split == splits[-1]
     overall = summaries[splits[-1]]["overall"]
     print(f"[evaluate] {len(events):,} events in {seconds:.1f}s ({len(events) / seconds:,.0f} events/s, full "

@@ -17,6 +17,7 @@ TOP_K = 10
 METRICS = ("count", "mrr", f"recall@{TOP_K}", f"ndcg@{TOP_K}")
 # Prefix of the full-ranking metrics beside the sampled ones in a group's metrics: full_mrr, full_recall@10, ...
 FULL = "full_"
+GROUPS = ("active", "inactive", "new", "repeat", "first_click")  # summarize's groups beside overall and buckets
 # (label, lowest n_train, highest n_train) of the paper's Fig. 3; new users (n_train 0) fall in "<51".
 BUCKETS = (("<51", 0, 50), ("51-100", 51, 100), ("101-200", 101, 200), ("201-300", 201, 300),
            (">300", 301, math.inf))
@@ -77,7 +78,7 @@ def rank_metrics(ranks: np.ndarray, prefix: str = "") -> dict:
     }
 
 
-def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None) -> dict:
+def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None, is_repeat=None) -> dict:
     """Metrics of one set of evaluated interactions, all arrays aligned per interaction.
 
     n_train: the user's training interactions; is_active: from user_activity (n_train > t*), not recomputed here;
@@ -85,17 +86,20 @@ def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None) -> dict:
     interaction, NaN where it was not ranked against the catalogue (users outside the sample). Returns {"overall",
     "active", "inactive", "new": rank_metrics, "buckets": {label: rank_metrics}}; "inactive" excludes new users.
     With full_ranks each group's metrics also hold full_count, full_mrr, ... over its fully ranked interactions.
+    With is_repeat (the user clicked the item before) also "repeat" and "first_click", its complement.
     """
     ranks = np.asarray(ranks, dtype=np.float64)
     n_train = np.asarray(n_train)
     is_active = np.asarray(is_active, dtype=bool)
     is_new = n_train == 0 if is_new is None else np.asarray(is_new, dtype=bool)
     full = None if full_ranks is None else np.asarray(full_ranks, dtype=np.float64)
+    repeat = None if is_repeat is None else np.asarray(is_repeat, dtype=bool)
+    optional = [a.shape for a in (full, repeat) if a is not None]
     if not (ranks.shape == n_train.shape == is_active.shape == is_new.shape) or ranks.ndim != 1 \
-            or (full is not None and full.shape != ranks.shape):
-        raise ValueError(f"summarize: ranks, n_train, is_active, is_new (and full_ranks) must be 1-d of one length; "
-                         f"got shapes {ranks.shape}, {n_train.shape}, {is_active.shape}, {is_new.shape}"
-                         + ("" if full is None else f", {full.shape}"))
+            or any(shape != ranks.shape for shape in optional):
+        raise ValueError(f"summarize: ranks, n_train, is_active, is_new (and full_ranks, is_repeat) must be 1-d of "
+                         f"one length; got shapes {ranks.shape}, {n_train.shape}, {is_active.shape}, {is_new.shape}"
+                         + "".join(f", {shape}" for shape in optional))
     if ranks.size and (np.isnan(ranks).any() or ranks.min() < 1):
         raise ValueError("summarize: ranks must be >= 1 and not NaN")
     if full is not None and (full[~np.isnan(full)] < 1).any():
@@ -110,22 +114,24 @@ def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None) -> dict:
             metrics.update(rank_metrics(chosen[~np.isnan(chosen)], prefix=FULL))
         return metrics
 
-    return {
+    summary = {
         "overall": group(slice(None)),
         "active": group(is_active),
         "inactive": group(~is_active & ~is_new),
         "new": group(is_new),
         "buckets": {label: group((n_train >= lo) & (n_train <= hi)) for label, lo, hi in BUCKETS},
     }
+    if repeat is not None:
+        summary.update(repeat=group(repeat), first_click=group(~repeat))
+    return summary
 
 
 def flatten(summary: dict, prefix: str = "test") -> dict[str, float]:
     """MLflow-safe flat names (MLflow rejects '<', '>' and '@'): test/mrr, test/active/recall_at_10,
-    test/bucket_lt51/mrr, test/full_ndcg_at_10. Groups without interactions and metrics without a value (no fully
-    ranked interactions in the group) are left out.
+    test/bucket_lt51/mrr, test/repeat/mrr, test/full_ndcg_at_10. Groups without interactions and metrics without a
+    value (no fully ranked interactions in the group) are left out.
     """
-    groups = {"": summary["overall"], "active/": summary["active"], "inactive/": summary["inactive"],
-              "new/": summary["new"]}
+    groups = {"": summary["overall"], **{f"{g}/": summary[g] for g in GROUPS if g in summary}}
     for label, metrics in summary["buckets"].items():
         safe = label.replace("<", "lt").replace(">", "gt")
         groups[f"bucket_{safe}/"] = metrics
