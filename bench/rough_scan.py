@@ -6,9 +6,9 @@
 Loads the served pyfunc (twots.mlops.pyfunc) from the model's artifacts (model.pt, users.parquet, items.parquet)
 once per scan kind, sends the same requests to each (random known users, --history random recent items, k), and
 compares every answer with the float32 scan's: the share of requests whose items are the same set, the share of the
-float32 top k found (recall), and the largest score difference. The rough scans choose max(256, 4k) candidates and rescore them
-in float32, so they differ only where a true top-k item falls outside that pool. Accuracy only: time it with
-bench/serve.py.
+float32 top k found (recall), and the largest score difference. The rough scans choose max(256, 4k) candidates and
+rescore them in float32, so they differ only where a true top-k item falls outside that pool. Accuracy only: time it
+with bench/serve.py.
 """
 
 from __future__ import annotations
