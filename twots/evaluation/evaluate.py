@@ -141,13 +141,12 @@ def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:
         raise ValueError(f"unknown splits {sorted(unknown)}; evaluation replays {SPLITS}")
     warm = read_snapshot(spark, data_dir, SEQUENCES, ("user_id", "is_active", "item_ids"))
     warmup = Warmup(warm["user_id"], warm["is_active"], warm["item_ids"])
-    repeat = ("is_repeat",) if "is_repeat" in read_delta(spark, data_dir, EVAL_CANDIDATES).columns else ()
-    if not repeat:
+    rows = read_snapshot(spark, data_dir, EVAL_CANDIDATES,
+                         ("user_id", "ts", "event_id", "item_id", "split", "neg_item_ids"),
+                         ds.field("split").isin(list(splits)), optional=("is_repeat",))
+    if "is_repeat" not in rows:
         print(f"[evaluate] {data_dir}/eval_candidates has no is_repeat column (prepared by an older version): no "
               "repeat / first-click metrics; rerun jobs/prepare.py for them", flush=True)
-    rows = read_snapshot(spark, data_dir, EVAL_CANDIDATES,
-                         ("user_id", "ts", "event_id", "item_id", "split", "neg_item_ids", *repeat),
-                         ds.field("split").isin(list(splits)))
     if len(rows["user_id"]) == 0:
         raise ValueError(f"{data_dir}/eval_candidates has no rows in splits {list(splits)}")
     events = Events(rows["user_id"], rows["ts"], rows["event_id"], rows["item_id"], rows["neg_item_ids"])
@@ -157,7 +156,7 @@ def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:
     activity["n_train"][act["user_id"]] = act["n_train"]
     activity["is_active"][act["user_id"]] = act["is_active"]
     return EvalData(warmup, events, rows["split"].astype(str), activity,
-                    rows["is_repeat"].astype(bool) if repeat else None)
+                    rows["is_repeat"].astype(bool) if "is_repeat" in rows else None)
 
 
 def load_history(data_dir: str | Path, spark) -> History:
@@ -222,15 +221,17 @@ def _local_path(uri: str) -> str:
 
 
 def read_snapshot(spark, data_dir: str | Path, table: str, columns: tuple[str, ...], where=None,
-                  batch_rows: int = 8192) -> dict[str, np.ndarray]:
+                  batch_rows: int = 8192, optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Columns of a Delta table's current snapshot as numpy arrays (list columns as 2-D arrays padded with -1 at
-    the end), read batch by batch from its Parquet files; `where` is a pyarrow.dataset filter applied to each batch."""
+    the end), read batch by batch from its Parquet files; `where` is a pyarrow.dataset filter applied to each batch.
+    `optional` columns are read when the table has them (absent from the result otherwise)."""
     import pyarrow.dataset as ds
 
     from twots.spark import memory_guard
 
     files = snapshot_files(spark, data_dir, table)
     dataset = ds.dataset(files, format="parquet")
+    columns = (*columns, *(name for name in optional if name in dataset.schema.names))
     parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
     needs = f"up to {2 * _column_bytes(files, columns) / 2**20:,.0f} MB here: the arrays, and a copy while joining them"
     with memory_guard(spark, f"reading {data_dir}/{table} for evaluation", needs):
