@@ -10,6 +10,7 @@ on the same offer sets, and is replayed online on the same val/test candidates (
   2ts-plus-gw       2TS-Plus with one W per user group (our variant, twots.models.kinds)
   2ts-coldstart-all 2TS whose psi and inactive GRU also learn from every active user's first t* training items
                     (our variant; a view adds those rows, pipelines.views.coldstart_view)
+  2ts-tuned-items   2TS whose stage 2 also trains the item vectors, phi frozen (our variant)
   2ts-singlestage   the 2TS architecture, every parameter trained jointly from scratch on full histories (ablation)
   sumpooling, gru4rec, sasrec   full histories (twots.models.baselines)
 

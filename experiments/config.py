@@ -11,7 +11,8 @@ from twots.config import Section
 from twots.models.kinds import KINDS
 
 MODEL_NAMES = tuple(KINDS)  # in the order of the paper's tables, then our variants
-VARIANTS = ("2ts-plus-gw", "2ts-coldstart-all")  # our 2TS variants (docs/model.md): run by name, not in 'all'
+# Our 2TS variants (docs/model.md): run by name, not in 'all'.
+VARIANTS = ("2ts-plus-gw", "2ts-coldstart-all", "2ts-tuned-items")
 PAPER_MODELS = tuple(m for m in MODEL_NAMES if m not in VARIANTS)  # 'all': the paper's nine
 
 

@@ -210,8 +210,8 @@ def random_stage2_batch(gen: torch.Generator, rows: int, length: int, active_sha
 
 @pytest.mark.parametrize("item_bias", [False, True], ids=["", "item-bias"])
 @pytest.mark.parametrize("head", list(HEADS))
-@pytest.mark.parametrize("ablation", [{}, {"use_phi": False}, {"freeze_stage1": False}],
-                         ids=["2ts", "2-gru", "single-stage"])
+@pytest.mark.parametrize("ablation", [{}, {"use_phi": False}, {"freeze_stage1": False}, {"train_items": True}],
+                         ids=["2ts", "2-gru", "single-stage", "tuned-items"])
 def test_fused_forward_equals_the_stepwise_cell_recurrence_with_the_same_gradients(head, ablation, item_bias):
     model = TwoTimeScaleModel.from_stage1(stage1(item_bias), **HEADS[head], **ablation)
     gen = torch.Generator().manual_seed(3)
@@ -269,6 +269,23 @@ def test_stage2_step_leaves_frozen_stage1_parameters_bit_identical():
         if key in trained:
             assert not torch.equal(value, trained[key]), key
     assert all(p.grad is None for p in model.items.parameters()) and model.phi.weight.grad is None
+
+
+def test_tuned_items_variant_trains_the_items_and_leaves_phi_bit_identical():
+    model = TwoTimeScaleModel.from_stage1(stage1(item_bias=True), train_items=True)
+    phi = model.phi.weight.detach().clone()
+    items = {k: v.detach().clone() for k, v in model.items.named_parameters()}
+    sparse, dense = split_parameters(model)
+    assert {id(p) for p in sparse} == {id(model.items.item.weight), id(model.items.bias.weight)}
+    assert id(model.items.feature.weight) in {id(p) for p in dense} and not model.phi.weight.requires_grad
+    model(stage2_batch()).backward()
+    torch.optim.SparseAdam(sparse, lr=0.1).step()
+    torch.optim.Adam(dense, lr=0.1).step()
+    assert torch.equal(model.phi.weight, phi) and model.phi.weight.grad is None
+    for name, value in model.items.named_parameters():
+        assert not torch.equal(value, items[name]), name
+    with pytest.raises(ValueError, match="train_items=True trains the items of a frozen stage 1"):
+        TwoTimeScaleModel(N_USERS, N_ITEMS, freeze_stage1=False, train_items=True)
 
 
 def test_single_stage_ablation_trains_phi_and_items_with_sparse_gradients():

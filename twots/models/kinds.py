@@ -7,13 +7,15 @@ full histories (the sequence baselines and 2TS-SingleStage). Every kind that sta
 trained stage 1 (twots.training.runs builds such runs). Every kind serves through the same pyfunc
 (twots.mlops.pyfunc): the protocol of twots.models.two_time_scale.SequentialRecommender is all serving uses.
 
-Two variants beyond the paper (issue 10), each a 2TS kind on the same stage 1:
+Three variants beyond the paper (issue 10), each a 2TS kind on the same stage 1:
 - `2ts-plus-gw`: 2TS-Plus with one W per user group (TwoTimeScaleModel group_mix): active users' state lives near
   phi, inactive and new users' near psi, and one shared W has to serve both.
 - `2ts-coldstart-all`: 2TS whose cold-start side (psi and the inactive GRU Theta_1, which new users run) trains on
   the inactive users' sequences plus the first t* training items of every active user, as each active user was once
   an inactive one; the active users' rows are unchanged. Its stage 2 reads COLDSTART_SEQUENCES, a table of a view
   (pipelines.views.coldstart_view).
+- `2ts-tuned-items`: 2TS whose stage 2 also trains the item encoder (TwoTimeScaleModel train_items) while phi stays
+  frozen: of stage 1's two frozen parts, it frees the items only (2-GRU drops phi only).
 
 A stage's builder is called on every rank as `build(inputs, previous_model_path)` and returns the nn.Module to
 train (`forward(batch) -> loss`). Saved models are tagged with their class name (`save_model` / `load_model`), not
@@ -99,10 +101,12 @@ def build_stage1(inputs: BuildInputs, previous: str | None):
 
 
 def build_two_time_scale(inputs: BuildInputs, previous: str | None, plus: bool = False, use_phi: bool = True,
-                         group_mix: bool = False):
+                         group_mix: bool = False, train_items: bool = False):
     """Stage 2: 2TS (2TS-Plus with `plus`, one W per user group with `group_mix`, 2-GRU without `use_phi`) on the
-    frozen embeddings (and item biases, if it has them) of the stage-1 model saved at `previous`."""
-    return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus, use_phi=use_phi, group_mix=group_mix)
+    frozen embeddings (and item biases, if it has them) of the stage-1 model saved at `previous`; `train_items`
+    trains the items (and biases) from there, phi stays frozen."""
+    return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus, use_phi=use_phi, group_mix=group_mix,
+                                         train_items=train_items)
 
 
 def build_single_stage(inputs: BuildInputs, previous: str | None):
@@ -174,6 +178,7 @@ KINDS: dict[str, Kind] = _kinds(
     Kind("2ts-plus", TwoTimeScaleModel, _on_stage1(plus=True)),
     Kind("2ts-plus-gw", TwoTimeScaleModel, _on_stage1(plus=True, group_mix=True)),
     Kind("2ts-coldstart-all", TwoTimeScaleModel, _on_stage1(COLDSTART_SEQUENCES)),
+    Kind("2ts-tuned-items", TwoTimeScaleModel, _on_stage1(train_items=True)),
 )
 TRAINABLE = tuple(name for name, kind in KINDS.items() if kind.stages)
 

@@ -4,7 +4,7 @@ ItemEncoder       item vector [x_i, g(f_i)] of dimension D = item_dim + feature_
 Stage1Model       stage 1: transductive phi_u and items, offer-set softmax; also the CCF baseline
 TwoTimeScaleModel stage 2: frozen phi/items, learned psi, GRU Theta_1 (inactive) and Theta_2 (active);
                   plus=True is 2TS-Plus (with group_mix=True one W per user group), use_phi=False is 2-GRU,
-                  freeze_stage1=False is 2TS-SingleStage
+                  freeze_stage1=False is 2TS-SingleStage, train_items=True trains the items in stage 2 (phi frozen)
 Saving and loading, and the table of model kinds: twots.models.kinds.
 """
 
@@ -236,6 +236,8 @@ class TwoTimeScaleModel(SequentialRecommender):
     active ones, whose h lives near phi rather than near psi; the state then carries is_active [B] as a third
     tensor, as user_vector needs the group. Ablations: use_phi=False (2-GRU: active users start from their own
     learned common start, no phi table); freeze_stage1=False (2TS-SingleStage: phi and items are trained with the GRUs).
+    train_items=True (our variant 2ts-tuned-items) keeps phi frozen but trains the item encoder with the GRUs, which
+    separates the two frozen parts of stage 1.
     item_bias=True adds b_i to every score, in the stage-2 loss too; from_stage1 takes it (frozen, with the items)
     from the stage-1 model, 2TS-SingleStage learns it with the rest.
     """
@@ -243,14 +245,18 @@ class TwoTimeScaleModel(SequentialRecommender):
     def __init__(self, n_users: int, n_items: int, n_features: int = 0, max_features: int = 0,
                  item_dim: int = DEFAULT_ITEM_DIM, feature_dim: int = DEFAULT_FEATURE_DIM,
                  plus: bool = False, use_phi: bool = True, freeze_stage1: bool = True, group_mix: bool = False,
-                 item_bias: bool = False):
+                 item_bias: bool = False, train_items: bool = False):
         super().__init__()
         if group_mix and not plus:
             raise ValueError("TwoTimeScaleModel: group_mix=True gives each user group its own W of 2TS-Plus; "
                              "it needs plus=True")
+        if train_items and not freeze_stage1:
+            raise ValueError("TwoTimeScaleModel: train_items=True trains the items of a frozen stage 1; with "
+                             "freeze_stage1=False everything trains already")
         self.hparams = dict(n_users=n_users, n_items=n_items, n_features=n_features, max_features=max_features,
                             item_dim=item_dim, feature_dim=feature_dim, plus=plus, use_phi=use_phi,
-                            freeze_stage1=freeze_stage1, group_mix=group_mix, item_bias=item_bias)
+                            freeze_stage1=freeze_stage1, group_mix=group_mix, item_bias=item_bias,
+                            train_items=train_items)
         self.items = ItemEncoder(n_items, n_features, max_features, item_dim, feature_dim, bias=item_bias)
         dim = self.items.dim
         self.phi = nn.Embedding(n_users, dim, sparse=True) if use_phi else None
@@ -263,16 +269,18 @@ class TwoTimeScaleModel(SequentialRecommender):
         self.mix = _identity_mix(dim) if plus else None
         self.mix_active = _identity_mix(dim) if group_mix else None
         if freeze_stage1:
-            self.items.requires_grad_(False)
+            self.items.requires_grad_(train_items)
             if self.phi is not None:
                 self.phi.requires_grad_(False)
 
     @classmethod
     def from_stage1(cls, stage1: Stage1Model, *, plus: bool = False, use_phi: bool = True,
-                    freeze_stage1: bool = True, group_mix: bool = False) -> TwoTimeScaleModel:
+                    freeze_stage1: bool = True, group_mix: bool = False,
+                    train_items: bool = False) -> TwoTimeScaleModel:
         """A stage-2 model holding copies of a trained stage-1 model's phi and item encoder (b_i included, when the
         stage-1 model has item biases)."""
-        model = cls(**stage1.hparams, plus=plus, use_phi=use_phi, freeze_stage1=freeze_stage1, group_mix=group_mix)
+        model = cls(**stage1.hparams, plus=plus, use_phi=use_phi, freeze_stage1=freeze_stage1, group_mix=group_mix,
+                    train_items=train_items)
         model.items.load_state_dict(stage1.items.state_dict())
         if model.phi is not None:
             model.phi.load_state_dict(stage1.phi.state_dict())
