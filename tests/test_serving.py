@@ -17,7 +17,7 @@ from twots.mlops.batch import RecommendConfig, batch_recommend
 from twots.mlops.packaging import log_model
 from twots.mlops.pyfunc import ServeConfig
 from twots.mlops.registry import use_registry
-from twots.mlops.scan import ItemScan, block_topk
+from twots.mlops.scan import QUANTISE_BLOCK, ItemScan, block_topk
 from twots.mlops.server import local_server
 from twots.models.two_time_scale import TwoTimeScaleModel
 from twots.training.train import write_side_data
@@ -149,6 +149,20 @@ def test_int8_scan_scores_close_to_float32(dim):
     error = (scan(users).float() - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)
     assert error.max() < 0.01
     assert torch.equal(scan(users)[:, 7].float(), torch.zeros(5))
+
+
+def test_int8_quantisation_is_per_row_across_blocks():
+    """The int8 matrix is built a block of rows at a time (bounded memory); each row, the last partial block's
+    included, holds round(v / s) with s its own largest |value| / 127, and zeros in the padding."""
+    generator = torch.Generator().manual_seed(3)
+    vectors = torch.randn(QUANTISE_BLOCK + 1001, 24, generator=generator) * torch.rand(QUANTISE_BLOCK + 1001, 1,
+                                                                                        generator=generator)
+    scan = ItemScan(vectors, "int8")
+    scale = vectors.abs().amax(dim=1, keepdim=True) / 127
+    assert scan.matrix.shape == (QUANTISE_BLOCK + 1001, 32)
+    assert torch.equal(scan.matrix[:, :24], torch.round(vectors / scale).to(torch.int8))
+    assert not scan.matrix[:, 24:].any()
+    assert torch.equal(scan.scale, scale.squeeze(1).to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -16,6 +16,7 @@ ScanKind = Literal["float32", "bfloat16", "int8"]
 TOP_BLOCK = 1024  # items per block of block_topk's maxima
 # torch's CPU int8 kernel reads D in blocks of 16: other widths give wrong scores or crash, so D is zero-padded.
 INT8_DIM_MULTIPLE = 16
+QUANTISE_BLOCK = 65536  # rows quantised at a time
 
 
 class ItemScan:
@@ -33,9 +34,16 @@ class ItemScan:
             self.matrix = vectors.to(getattr(torch, kind)).contiguous()
             return
         self.pad = -vectors.shape[1] % INT8_DIM_MULTIPLE
-        vectors = F.pad(vectors.float(), (0, self.pad))
-        scale = (vectors.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-        self.matrix = torch.round(vectors / scale[:, None]).to(torch.int8).contiguous()
+        self.matrix = torch.empty(vectors.shape[0], vectors.shape[1] + self.pad, dtype=torch.int8,
+                                  device=vectors.device)
+        scale = torch.empty(vectors.shape[0], device=vectors.device)
+        # A block of rows at a time: whole-matrix temporaries (|v|, padded, divided, rounded) cost the server
+        # 3.1 GB of peak memory at 4.16M x 64 float32, against 0.3 GB for the int8 matrix itself.
+        for start in range(0, vectors.shape[0], QUANTISE_BLOCK):
+            rows = slice(start, start + QUANTISE_BLOCK)
+            block = vectors[rows].float()
+            scale[rows] = (block.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+            self.matrix[rows] = F.pad(torch.round(block / scale[rows, None]), (0, self.pad))
         self.scale = scale.to(torch.bfloat16)
 
     def __call__(self, users: torch.Tensor) -> torch.Tensor:
