@@ -118,7 +118,7 @@ def test_a_rank_that_raises_fails_the_job_with_its_message(spark, tmp_path):
 
 def test_a_collective_that_cannot_complete_times_out(spark, tmp_path):
     with pytest.raises(distributed.RankFailure) as failure:
-        distributed.run(rank_one_stalls, 20.0, num_processes=2, local_mode=False, error_dir=tmp_path / "stall",
+        distributed.run(rank_one_stalls, 10.0, num_processes=2, local_mode=False, error_dir=tmp_path / "stall",
                         timeout_s=4)
     message = str(failure.value)
     assert "rank 0 raised CollectiveTimeout: a collective did not complete within 4 s" in message
