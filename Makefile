@@ -37,8 +37,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	@touch $@
 
+# --durations: CI's log lists the slowest tests (the suite must stay under 20 minutes on 2 cores).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # No Spark session, no training ranks, no MLflow store: the markers of pyproject.toml.
 test-fast: setup
