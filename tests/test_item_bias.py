@@ -37,8 +37,9 @@ def test_off_by_default_with_no_bias_table_and_the_same_start_as_with_one():
     assert Stage1Model(3, 4).hparams["item_bias"] is False and TrainConfig(data=".").item_bias is False
     assert plain.items.bias is None and not any("bias" in k for k in plain.state_dict())
     biased = stage1(True)
-    # The bias table draws no random numbers and starts at 0: same weights, and the same scores and loss up to
-    # float rounding (the appended bias column makes the matmul wider, and BLAS may then sum in another order).
+    # The bias table draws no random numbers and starts at 0: same weights, same loss, and the same scores up to
+    # float rounding (score_all's appended bias column makes the matmul wider, and BLAS may then sum in another
+    # order: 7e-9 apart on an AMD EPYC box).
     for name, value in plain.state_dict().items():
         assert torch.equal(value, biased.state_dict()[name]), name
     users = torch.tensor([0, 3, 9])
@@ -46,7 +47,7 @@ def test_off_by_default_with_no_bias_table_and_the_same_start_as_with_one():
     torch.testing.assert_close(biased.score_all(state), plain.score_all(state), rtol=0, atol=1e-6)
     batch = {"user_id": torch.tensor([0, 5]), "item_id": torch.tensor([1, 2]),
              "neg_item_ids": torch.tensor([[3, 4, 5], [6, 7, 8]])}
-    assert biased(batch).item() == pytest.approx(plain(batch).item(), rel=0, abs=1e-6)
+    assert biased(batch).item() == plain(batch).item()
 
 
 def test_scores_and_the_stage1_loss_differ_exactly_by_b_i():
