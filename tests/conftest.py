@@ -21,6 +21,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 # tests/test_cluster_lane.py runs it as a separate pytest process with this variable set.
 CLUSTER_LANE = "TWOTS_CLUSTER_LANE"
 collect_ignore = [] if os.environ.get(CLUSTER_LANE) else ["cluster"]
+CLUSTER_LANE_RUN = pytest.StashKey()  # test_cluster_lane.Lane, started when collection ends
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -62,23 +63,60 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def prepared_movielens(spark, shared_data, tmp_path_factory) -> Path:
-    """ml-latest-small prepared once per session (all 610 users, 100,836 ratings): t*=20, K=10, p=10,
-    99 eval negatives, seed 7. Returns the output folder (Delta tables and manifest.json, see docs/design.md)."""
+def prepare_movielens(spark, input: Path, output: Path) -> Path:
+    """A MovieLens-format folder prepared with the tests' settings: t*=20, K=10, p=10, 99 eval negatives, seed 7.
+    Returns the output folder (Delta tables and manifest.json, see docs/design.md)."""
     from pipelines import PrepareConfig, prepare
 
-    output = tmp_path_factory.mktemp("prepared_movielens")
-    prepare(PrepareConfig(source="movielens", input=str(shared_data / "ml-latest-small"), output=str(output),
-                          threshold=20, last_k=10, negatives=10, eval_negatives=99, seed=7), spark)
+    prepare(PrepareConfig(source="movielens", input=str(input), output=str(output), threshold=20, last_k=10,
+                          negatives=10, eval_negatives=99, seed=7), spark)
     return output
 
 
+@pytest.fixture(scope="session")
+def prepared_movielens(spark, shared_data, tmp_path_factory) -> Path:
+    """ml-latest-small prepared once per session (all 610 users, 100,836 ratings)."""
+    return prepare_movielens(spark, shared_data / "ml-latest-small", tmp_path_factory.mktemp("prepared_movielens"))
+
+
+SMALL_USERS = 250
+
+
+@pytest.fixture(scope="session")
+def small_movielens(spark, shared_data, tmp_path_factory) -> Path:
+    """The first 250 users of ml-latest-small (37,447 ratings; all of movies.csv), prepared like prepared_movielens:
+    for the tests that train and replay end to end, where the other 360 users only add minutes."""
+    source = shared_data / "ml-latest-small"
+    folder = tmp_path_factory.mktemp("small_movielens")
+    (folder / "raw").mkdir()
+    with (source / "ratings.csv").open() as full, (folder / "raw" / "ratings.csv").open("w") as small:
+        small.write(next(full))
+        small.writelines(line for line in full if int(line.split(",", 1)[0]) <= SMALL_USERS)
+    (folder / "raw" / "movies.csv").write_bytes((source / "movies.csv").read_bytes())
+    return prepare_movielens(spark, folder / "raw", folder / "prepared")
+
+
 def pytest_collection_modifyitems(items):
-    """Every test that needs the Spark session (directly or through a fixture) is in the `spark` lane."""
+    """Every test that needs the Spark session (directly or through a fixture) is in the `spark` lane; the cluster
+    lane's test runs last (it waits for the process that pytest_collection_finish starts)."""
     for item in items:
         if "spark" in item.fixturenames:
             item.add_marker(pytest.mark.spark)
+    items.sort(key=lambda item: item.name == "test_cluster_lane")
+
+
+def pytest_collection_finish(session):
+    """Start tests/cluster beside this run when its test is selected (after -m and -k)."""
+    if session.config.option.collectonly or not any(i.name == "test_cluster_lane" for i in session.items):
+        return
+    from test_cluster_lane import Lane
+
+    session.config.stash[CLUSTER_LANE_RUN] = Lane.start()
+
+
+def pytest_unconfigure(config):
+    if CLUSTER_LANE_RUN in config.stash:
+        config.stash[CLUSTER_LANE_RUN].stop()
 
 
 def load_bench(name: str):

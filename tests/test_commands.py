@@ -2,10 +2,11 @@
 
 Every command is checked statically (its program exists, its job parses its flags); the README's (prepare, train,
 evaluate, register, validate, promote, serve) and the one the demo prints (serve) also run, in that order, in a
-subprocess with a clean environment (`env -i HOME PATH=/usr/bin:/bin`), on a copy of the session's prepared
-ml-latest-small. The README's prepare is stopped once it has read and validated the input (its full run on
-ml-latest-small with 499 negatives is the demo's first step), evaluate once it replays (train has just replayed
-with the same code); the others run to the end, and serve until /ping and a request answer.
+subprocess with a clean environment (`env -i HOME PATH=/usr/bin:/bin`), on a copy of the session's prepared first
+250 users of ml-latest-small (conftest.small_movielens). The README's prepare is stopped once it has read and
+validated the input (its full run on ml-latest-small with 499 negatives is the demo's first step), evaluate once it
+replays (train has just replayed with the same code); the others run to the end, and serve until /ping and a
+request answer.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def spark_info_lines(output: str) -> list[str]:
 
 
 @pytest.mark.timeout(2400)  # six JVM starts, a training run and a replay: a loaded box takes many times longer
-def test_readme_and_demo_commands_work_as_printed(prepared_movielens, tmp_path):
+def test_readme_and_demo_commands_work_as_printed(small_movielens, tmp_path):
     commands = readme_commands()
     programs = [" ".join(program_and_args(c)[:2]) for c in commands]
     assert programs == ["bin/spark-submit jobs/prepare.py", "bin/spark-submit jobs/train.py",
@@ -172,7 +173,7 @@ def test_readme_and_demo_commands_work_as_printed(prepared_movielens, tmp_path):
                         "bin/python jobs/validate.py", "bin/python jobs/promote.py", "bin/mlflow models"]
     prepare, train, evaluate, register, validate, promote, serve = commands
     data = tmp_path / "twots"
-    shutil.copytree(prepared_movielens, data, ignore=shutil.ignore_patterns("runs", "mlflow.db", "mlartifacts"))
+    shutil.copytree(small_movielens, data, ignore=shutil.ignore_patterns("runs", "mlflow.db", "mlartifacts"))
     shell = Shell(tmp_path, {"/data/twots": str(data)})
 
     # prepare: into a folder of its own, until it has read and validated the input; quiet from the first line.

@@ -27,8 +27,8 @@ def weights(path) -> dict[str, torch.Tensor]:
 @pytest.mark.distributed
 @pytest.mark.mlflow
 @pytest.mark.slow
-def test_two_stage_training_tracking_determinism_and_resume(spark, prepared_movielens, tmp_path):
-    cfg = config(prepared_movielens, tmp_path / "a", model="2ts-plus", loader="petastorm")
+def test_two_stage_training_tracking_determinism_and_resume(spark, small_movielens, tmp_path):
+    cfg = config(small_movielens, tmp_path / "a", model="2ts-plus", loader="petastorm")
     result = train(cfg, spark)
 
     stage1, stage2 = result.stages
@@ -49,7 +49,7 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, prepared_movi
     assert test["overall"]["count"] == test["active"]["count"] + test["inactive"]["count"] + test["new"]["count"]
 
     client = mlflow.MlflowClient()
-    assert mlflow.get_tracking_uri() == f"sqlite:///{prepared_movielens.resolve()}/mlflow.db"
+    assert mlflow.get_tracking_uri() == f"sqlite:///{small_movielens.resolve()}/mlflow.db"
     run = client.get_run(result.run_id)
     assert run.data.params["model"] == "2ts-plus" and run.data.params["stage1_epochs"] == "2"
     assert run.data.params["data.stage1_offers.version"] == "0"
@@ -59,7 +59,7 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, prepared_movi
     assert run.data.metrics["stage2_throughput"] > 0
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"data", "plots", "stages", "evaluation"} <= artifacts  # the model is an MLflow 3 logged model
-    assert run.info.artifact_uri.startswith((prepared_movielens / "mlartifacts").resolve().as_uri())
+    assert run.info.artifact_uri.startswith((small_movielens / "mlartifacts").resolve().as_uri())
     served = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
     assert served.metadata.metadata["n_items"] == model.hparams["n_items"]
 
@@ -83,8 +83,8 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, prepared_movi
 
 @pytest.mark.distributed
 @pytest.mark.mlflow
-def test_stage2_on_a_given_stage1_model(spark, prepared_movielens, tmp_path):
-    base = config(prepared_movielens, tmp_path / "s1", model="2ts", stage1_epochs=1, stage2_epochs=1,
+def test_stage2_on_a_given_stage1_model(spark, small_movielens, tmp_path):
+    base = config(small_movielens, tmp_path / "s1", model="2ts", stage1_epochs=1, stage2_epochs=1,
                   loader="parquet", evaluate=False)
     first = train(base, spark)
     stage1 = tmp_path / "s1" / "stage1.pt"

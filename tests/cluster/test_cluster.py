@@ -126,12 +126,12 @@ def test_a_collective_that_cannot_complete_times_out(spark, tmp_path):
 
 
 @pytest.mark.timeout(1800)  # prepare, train, evaluate and validate on a busy 2-core box
-def test_prepare_train_on_executors_evaluate_register_validate(spark, prepared_movielens, tmp_path):
-    """prepared_movielens ran on this cluster session; 2TS trains with its ranks on the executors, reading
+def test_prepare_train_on_executors_evaluate_register_validate(spark, small_movielens, tmp_path):
+    """small_movielens was prepared on this cluster session; 2TS trains with its ranks on the executors, reading
     petastorm's cache and the side data from under the data folder."""
-    run_dir = prepared_movielens / "runs" / "cluster-2ts"
+    run_dir = small_movielens / "runs" / "cluster-2ts"
     cfg = resolve(TrainConfig, "train", {
-        "data": str(prepared_movielens), "run_dir": str(run_dir), "model": "2ts", "num_processes": 2,
+        "data": str(small_movielens), "run_dir": str(run_dir), "model": "2ts", "num_processes": 2,
         "local_mode": False, "stage1_epochs": 1, "stage2_epochs": 1, "stage1_batch_size": 512,
         "stage2_batch_size": 32, "log_every_s": 1000, "seed": 3})
     result = train(cfg, spark)
@@ -142,7 +142,7 @@ def test_prepare_train_on_executors_evaluate_register_validate(spark, prepared_m
     test_mrr = result.metrics["test"]["overall"]["mrr"]
     assert test_mrr > sum(1 / r for r in range(1, 101)) / 100  # one epoch per stage: better than random among 1 + 99
 
-    rcfg = resolve(RegistryConfig, "registry", {"data": str(prepared_movielens), "model_name": "twots-cluster"})
+    rcfg = resolve(RegistryConfig, "registry", {"data": str(small_movielens), "model_name": "twots-cluster"})
     client = connect(rcfg)
     version = register(client, rcfg.model_name, result.run_id)
     assert validate(client, rcfg, spark, version)
