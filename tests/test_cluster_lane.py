@@ -2,7 +2,7 @@
 process: its session is a `local-cluster` master, and one process holds one SparkSession (this one's is local[2]).
 
 The process starts when collection ends (tests/conftest.py, pytest_collection_finish) and runs beside the main
-suite, whose tests leave one of the two cores idle much of the time; this test, ordered last, waits for it.
+suite, to use what the main suite's short Spark jobs leave of the two cores; this test, ordered last, waits for it.
 """
 
 from __future__ import annotations
