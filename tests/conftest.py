@@ -21,7 +21,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 # tests/test_cluster_lane.py runs it as a separate pytest process with this variable set.
 CLUSTER_LANE = "TWOTS_CLUSTER_LANE"
 collect_ignore = [] if os.environ.get(CLUSTER_LANE) else ["cluster"]
-CLUSTER_LANE_RUN = pytest.StashKey()  # test_cluster_lane.Lane, started when collection ends
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -97,26 +96,10 @@ def small_movielens(spark, shared_data, tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that needs the Spark session (directly or through a fixture) is in the `spark` lane; the cluster
-    lane's test runs last (it waits for the process that pytest_collection_finish starts)."""
+    """Every test that needs the Spark session (directly or through a fixture) is in the `spark` lane."""
     for item in items:
         if "spark" in item.fixturenames:
             item.add_marker(pytest.mark.spark)
-    items.sort(key=lambda item: item.name == "test_cluster_lane")
-
-
-def pytest_collection_finish(session):
-    """Start tests/cluster beside this run when its test is selected (after -m and -k)."""
-    if session.config.option.collectonly or not any(i.name == "test_cluster_lane" for i in session.items):
-        return
-    from test_cluster_lane import Lane
-
-    session.config.stash[CLUSTER_LANE_RUN] = Lane.start()
-
-
-def pytest_unconfigure(config):
-    if CLUSTER_LANE_RUN in config.stash:
-        config.stash[CLUSTER_LANE_RUN].stop()
 
 
 def load_bench(name: str):
