@@ -37,9 +37,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	@touch $@
 
-# --durations: CI's log lists the slowest tests (the suite must stay under 20 minutes on 2 cores).
+# --durations: CI's log lists the slowest tests (the suite must stay under 20 minutes on 2 cores). Two workers, a
+# file at a time, the files with slow tests first (tests/conftest.py); TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # No Spark session, no training ranks, no MLflow store: the markers of pyproject.toml.
 test-fast: setup

@@ -34,14 +34,22 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+# The test JVMs live for minutes on tiny data, two or more at once on 2 cores: without C2's compiler threads and
+# the parallel GC's threads they leave the cores to the work (two prepares of 37k ratings side by side: 130 s with
+# the JVM's defaults, 72 s with these). Not the jobs' default: a long job gains from C2.
+TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
+
 @pytest.fixture(scope="session")
 def spark_conf(tmp_path_factory) -> dict[str, str]:
-    """Settings of every test session: few partitions, no UI, a warehouse in pytest's temp folder."""
+    """Settings of every test session: few partitions, no UI, a warehouse in pytest's temp folder, quick JVMs."""
     return {
         "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("spark-warehouse")),
         "spark.sql.shuffle.partitions": "4",
         "spark.default.parallelism": "4",
         "spark.ui.enabled": "false",
+        "spark.driver.extraJavaOptions": TEST_JVM_OPTIONS,
+        "spark.executor.extraJavaOptions": TEST_JVM_OPTIONS,
     }
 
 
@@ -62,29 +70,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def prepare_movielens(spark, input: Path, output: Path) -> Path:
-    """A MovieLens-format folder prepared with the tests' settings: t*=20, K=10, p=10, 99 eval negatives, seed 7.
-    Returns the output folder (Delta tables and manifest.json, see docs/design.md)."""
-    from pipelines import PrepareConfig, prepare
-
-    prepare(PrepareConfig(source="movielens", input=str(input), output=str(output), threshold=20, last_k=10,
-                          negatives=10, eval_negatives=99, seed=7), spark)
-    return output
-
-
-@pytest.fixture(scope="session")
-def prepared_movielens(spark, shared_data, tmp_path_factory) -> Path:
-    """ml-latest-small prepared once per session (all 610 users, 100,836 ratings)."""
-    return prepare_movielens(spark, shared_data / "ml-latest-small", tmp_path_factory.mktemp("prepared_movielens"))
-
-
 SMALL_USERS = 250
 
 
 @pytest.fixture(scope="session")
 def small_movielens(spark, shared_data, tmp_path_factory) -> Path:
-    """The first 250 users of ml-latest-small (37,447 ratings; all of movies.csv), prepared like prepared_movielens:
-    for the tests that train and replay end to end, where the other 360 users only add minutes."""
+    """The first 250 users of ml-latest-small (37,447 of its 100,836 ratings; all of movies.csv) under `raw/`,
+    prepared once per session under `prepared/` with t*=20, K=10, p=10, 99 eval negatives, seed 7; returns the
+    prepared folder (Delta tables and manifest.json, see docs/design.md). Every test that reads prepared MovieLens
+    tables uses it: the other 360 users only add minutes (the demo prepares all of them)."""
+    from pipelines import PrepareConfig, prepare
+
     source = shared_data / "ml-latest-small"
     folder = tmp_path_factory.mktemp("small_movielens")
     (folder / "raw").mkdir()
@@ -92,14 +88,22 @@ def small_movielens(spark, shared_data, tmp_path_factory) -> Path:
         small.write(next(full))
         small.writelines(line for line in full if int(line.split(",", 1)[0]) <= SMALL_USERS)
     (folder / "raw" / "movies.csv").write_bytes((source / "movies.csv").read_bytes())
-    return prepare_movielens(spark, folder / "raw", folder / "prepared")
+    prepare(PrepareConfig(source="movielens", input=str(folder / "raw"), output=str(folder / "prepared"),
+                          threshold=20, last_k=10, negatives=10, eval_negatives=99, seed=7), spark)
+    return folder / "prepared"
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that needs the Spark session (directly or through a fixture) is in the `spark` lane."""
+    """Every test that needs the Spark session (directly or through a fixture) is in the `spark` lane.
+
+    `make test` runs two pytest-xdist workers, a file at a time (--dist loadfile --no-loadscope-reorder): the files
+    that hold a `slow` test go first, so that the last minutes are not one long file on one worker while the other
+    waits."""
     for item in items:
         if "spark" in item.fixturenames:
             item.add_marker(pytest.mark.spark)
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: file order kept within each group
 
 
 def load_bench(name: str):

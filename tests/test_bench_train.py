@@ -66,15 +66,15 @@ def table_rows(markdown: str) -> dict[tuple[str, str, int], dict]:
 @pytest.mark.timeout(900)
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_export_then_every_kind_under_torchrun(spark, prepared_movielens, tmp_path):
+def test_export_then_every_kind_under_torchrun(spark, small_movielens, tmp_path):
     max_len = 50
-    export = bench.export(spark, prepared_movielens, tmp_path, max_len)
+    export = bench.export(spark, small_movielens, tmp_path, max_len)
     layouts = json.loads((export / "layouts.json").read_text())
     assert sorted(layouts) == sorted(TABLES)
     assert layouts["full_sequences"]["seq_len"] == max_len and layouts["full_sequences"]["negatives"] == 10
 
     # Full histories: each user with training clicks, their last max_len of them; 2TS's sequences end the same way.
-    activity = spark.read.format("delta").load(str(prepared_movielens / "user_activity")).toPandas()
+    activity = spark.read.format("delta").load(str(small_movielens / "user_activity")).toPandas()
     n_train = dict(zip(activity["user_id"], activity["n_train"]))
     full = read_columns(str(export / "full_sequences"), ("user_id", "item_ids"))
     lengths = dict(zip(full["user_id"].tolist(), (full["item_ids"] >= 0).sum(1).tolist()))

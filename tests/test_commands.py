@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import stop_process_group
+from conftest import TEST_JVM_OPTIONS, stop_process_group
 from test_bundle import job_config
 
 from twots.config import parser_for, resolve
@@ -34,7 +34,7 @@ from twots.setup_env import write_spark_conf
 
 REPO = Path(__file__).resolve().parent.parent
 # What a new user's shell has. SPARK_CONF_DIR holds what `make setup` writes into the venv's pyspark/conf (the venv
-# this test runs from may have been set up before the log4j2 settings existed).
+# this test runs from may have been set up before the log4j2 settings existed), and the tests' JVM options.
 CLEAN_ENV = {"HOME": os.environ["HOME"], "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 # A command: optional VAR=value words, then one of these programs (the first five need an activated venv).
 COMMAND = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(python3?|spark-submit|mlflow|pytest|\.venv/|bin/|make|curl|bench/|docker"
@@ -120,6 +120,8 @@ class Shell:
         self.substitutions = substitutions
         conf = tmp / "spark-conf"
         write_spark_conf(conf)
+        with (conf / "spark-defaults.conf").open("a") as defaults:
+            defaults.write(f"spark.driver.extraJavaOptions {TEST_JVM_OPTIONS}\n")
         self.env = {**CLEAN_ENV, "SPARK_CONF_DIR": str(conf)}
 
     def expand(self, command: str) -> str:
@@ -164,6 +166,7 @@ def spark_info_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if re.match(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d INFO ", line)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2400)  # six JVM starts, a training run and a replay: a loaded box takes many times longer
 def test_readme_and_demo_commands_work_as_printed(small_movielens, tmp_path):
     commands = readme_commands()

@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 EVENTS, USERS, NEGATIVES, ITEMS = 150_000, 3_000, 499, 9_000
 
 
+@pytest.mark.slow
 def test_candidates_bigger_than_the_driver_heap_load(tmp_path):
     proc = subprocess.run([sys.executable, __file__, str(tmp_path)], capture_output=True, text=True, timeout=1200,
                           check=False)
@@ -42,13 +44,15 @@ def other_negatives(event_id):
 
 
 def child(folder: Path) -> dict:
+    from conftest import TEST_JVM_OPTIONS
     from pyspark.sql import functions as F
 
     from twots.evaluation.evaluate import load_arrays, read_delta
     from twots.spark import OutOfMemory, get_spark, memory_guard
 
     spark = get_spark("twots-small-heap", master="local[2]", conf={
-        "spark.driver.memory": "512m", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"})
+        "spark.driver.memory": "512m", "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4",
+        "spark.driver.extraJavaOptions": TEST_JVM_OPTIONS})
     spark.sparkContext.setLogLevel("OFF")
     events = spark.range(EVENTS, numPartitions=48).select(
         F.col("id").alias("event_id"), (F.col("id") % USERS).cast("int").alias("user_id"),

@@ -1,4 +1,4 @@
-"""twots.evaluation.evaluate on the pipeline's real Delta tables (prepared_movielens: 99 negatives per event)."""
+"""twots.evaluation.evaluate on the pipeline's real Delta tables (small_movielens: 99 negatives per event)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel
 
 
 @pytest.fixture(scope="module")
-def blind_model(prepared_movielens) -> TwoTimeScaleModel:
+def blind_model(small_movielens) -> TwoTimeScaleModel:
     """A 2TS model whose item vectors are all zero: every candidate ties, so every rank is 1 + 99/2."""
-    manifest = json.loads((prepared_movielens / "manifest.json").read_text())
+    manifest = json.loads((small_movielens / "manifest.json").read_text())
     stage1 = Stage1Model(manifest["n_users"], manifest["n_items"], item_dim=8, feature_dim=4)
     with torch.no_grad():
         for p in stage1.parameters():
@@ -35,10 +35,10 @@ def blind_model(prepared_movielens) -> TwoTimeScaleModel:
     return TwoTimeScaleModel.from_stage1(stage1)
 
 
-def test_evaluate_replays_val_then_test_and_groups_events(spark, prepared_movielens, blind_model):
-    report = evaluate(blind_model, prepared_movielens, spark, batch_users=64)
-    candidates = spark.read.format("delta").load(str(prepared_movielens / "eval_candidates"))
-    activity = spark.read.format("delta").load(str(prepared_movielens / "user_activity"))
+def test_evaluate_replays_val_then_test_and_groups_events(spark, small_movielens, blind_model):
+    report = evaluate(blind_model, small_movielens, spark, batch_users=64)
+    candidates = spark.read.format("delta").load(str(small_movielens / "eval_candidates"))
+    activity = spark.read.format("delta").load(str(small_movielens / "user_activity"))
     per_split = {r["split"]: r["count"] for r in candidates.groupBy("split").count().collect()}
     assert report["events"] == per_split["val"] + per_split["test"]
 
@@ -70,30 +70,30 @@ def test_evaluate_replays_val_then_test_and_groups_events(spark, prepared_moviel
     assert first_test_step == fewest_val + 1
 
 
-def test_a_folder_prepared_before_is_repeat_evaluates_without_it(spark, prepared_movielens, blind_model, tmp_path,
+def test_a_folder_prepared_before_is_repeat_evaluates_without_it(spark, small_movielens, blind_model, tmp_path,
                                                                  capsys):
-    old = spark.read.format("delta").load(str(prepared_movielens / "eval_candidates")).drop("is_repeat")
-    view = make_view(spark, prepared_movielens, tmp_path / "old", {"eval_candidates": old})
+    old = spark.read.format("delta").load(str(small_movielens / "eval_candidates")).drop("is_repeat")
+    view = make_view(spark, small_movielens, tmp_path / "old", {"eval_candidates": old})
     test = evaluate(blind_model, view, spark, ("test",))["metrics"]["test"]
     assert "repeat" not in test and "first_click" not in test
     assert test["overall"]["count"] == old.where("split = 'test'").count()
     assert "no is_repeat column" in capsys.readouterr().out
 
 
-def test_unknown_split_is_an_error(spark, prepared_movielens, blind_model):
+def test_unknown_split_is_an_error(spark, small_movielens, blind_model):
     with pytest.raises(ValueError, match="unknown splits"):
-        evaluate(blind_model, prepared_movielens, spark, splits=("train",))
+        evaluate(blind_model, small_movielens, spark, splits=("train",))
 
 
-def test_arrays_loaded_once_replay_like_a_fresh_read(spark, prepared_movielens):
+def test_arrays_loaded_once_replay_like_a_fresh_read(spark, small_movielens):
     """compare loads val + test once and replays val alone per checkpoint: same ranks as reading val alone."""
-    manifest = json.loads((prepared_movielens / "manifest.json").read_text())
+    manifest = json.loads((small_movielens / "manifest.json").read_text())
     torch.manual_seed(0)
     model = TwoTimeScaleModel.from_stage1(Stage1Model(manifest["n_users"], manifest["n_items"], item_dim=8,
                                                       feature_dim=4))
-    loaded = load_arrays(prepared_movielens, spark)
+    loaded = load_arrays(small_movielens, spark)
     from_loaded = evaluate_loaded(model, loaded, ("val",), batch_users=64)
-    fresh = evaluate(model, prepared_movielens, spark, splits=("val",), batch_users=64)
+    fresh = evaluate(model, small_movielens, spark, splits=("val",), batch_users=64)
     assert from_loaded["events"] == fresh["events"] == int((loaded.split == "val").sum())
     assert from_loaded["metrics"] == fresh["metrics"]
     assert 0 < fresh["metrics"]["val"]["overall"]["mrr"] != pytest.approx(1 / 50.5)  # real scores, not all ties
@@ -102,11 +102,11 @@ def test_arrays_loaded_once_replay_like_a_fresh_read(spark, prepared_movielens):
 
 
 @pytest.fixture(scope="module")
-def integer_ccf(prepared_movielens) -> Stage1Model:
+def integer_ccf(small_movielens) -> Stage1Model:
     """A random CCF model with small integer phi and item vectors and zero feature vectors: every score is an exact
     integer, so ties are many and a float64 brute force must agree to the last bit. Every user is known (its own
     random phi, new users included)."""
-    manifest = json.loads((prepared_movielens / "manifest.json").read_text())
+    manifest = json.loads((small_movielens / "manifest.json").read_text())
     model = Stage1Model(manifest["n_users"], manifest["n_items"], n_features=manifest["n_features"],
                         max_features=manifest["max_features_per_item"], item_dim=8, feature_dim=4)
     generator = torch.Generator().manual_seed(11)
@@ -120,11 +120,11 @@ def integer_ccf(prepared_movielens) -> Stage1Model:
 
 
 @pytest.fixture(scope="module")
-def brute_force(spark, prepared_movielens, integer_ccf) -> dict:
+def brute_force(spark, small_movielens, integer_ccf) -> dict:
     """Independent of the replay: each test event's rank among every item, by numpy over the Delta tables, kept or
     with the items clicked before (training, then val/test events in (ts, event_id) order) left out."""
     def read(table):
-        return spark.read.format("delta").load(str(prepared_movielens / table))
+        return spark.read.format("delta").load(str(small_movielens / table))
 
     events = read("eval_candidates").select("user_id", "ts", "event_id", "item_id", "split").toPandas()
     events = events.sort_values(["user_id", "ts", "event_id"]).reset_index(drop=True)
@@ -177,10 +177,10 @@ def assert_full_metrics(summary: dict, test, ranks: np.ndarray, chosen: np.ndarr
 
 
 @pytest.mark.parametrize("exclude_seen", [False, True])
-def test_full_ranking_of_every_user_matches_a_brute_force(spark, prepared_movielens, integer_ccf, brute_force,
+def test_full_ranking_of_every_user_matches_a_brute_force(spark, small_movielens, integer_ccf, brute_force,
                                                            exclude_seen):
     full = FullRankingConfig(full_users=None, exclude_seen=exclude_seen, full_memory_mb=4)  # chunks of 70 users
-    report = evaluate(integer_ccf, prepared_movielens, spark, batch_users=256, full=full)
+    report = evaluate(integer_ccf, small_movielens, spark, batch_users=256, full=full)
     test = brute_force["test"]
     ranks = brute_force["excluded" if exclude_seen else "kept"]
     assert_full_metrics(report["metrics"]["test"], test, ranks, np.ones(len(test), bool))
@@ -192,8 +192,8 @@ def test_full_ranking_of_every_user_matches_a_brute_force(spark, prepared_moviel
     assert np.mean(brute_force["excluded"] < brute_force["kept"]) > 0.5
 
 
-def test_full_ranking_of_a_user_sample(spark, prepared_movielens, integer_ccf, brute_force):
-    loaded = load_arrays(prepared_movielens, spark)
+def test_full_ranking_of_a_user_sample(spark, small_movielens, integer_ccf, brute_force):
+    loaded = load_arrays(small_movielens, spark)
     full = FullRankingConfig(full_users=40, full_seed=3, exclude_seen=True)
     test_only = loaded.only(("test",))
     chosen = full_ranked(test_only.events, test_only.split, full, on_gpu=False)
@@ -204,7 +204,7 @@ def test_full_ranking_of_a_user_sample(spark, prepared_movielens, integer_ccf, b
     off = full.model_copy(update={"full_users": 0})
     assert not full_ranked(test_only.events, test_only.split, off, on_gpu=True).any()
     report = evaluate_loaded(integer_ccf, loaded, ("val", "test"), full=full,
-                             history=load_history(prepared_movielens, spark))
+                             history=load_history(small_movielens, spark))
     test = brute_force["test"]
     sampled = test["user_id"].isin(users).to_numpy()
     assert_full_metrics(report["metrics"]["test"], test, brute_force["excluded"], sampled)

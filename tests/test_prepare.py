@@ -1,4 +1,5 @@
-"""The prepare job on real ml-latest-small (the session fixture): tables, columns and their invariants."""
+"""The prepare job on real MovieLens ratings (the session fixture: ml-latest-small's first 250 users): tables,
+columns and their invariants."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import pytest
 
 from twots.data.tables import COLUMNS as DESIGN_COLUMNS  # the contract the pipeline must write
 
-N_RATINGS = 100_836  # ml-latest-small, SOURCE.md
+N_RATINGS = 37_447  # the ratings of ml-latest-small's users 1-250 (conftest.small_movielens)
+N_ITEMS = 6_127    # the movies they rated
+N_TRAIN, N_TRAIN_VAL = 26_212, 29_957  # the first 70 % and 80 % of the events in time
 
 
 @pytest.fixture(scope="module")
-def tables(spark, prepared_movielens):
-    return {name: spark.read.format("delta").load(str(prepared_movielens / name)) for name in DESIGN_COLUMNS}
+def tables(spark, small_movielens):
+    return {name: spark.read.format("delta").load(str(small_movielens / name)) for name in DESIGN_COLUMNS}
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +26,8 @@ def frames(tables):
 
 
 @pytest.fixture(scope="module")
-def manifest(prepared_movielens):
-    return json.loads((prepared_movielens / "manifest.json").read_text())
+def manifest(small_movielens):
+    return json.loads((small_movielens / "manifest.json").read_text())
 
 
 def test_tables_have_the_design_columns(tables):
@@ -36,13 +39,13 @@ def test_manifest_counts_match_the_data(manifest, frames):
     assert manifest["input_rows"] == N_RATINGS + 1  # the header line is an input row, rejected as "header"
     assert manifest["accepted"] == N_RATINGS
     assert manifest["rejected"] == {"header": 1}
-    assert (manifest["n_users"], manifest["n_items"]) == (610, 9724)
-    assert manifest["splits"] == {"train": 70585, "val": 80668 - 70585, "test": N_RATINGS - 80668}
+    assert (manifest["n_users"], manifest["n_items"]) == (250, N_ITEMS)
+    assert manifest["splits"] == {"train": N_TRAIN, "val": N_TRAIN_VAL - N_TRAIN, "test": N_RATINGS - N_TRAIN_VAL}
     assert manifest["n_features"] == 20  # 19 genres and "(no genres listed)"
     activity = frames["user_activity"]
     assert manifest["n_active"] == int(activity.is_active.sum())
     assert manifest["n_new"] == int((activity.n_train == 0).sum())
-    assert manifest["n_active"] + manifest["n_inactive"] + manifest["n_new"] == 610
+    assert manifest["n_active"] + manifest["n_inactive"] + manifest["n_new"] == 250
     for name, df in frames.items():
         assert manifest["tables"][name]["rows"] == len(df), name
         assert manifest["tables"][name]["version"] == 0
@@ -54,15 +57,15 @@ def test_event_ids_are_a_global_time_order(frames):
     assert events.event_id.tolist() == list(range(N_RATINGS))
     assert (np.diff(events.ts.to_numpy()) >= 0).all()
     first_val = events.split.tolist().index("val")
-    assert events.split.iloc[:first_val].eq("train").all() and first_val == 70585
+    assert events.split.iloc[:first_val].eq("train").all() and first_val == N_TRAIN
     assert events[events.split == "train"].ts.max() <= events[events.split == "val"].ts.min()
     assert events[events.split == "val"].ts.max() <= events[events.split == "test"].ts.min()
 
 
-def test_ids_map_back_to_raw_ratings(frames, shared_data):
+def test_ids_map_back_to_raw_ratings(frames, small_movielens):
     import pandas as pd
 
-    raw = pd.read_csv(shared_data / "ml-latest-small" / "ratings.csv")
+    raw = pd.read_csv(small_movielens.parent / "raw" / "ratings.csv")
     events = (frames["interactions"].merge(frames["users"], on="user_id").merge(frames["items"], on="item_id"))
     got = set(zip(events.raw_user_id.astype(int), events.raw_item_id.astype(int), events.ts))
     assert got == set(zip(raw.userId, raw.movieId, raw.timestamp))
@@ -103,18 +106,18 @@ def _check_negatives(df, p, n_items):
 
 def test_offer_negatives_are_uniform_and_never_the_positive(frames):
     offers = frames["stage1_offers"]
-    assert len(offers) == 70585
-    negs = _check_negatives(offers, 10, 9724)
-    counts = np.bincount(negs.ravel(), minlength=9724)
-    expected = negs.size / 9724
+    assert len(offers) == N_TRAIN
+    negs = _check_negatives(offers, 10, N_ITEMS)
+    counts = np.bincount(negs.ravel(), minlength=N_ITEMS)
+    expected = negs.size / N_ITEMS
     chi2 = ((counts - expected) ** 2 / expected).sum()
-    assert chi2 < 9723 + 6 * np.sqrt(2 * 9723)  # uniform: chi2 ~ dof +- sqrt(2 dof)
+    assert chi2 < (N_ITEMS - 1) + 6 * np.sqrt(2 * (N_ITEMS - 1))  # uniform: chi2 ~ dof +- sqrt(2 dof)
 
 
 def test_eval_candidates_cover_val_and_test(frames):
     cands = frames["eval_candidates"]
     events = frames["interactions"].query("split != 'train'")
     assert sorted(cands.event_id) == sorted(events.event_id)
-    _check_negatives(cands, 99, 9724)
+    _check_negatives(cands, 99, N_ITEMS)
     train_negs = set(map(tuple, frames["stage1_offers"].neg_item_ids.head(100)))
     assert not train_negs & set(map(tuple, cands.neg_item_ids))

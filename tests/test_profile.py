@@ -4,7 +4,7 @@ computation, a prepared folder (val/test activity shares), samples of users, the
 from __future__ import annotations
 
 import json
-import subprocess
+import runpy
 import sys
 
 import mlflow
@@ -85,12 +85,12 @@ def test_samples_of_every_user_give_the_full_profile(spark, shared_data):
         sample_profile(events, size=full["users"] + 1, samples=1)
 
 
-def test_prepared_folder_has_the_activity_shares_of_val_and_test(spark, prepared_movielens):
-    p = profile(ProfileConfig(input=str(prepared_movielens)), spark)
-    manifest = json.loads((prepared_movielens / "manifest.json").read_text())
+def test_prepared_folder_has_the_activity_shares_of_val_and_test(spark, small_movielens):
+    p = profile(ProfileConfig(input=str(small_movielens)), spark)
+    manifest = json.loads((small_movielens / "manifest.json").read_text())
     assert p["events"] == manifest["accepted"] and p["users"] == manifest["n_users"]
-    interactions = spark.read.format("delta").load(str(prepared_movielens / "interactions"))
-    activity = spark.read.format("delta").load(str(prepared_movielens / "user_activity"))
+    interactions = spark.read.format("delta").load(str(small_movielens / "interactions"))
+    activity = spark.read.format("delta").load(str(small_movielens / "user_activity"))
     df = interactions.where(F.col("split") != "train").join(activity, "user_id").select(
         "split", "is_active", "n_train").toPandas()
     for split in ("val", "test"):
@@ -100,7 +100,7 @@ def test_prepared_folder_has_the_activity_shares_of_val_and_test(spark, prepared
         assert shares["new"] == pytest.approx((part.n_train == 0).mean())
         assert sum(shares.values()) == pytest.approx(1.0)
     with pytest.raises(ProfileError, match="not a prepared output folder"):
-        profile(ProfileConfig(input=str(prepared_movielens / "interactions")), spark)
+        profile(ProfileConfig(input=str(small_movielens / "interactions")), spark)
 
 
 def test_logged_to_an_mlflow_run(tmp_path):
@@ -117,16 +117,20 @@ def test_logged_to_an_mlflow_run(tmp_path):
     assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/data/profile.json") == p
 
 
-def test_job_writes_json_and_prints_a_summary(tmp_path, shared_data):
+def test_job_writes_json_and_prints_a_summary(spark, shared_data, tmp_path, capsys, monkeypatch):
+    """jobs/data_profile.py run in this process (its get_spark finds the session): the JSON it writes, its summary
+    line, and a bad flag's exit 2 naming the key."""
+    def job(*argv: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["jobs/data_profile.py", *argv])
+        runpy.run_path(str(REPO_ROOT / "jobs" / "data_profile.py"), run_name="__main__")
+
     out = tmp_path / "profile.json"
-    result = subprocess.run(
-        [sys.executable, "jobs/data_profile.py", "--source", "taobao", "--output", str(out),
-         "--input", str(shared_data / "taobao-sample" / "UserBehavior.csv"), "--sample-users", "50", "--samples", "2"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
+    job("--source", "taobao", "--output", str(out), "--input", str(shared_data / "taobao-sample" / "UserBehavior.csv"),
+        "--sample-users", "50", "--samples", "2")
+    printed = capsys.readouterr().out
     written = json.loads(out.read_text())
     assert written["events"] == 10_000 and written["samples"]["samples_of"] == {"users": 50, "samples": 2, "seed": 0}
-    assert "10,000 events, 114 users" in result.stdout and "mean of 2 samples of 50 users" in result.stdout
-    bad = subprocess.run([sys.executable, "jobs/data_profile.py", "--input", "x", "--session-gap", "0"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert bad.returncode == 2 and "profile.session_gap" in bad.stderr
+    assert "10,000 events, 114 users" in printed and "mean of 2 samples of 50 users" in printed
+    with pytest.raises(SystemExit) as bad:
+        job("--input", "x", "--session-gap", "0")
+    assert bad.value.code == 2 and "profile.session_gap" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -88,9 +88,9 @@ def log_runs(spark, data, experiment: str, models: dict, kind) -> dict:
 
 
 @pytest.fixture(scope="module")
-def registry(spark, prepared_movielens, tmp_path_factory):
+def registry(spark, small_movielens, tmp_path_factory):
     """A fresh sqlite registry and three logged runs: random, popular and unpopular items first."""
-    data = prepared_movielens
+    data = small_movielens
     root = tmp_path_factory.mktemp("registry")
     tracking, client, experiment = fresh_registry(data, root, "registry-test")
     base = random_model(spark, data, root)
@@ -107,16 +107,16 @@ def aliases(client, name: str = NAME) -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
 
 
-def run_job(job: str, registry, *flags: str) -> dict:
-    """Run jobs/<job>.py as a process and return its published values (the JSON lines it prints)."""
+def run_job(job: str, registry, capsys, monkeypatch, *flags: str) -> dict:
+    """Run jobs/<job>.py in this process (the README's chain runs each as a process) and return the values it
+    published (the JSON lines it prints)."""
     cfg = registry["cfg"]
-    done = subprocess.run(
-        [sys.executable, os.path.join(REPO, "jobs", f"{job}.py"), "--data", cfg.data, "--model-name", NAME,
-         "--tracking-uri", registry["tracking"], "--split", cfg.split, *flags],
-        capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [f"jobs/{job}.py", "--data", cfg.data, "--model-name", NAME,
+                                      "--tracking-uri", registry["tracking"], "--split", cfg.split, *flags])
+    runpy.run_path(os.path.join(REPO, "jobs", f"{job}.py"), run_name="__main__")
     values = {}
-    for line in done.stdout.splitlines():
+    for line in capsys.readouterr().out.splitlines():
         if line.startswith("{"):
             values.update(json.loads(line))
     return values
@@ -130,17 +130,17 @@ def test_verdict_floor_and_relative_gain():
     assert "does not beat the champion's 0.3000 by the required 5.0% (needs >= 0.3150)" in reason
 
 
-def test_register_validate_promote_never_promotes_a_worse_model(spark, registry):
+def test_register_validate_promote_never_promotes_a_worse_model(spark, registry, capsys, monkeypatch):
     client, cfg, runs = registry["client"], registry["cfg"], registry["runs"]
 
     # register is idempotent per run: the job prints the version as a task value.
-    assert run_job("register", registry, "--run-id", runs["random"]) == {"model_version": "1"}
+    assert run_job("register", registry, capsys, monkeypatch, "--run-id", runs["random"]) == {"model_version": "1"}
     assert register(client, NAME, runs["random"]) == "1"
 
     # No champion yet: the first version passing the floor becomes challenger, then champion.
     assert validate(client, cfg, spark, "1")
     assert aliases(client) == {CHALLENGER: "1"}
-    assert run_job("promote", registry) == {"champion_version": "1"}
+    assert run_job("promote", registry, capsys, monkeypatch) == {"champion_version": "1"}
     assert aliases(client) == {CHAMPION: "1"}
     assert promote(client, NAME) == "1"  # rerun: nothing to promote
     assert aliases(client) == {CHAMPION: "1"}
@@ -180,12 +180,12 @@ def test_promote_refuses_a_challenger_validated_against_another_champion(spark, 
 
 
 @pytest.fixture(scope="module")
-def last_week(spark, shared_data, prepared_movielens, tmp_path_factory):
+def last_week(spark, shared_data, small_movielens, tmp_path_factory):
     """The tables of a week ago: ml-latest-small prepared as the session's tables are, up to the last training event
     of those, so the users and items first seen after it are missing and the dense ids of the others shift."""
     from pipelines import PrepareConfig, prepare
 
-    train = read(spark, prepared_movielens, "interactions").where("split = 'train'")
+    train = read(spark, small_movielens, "interactions").where("split = 'train'")
     last_train_ts = train.agg({"ts": "max"}).first()[0]
     output = tmp_path_factory.mktemp("last_week")
     prepare(PrepareConfig(source="movielens", input=str(shared_data / "ml-latest-small"), output=str(output),

@@ -47,9 +47,9 @@ def gru4rec_by_popularity(data, tmp_path, clicks, sign: float):
 
 
 @pytest.fixture(scope="module")
-def runs(spark, prepared_movielens, tmp_path_factory):
+def runs(spark, small_movielens, tmp_path_factory):
     """Four logged runs: 2TS and GRU4Rec, each ranking popular or unpopular items first."""
-    data = prepared_movielens
+    data = small_movielens
     root = tmp_path_factory.mktemp("registry-kinds")
     tracking, client, experiment = fresh_registry(data, root, "kinds")
     clicks = train_clicks(spark, data)

@@ -43,9 +43,9 @@ def random_model(spark, data, tmp_path) -> TwoTimeScaleModel:
 
 
 @pytest.fixture(scope="module")
-def served(spark, prepared_movielens, tmp_path_factory):
+def served(spark, small_movielens, tmp_path_factory):
     """A random model logged as the pyfunc, registered and set @champion; the tables' id maps as pandas."""
-    data = prepared_movielens
+    data = small_movielens
     read = lambda t: spark.read.format("delta").load(str(data / t)).toPandas()  # noqa: E731
     users = read("users").merge(read("user_activity"), on="user_id").set_index("user_id").sort_index()
     items = read("items").set_index("item_id").sort_index()

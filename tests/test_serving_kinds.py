@@ -52,16 +52,16 @@ def untrained(kind: str, data, tmp_path, seed: int = 5):
 
 
 @pytest.fixture(scope="module")
-def tables(spark, prepared_movielens):
-    read = lambda t: spark.read.format("delta").load(str(prepared_movielens / t)).toPandas()  # noqa: E731
+def tables(spark, small_movielens):
+    read = lambda t: spark.read.format("delta").load(str(small_movielens / t)).toPandas()  # noqa: E731
     users = read("users").merge(read("user_activity"), on="user_id").set_index("user_id").sort_index()
     items = read("items").set_index("item_id").sort_index()
     return users, items
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_every_kind_serves_like_its_replay(spark, prepared_movielens, tables, kind, tmp_path):
-    data, (users, items) = prepared_movielens, tables
+def test_every_kind_serves_like_its_replay(spark, small_movielens, tables, kind, tmp_path):
+    data, (users, items) = small_movielens, tables
     use_registry(f"sqlite:///{tmp_path}/mlflow.db", None, str(data))
     model = untrained(kind, data, tmp_path)
     experiment = mlflow.create_experiment("kinds", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -96,8 +96,8 @@ def test_every_kind_serves_like_its_replay(spark, prepared_movielens, tables, ki
         assert answer["items"][2] == answer["items"][len(rows) - 1]
 
 
-def test_ccf_serves_unknown_users_the_mean_phi_not_user_0s(spark, prepared_movielens, tables, tmp_path):
-    data, (users, items) = prepared_movielens, tables
+def test_ccf_serves_unknown_users_the_mean_phi_not_user_0s(spark, small_movielens, tables, tmp_path):
+    data, (users, items) = small_movielens, tables
     model = untrained("ccf", data, tmp_path)
     use_registry(f"sqlite:///{tmp_path}/mlflow.db", None, str(data))
     with mlflow.start_run():
@@ -114,9 +114,9 @@ def test_ccf_serves_unknown_users_the_mean_phi_not_user_0s(spark, prepared_movie
     assert np.isfinite(answer["scores"][0]).all()
 
 
-def test_log_model_refuses_a_model_of_another_kind(spark, prepared_movielens, tmp_path):
-    model = untrained("popularity", prepared_movielens, tmp_path)
+def test_log_model_refuses_a_model_of_another_kind(spark, small_movielens, tmp_path):
+    model = untrained("popularity", small_movielens, tmp_path)
     with pytest.raises(ValueError, match="kind 'gru4rec' needs a GRU4Rec, got a Popularity"):
-        log_model(model, str(prepared_movielens), kind="gru4rec", spark=spark)
+        log_model(model, str(small_movielens), kind="gru4rec", spark=spark)
     with pytest.raises(ValueError, match="kind 'knn' needs one of"):
-        log_model(model, str(prepared_movielens), kind="knn", spark=spark)
+        log_model(model, str(small_movielens), kind="knn", spark=spark)
