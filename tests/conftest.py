@@ -118,6 +118,15 @@ def load_bench(name: str):
     return module
 
 
+def run_job_here(monkeypatch, job: str, *argv: str) -> None:
+    """jobs/<job>.py with `argv`, run in this process as `python jobs/<job>.py ...` would run it (its get_spark finds
+    the test session); the README's chain runs every job as a process of its own."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [f"jobs/{job}.py", *argv])
+    runpy.run_path(str(REPO / "jobs" / f"{job}.py"), run_name="__main__")
+
+
 def stop_process_group(process) -> None:
     """SIGTERM a subprocess started in its own session (start_new_session=True) and its children; SIGKILL after 30 s."""
     import signal

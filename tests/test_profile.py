@@ -4,13 +4,12 @@ computation, a prepared folder (val/test activity shares), samples of users, the
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_job_here
 from pyspark.sql import functions as F
 
 from pipelines.config import ProfileConfig
@@ -22,8 +21,6 @@ from pipelines.profile import (
     statistics,
     summary,
 )
-
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
 def test_definitions_on_hand_made_events(spark):
@@ -118,19 +115,16 @@ def test_logged_to_an_mlflow_run(tmp_path):
 
 
 def test_job_writes_json_and_prints_a_summary(spark, shared_data, tmp_path, capsys, monkeypatch):
-    """jobs/data_profile.py run in this process (its get_spark finds the session): the JSON it writes, its summary
-    line, and a bad flag's exit 2 naming the key."""
-    def job(*argv: str) -> None:
-        monkeypatch.setattr(sys, "argv", ["jobs/data_profile.py", *argv])
-        runpy.run_path(str(REPO_ROOT / "jobs" / "data_profile.py"), run_name="__main__")
-
+    """jobs/data_profile.py run in this process: the JSON it writes, its summary line, and a bad flag's exit 2
+    naming the key."""
     out = tmp_path / "profile.json"
-    job("--source", "taobao", "--output", str(out), "--input", str(shared_data / "taobao-sample" / "UserBehavior.csv"),
-        "--sample-users", "50", "--samples", "2")
+    sample = shared_data / "taobao-sample" / "UserBehavior.csv"
+    run_job_here(monkeypatch, "data_profile", "--source", "taobao", "--output", str(out), "--input", str(sample),
+                 "--sample-users", "50", "--samples", "2")
     printed = capsys.readouterr().out
     written = json.loads(out.read_text())
     assert written["events"] == 10_000 and written["samples"]["samples_of"] == {"users": 50, "samples": 2, "seed": 0}
     assert "10,000 events, 114 users" in printed and "mean of 2 samples of 50 users" in printed
     with pytest.raises(SystemExit) as bad:
-        job("--input", "x", "--session-gap", "0")
+        run_job_here(monkeypatch, "data_profile", "--input", "x", "--session-gap", "0")
     assert bad.value.code == 2 and "profile.session_gap" in capsys.readouterr().err

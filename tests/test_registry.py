@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import runpy
-import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
+from conftest import run_job_here
 from test_serving import random_model
 
 from twots.mlops.packaging import log_model
@@ -35,7 +33,6 @@ from twots.mlops.registry import (
 pytestmark = pytest.mark.mlflow
 
 NAME = "twots-registry-test"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def popularity_model(base, clicks, sign: float):
@@ -112,9 +109,8 @@ def run_job(job: str, registry, capsys, monkeypatch, *flags: str) -> dict:
     published (the JSON lines it prints)."""
     cfg = registry["cfg"]
     capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", [f"jobs/{job}.py", "--data", cfg.data, "--model-name", NAME,
-                                      "--tracking-uri", registry["tracking"], "--split", cfg.split, *flags])
-    runpy.run_path(os.path.join(REPO, "jobs", f"{job}.py"), run_name="__main__")
+    run_job_here(monkeypatch, job, "--data", cfg.data, "--model-name", NAME, "--tracking-uri", registry["tracking"],
+                 "--split", cfg.split, *flags)
     values = {}
     for line in capsys.readouterr().out.splitlines():
         if line.startswith("{"):
