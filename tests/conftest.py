@@ -74,15 +74,37 @@ SMALL_USERS = 250
 
 
 @pytest.fixture(scope="session")
-def small_movielens(spark, shared_data, tmp_path_factory) -> Path:
+def small_movielens(request, spark, shared_data, tmp_path_factory) -> Path:
     """The first 250 users of ml-latest-small (37,447 of its 100,836 ratings; all of movies.csv) under `raw/`,
-    prepared once per session under `prepared/` with t*=20, K=10, p=10, 99 eval negatives, seed 7; returns the
-    prepared folder (Delta tables and manifest.json, see docs/design.md). Every test that reads prepared MovieLens
-    tables uses it: the other 360 users only add minutes (the demo prepares all of them)."""
+    prepared with t*=20, K=10, p=10, 99 eval negatives, seed 7 under `prepared/`; returns the prepared folder (Delta
+    tables and manifest.json, see docs/design.md). Every test that reads prepared MovieLens tables uses it: the other
+    360 users only add minutes (the demo prepares all of them).
+
+    Under pytest-xdist the first worker to get here prepares it once for the run (a file lock in the run's temp
+    folder, which the workers share) and every worker copies it: tests write MLflow stores and runs into it, and
+    a prepare costs a minute of a 2-core box the other worker needs."""
+    folder = tmp_path_factory.mktemp("small_movielens")
+    if not hasattr(request.config, "workerinput"):  # one process (or the cluster lane): prepare here
+        _prepare_small_movielens(spark, shared_data, folder)
+        return folder / "prepared"
+    import fcntl
+    import shutil
+
+    shared = tmp_path_factory.getbasetemp().parent / "small_movielens"  # the run's folder, above every worker's
+    shared.mkdir(exist_ok=True)
+    with (shared / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "prepared" / "manifest.json").exists():  # prepare writes the manifest last
+            _prepare_small_movielens(spark, shared_data, shared)
+    for part in ("raw", "prepared"):
+        shutil.copytree(shared / part, folder / part)
+    return folder / "prepared"
+
+
+def _prepare_small_movielens(spark, shared_data: Path, folder: Path) -> None:
     from pipelines import PrepareConfig, prepare
 
     source = shared_data / "ml-latest-small"
-    folder = tmp_path_factory.mktemp("small_movielens")
     (folder / "raw").mkdir()
     with (source / "ratings.csv").open() as full, (folder / "raw" / "ratings.csv").open("w") as small:
         small.write(next(full))
@@ -90,7 +112,6 @@ def small_movielens(spark, shared_data, tmp_path_factory) -> Path:
     (folder / "raw" / "movies.csv").write_bytes((source / "movies.csv").read_bytes())
     prepare(PrepareConfig(source="movielens", input=str(folder / "raw"), output=str(folder / "prepared"),
                           threshold=20, last_k=10, negatives=10, eval_negatives=99, seed=7), spark)
-    return folder / "prepared"
 
 
 def pytest_collection_modifyitems(items):
