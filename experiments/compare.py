@@ -81,7 +81,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     from experiments.figures import figures
     from experiments.reporting import log_model_run, log_threshold, write_results
     from experiments.threshold import choose_threshold
-    from experiments.tuning import Runner, fit, load_epoch
+    from experiments.tuning import Runner, fit, load_epoch, own_stage_trials
     from pipelines.views import stage_view, threshold_view
     from twots.config import resolve
     from twots.data.tables import USER_ACTIVITY
@@ -107,7 +107,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
 
         stage1, trained = None, [KINDS[m] for m in cfg.models if KINDS[m].stages]
         if cfg.threshold == "auto" or any(kind.on_stage1 for kind in trained):
-            best, trials = runner.tune("ccf", STAGE1, base, cfg.grid("ccf"))
+            best, trials = runner.tune({"ccf": runner.grid("ccf", STAGE1, base, cfg.grid("ccf"))})["ccf"]
             stage1 = (best, trials, str(out / "models" / "stage1.pt"))
             save_model(stage1[2], load_epoch(best, best.best_epoch))
 
@@ -123,10 +123,15 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
         views = {table: stage_view(spark, table, view, out / "views", t_star=t_star, max_len=cfg.max_len)
                  for table in {kind.stages[-1].table for kind in trained}}
         log(f"[compare] t* = {t_star} ({threshold['source']}); models: {', '.join(cfg.models)}")
+        tuned = {}
+        if cfg.launch == "all":
+            specs = {name: own_stage_trials(name, cfg, runner, views, stage1[2] if stage1 else None)
+                     for name in cfg.models}
+            tuned = runner.tune({name: group for name, group in specs.items() if group})
 
         for name in cfg.models:
             with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as run:
-                model, model_view, row = fit(name, cfg, runner, view, views, stage1)
+                model, model_view, row = fit(name, cfg, runner, view, views, stage1, tuned.get(name))
                 report = runner.evaluate(model, model_view, ("val", "test"))
                 val_mrr[name], run_ids[name] = report["metrics"]["val"]["overall"]["mrr"], run.info.run_id
                 if cfg.register_models != "none":

@@ -41,6 +41,9 @@ class CompareConfig(Section):
     patience: int = Field(1, ge=1, description="stop a grid point after this many epochs without a better val MRR")
     overrides: dict[str, GridOverride] = Field(default_factory=dict, description="model -> {lrs, l2s, max_epochs}: "
                                                "another budget for that model (none by default: one grid for all)")
+    launch: Literal["model", "all"] = Field(
+        "model", description="TorchDistributor launches: one per model (its whole grid), or all: one for every "
+        "model after stage 1 (saves a launch's process starts, about 8 s each, on small data; a failure stops all)")
     max_len: int = Field(200, ge=1, description="full histories keep each user's last max_len training items")
     sasrec_window: int = Field(50, ge=1, description="SASRec attends over the last N items")
     threshold: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(

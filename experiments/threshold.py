@@ -146,7 +146,8 @@ def active_user_sample(spark, data_dir: str, t_star: int, users: int, max_events
 
 
 def sweep(candidates: list[int], val_mrr, log=print) -> tuple[int, dict[int, float]]:
-    """Score every candidate t* with `val_mrr(t) -> float` (retrain stage 2, replay val); best and the curve."""
+    """Score every candidate t* with `val_mrr(t) -> float` (2TS retrained at that t*, its best val MRR); best and
+    the curve."""
     if not candidates:
         raise ValueError("threshold sweep: no candidate thresholds")
     curve = {}
@@ -161,6 +162,7 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
     """The 'auto' t*: the theoretical guide t** and the val sweep over the candidates (stage 1 shared)."""
     import torch
 
+    from experiments.tuning import TrialSpec
     from pipelines.views import threshold_view
     from twots.models.kinds import KINDS, load_model
 
@@ -177,15 +179,15 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
                          item_bias=item_bias)
     log(f"[threshold] t** = Q / Var_m - 1 = {guide.q:.4f} / {guide.var_m:.4f} - 1 = {guide.t_star:.1f} "
         f"({guide.users} active users)")
-    # One point of 2TS's grid for every candidate (the middle learning rate, the first l2), early-stopped like tuning.
+    # One point of 2TS's grid for every candidate (the middle learning rate, the first l2), early-stopped like tuning,
+    # all candidates in one launch.
     grid = cfg.grid("2ts")
     lr, l2 = grid.lrs[len(grid.lrs) // 2], grid.l2s[0]
-
-    def val_mrr(t: int) -> float:
-        view = threshold_view(runner.spark, base, out / "views" / f"t{t}", t, last_k)
-        return runner.train("2ts", KINDS["2ts"].stages[-1], view, lr, l2, grid.max_epochs, grid.patience,
-                            stage1_path, f"sweep/t{t}").best_val_mrr
-
-    best, curve = sweep(cfg.threshold_candidates, val_mrr, log)
+    plan = KINDS["2ts"].stages[-1]
+    candidates = sorted(set(cfg.threshold_candidates))
+    specs = [TrialSpec("2ts", plan, threshold_view(runner.spark, base, out / "views" / f"t{t}", t, last_k), lr, l2,
+                       grid.max_epochs, grid.patience, stage1_path, f"sweep/t{t}") for t in candidates]
+    scores = {t: trial.best_val_mrr for t, trial in zip(candidates, runner.train(specs))}
+    best, curve = sweep(candidates, scores.__getitem__, log)
     return {"t_star": best, "curve": curve, "theory": guide.as_dict(), "lr": lr, "l2": l2,
             "max_epochs": grid.max_epochs}

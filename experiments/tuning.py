@@ -1,10 +1,13 @@
 """Tuning: every (lr, l2) of a model's grid trains epoch by epoch, val MRR replayed after each, stopped early after
 `patience` epochs without a better val MRR; the best (lr, l2, epoch) on val is the model.
 
-A trial is one TorchDistributor launch: after every epoch rank 0 replays val (twots.evaluation.evaluate.ValMRR on
-the view's val events, pickled once per view) and the ranks stop together (twots.training.trainer). Every epoch's
-checkpoint is kept, so the best epoch's weights are the model. Trials share petastorm sources and evaluation arrays
-(read once per view); the training processes' peak memory is sampled while they run.
+A trial is one stage of a TorchDistributor launch (twots.training.trainer.run_stages): after every epoch rank 0
+replays val (twots.evaluation.evaluate.ValMRR on the view's val events, pickled once per view) and the ranks stop
+together. A model's whole grid is one launch, and with `compare.launch: all` every model built after stage 1 shares
+one: a launch costs seconds of process starts and imports (about 8 s on a 2-core box), the epochs of small data
+less than one. Every epoch's checkpoint is kept, so the best epoch's weights are the model. Trials share petastorm
+sources and evaluation arrays (read once per view). A trial's seconds and peak memory are its stage's, measured
+by the ranks (twots.training.trainer.train_stage), so they do not depend on what else shared the launch.
 """
 
 from __future__ import annotations
@@ -16,8 +19,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from experiments.config import CompareConfig, Grid
-from experiments.memory import PeakRSS
 from twots.models.kinds import KINDS, STAGE1, StagePlan
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What to train: one model's last stage (`plan`) on `view` at (lr, l2), up to max_epochs with early stopping,
+    on the stage-1 model `previous` (None when the stage has none), saved under runs/<run_name>."""
+
+    name: str
+    plan: StagePlan
+    view: Path
+    lr: float
+    l2: float
+    max_epochs: int
+    patience: int
+    previous: str | None
+    run_name: str
 
 
 @dataclass
@@ -30,8 +48,8 @@ class Trial:
     max_epochs: int
     model_path: str = ""
     checkpoints: list[str] = field(default_factory=list)
-    seconds: float = 0.0           # the launch's wall time without the val replays
-    peak_rss: int = 0
+    seconds: float = 0.0           # the stage's wall time (build, rows, epochs, saves) without the val replays
+    peak_rss: int = 0              # bytes: the ranks' peak resident memory during the stage, summed over ranks
     history: list[dict] = field(default_factory=list)
     val_mrr: list[float] = field(default_factory=list)
 
@@ -109,49 +127,60 @@ class Runner:
             self._val_checks[key] = ValMRR.write(self.eval_data(view), path)
         return self._val_checks[key]
 
-    def train(self, name: str, plan: StagePlan, view: Path, lr: float, l2: float, max_epochs: int, patience: int,
-              previous: str | None, run_name: str) -> Trial:
-        """One stage on `view` (for full histories, a full-history view: its `sequences` are the histories) at one
-        (lr, l2), in one launch: val replayed after each epoch, until max_epochs or `patience` epochs without a
-        better val MRR."""
+    def train(self, specs: list[TrialSpec]) -> list[Trial]:
+        """Train `specs` one after another in one launch, each up to its max_epochs with val replayed after every
+        epoch and stopped after `patience` epochs without a better val MRR (twots.training.trainer)."""
         from twots.training import distributed
         from twots.training.runs import StageSettings, stage_job
-        from twots.training.trainer import run_stage
+        from twots.training.trainer import run_stages
 
-        run_dir = self.out / "runs" / run_name
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        trial = Trial(name, lr, l2, max_epochs)
-        self.log(f"[compare] training {run_name}: up to {max_epochs} epochs at lr {lr:g}, l2 {l2:g}")
-        settings = StageSettings(max_epochs, lr, self.tcfg.settings()[plan.settings].batch_size, l2)
-        job = replace(stage_job(plan, self.inputs, self.source(view, plan.table), settings, run_dir, previous,
-                                self.tcfg.options(), name=name), validate=self.val_check(view), patience=patience)
-        started = time.perf_counter()
-        with PeakRSS() as memory:
-            result = distributed.run(run_stage, job, num_processes=self.tcfg.num_processes,
-                                     local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu,
-                                     error_dir=run_dir / "rank-errors", timeout_s=self.tcfg.collective_timeout_s)
-        trial.history = result["history"]
-        trial.val_mrr = [h["val_score"] for h in trial.history]
-        trial.seconds = time.perf_counter() - started - sum(h["val_seconds"] for h in trial.history)
-        trial.peak_rss = memory.peak
-        trial.model_path = job.model_path
-        trial.checkpoints = sorted(str(p) for p in (run_dir / "checkpoints").glob(f"{name}-epoch*.pt"))
-        self.log(f"[compare] {run_name}: val MRR by epoch " + ", ".join(f"{m:.4f}" for m in trial.val_mrr)
-                 + (f"; stopped early, best epoch {trial.best_epoch + 1}" if len(trial.val_mrr) < max_epochs else ""))
-        return trial
+        jobs = []
+        for spec in specs:
+            run_dir = self.out / "runs" / spec.run_name
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            settings = StageSettings(spec.max_epochs, spec.lr, self.tcfg.settings()[spec.plan.settings].batch_size,
+                                     spec.l2)
+            jobs.append(replace(stage_job(spec.plan, self.inputs, self.source(spec.view, spec.plan.table), settings,
+                                          run_dir, spec.previous, self.tcfg.options(), name=spec.name),
+                                validate=self.val_check(spec.view), patience=spec.patience))
+        self.log("[compare] training in one launch: " + "; ".join(
+            f"{s.run_name} (up to {s.max_epochs} epochs at lr {s.lr:g}, l2 {s.l2:g})" for s in specs))
+        result = distributed.run(run_stages, jobs, num_processes=self.tcfg.num_processes,
+                                 local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu,
+                                 error_dir=self.out / "runs" / "rank-errors", timeout_s=self.tcfg.collective_timeout_s)
+        trials = []
+        for spec, job, stage in zip(specs, jobs, result["stages"]):
+            trial = Trial(spec.name, spec.lr, spec.l2, spec.max_epochs, model_path=job.model_path,
+                          history=stage["history"], peak_rss=int(stage["peak_rss_total_mb"] * 2**20))
+            trial.val_mrr = [h["val_score"] for h in trial.history]
+            trial.seconds = stage["wall_s"] - sum(h["val_seconds"] for h in trial.history)
+            trial.checkpoints = sorted(str(p) for p in Path(job.checkpoint_dir).glob(f"{spec.name}-epoch*.pt"))
+            self.log(f"[compare] {spec.run_name}: val MRR by epoch " + ", ".join(f"{m:.4f}" for m in trial.val_mrr)
+                     + (f"; stopped early, best epoch {trial.best_epoch + 1}"
+                        if len(trial.val_mrr) < spec.max_epochs else ""))
+            trials.append(trial)
+        return trials
 
     def evaluate(self, model, view: Path, splits: tuple[str, ...]) -> dict:
         from twots.evaluation.evaluate import evaluate_loaded
 
         return evaluate_loaded(model, self.eval_data(view), splits)
 
-    def tune(self, name: str, plan: StagePlan, view: Path, grid: Grid,
-             previous: str | None = None) -> tuple[Trial, list[Trial]]:
-        """Every (lr, l2) of the grid with early stopping; the best (lr, l2, epoch) on val and all trials."""
-        trials = [self.train(name, plan, view, lr, l2, grid.max_epochs, grid.patience, previous,
-                             f"{name}/lr{lr:g}-l2{l2:g}") for lr, l2 in grid.points()]
-        return max(trials, key=lambda t: t.best_val_mrr), trials
+    def grid(self, name: str, plan: StagePlan, view: Path, grid: Grid, previous: str | None = None,
+             prefix: str = "") -> list[TrialSpec]:
+        """The trials of one model's grid: every (lr, l2), up to the grid's max_epochs with its patience."""
+        return [TrialSpec(name, plan, view, lr, l2, grid.max_epochs, grid.patience, previous,
+                          f"{prefix}{name}/lr{lr:g}-l2{l2:g}") for lr, l2 in grid.points()]
+
+    def tune(self, specs: dict[str, list[TrialSpec]]) -> dict[str, tuple[Trial, list[Trial]]]:
+        """Every model's trials in one launch: per model, its best trial (the best val MRR at any epoch) and all."""
+        trials = iter(self.train([spec for group in specs.values() for spec in group]))
+        tuned = {}
+        for name, group in specs.items():
+            mine = [next(trials) for _ in group]
+            tuned[name] = max(mine, key=lambda t: t.best_val_mrr), mine
+        return tuned
 
 
 def popularity(runner: Runner, view: Path) -> tuple[object, float]:
@@ -175,11 +204,25 @@ def setting(trial: Trial) -> dict:
     return {"lr": trial.lr, "l2": trial.l2, "epochs": trial.best_epoch + 1, "val_mrr": trial.best_val_mrr}
 
 
-def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, views: dict[str, Path], stage1) -> tuple:
+def own_stage_trials(name: str, cfg: CompareConfig, runner: Runner, views: dict[str, Path],
+                     stage1_path: str | None) -> list[TrialSpec]:
+    """The grid of a trained model's own (last) stage; [] for popularity and CCF (stage 1 is tuned first, as CCF).
+    `views` maps the table the stage reads to the folder holding it (pipelines.views.stage_view); models built on
+    stage 1 train on the one at `stage1_path`."""
+    kind = KINDS[name]
+    if not kind.stages or kind.stages[-1] == STAGE1:
+        return []
+    plan = kind.stages[-1]
+    return runner.grid(name, plan, views[plan.table], cfg.grid(name), stage1_path if kind.on_stage1 else None)
+
+
+def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, views: dict[str, Path], stage1,
+        tuned: tuple[Trial, list[Trial]] | None = None) -> tuple:
     """Train (tune) one model; returns (model, the view it is replayed on, its result row without test metrics).
     `views` maps the table a model's last stage reads to the folder holding it (pipelines.views.stage_view).
     `stage1` is CCF's (best trial, trials, saved model path), shared by the models built on it: a two-stage model's
-    grid is its stage 2's, on the stage 1 CCF chose."""
+    grid is its stage 2's, on the stage 1 CCF chose. `tuned` is the model's (best trial, trials) when its grid was
+    trained already (compare.launch: all); otherwise its grid is one launch here."""
     if name == "popularity":
         model, seconds = popularity(runner, view)
         return model, view, {"lr": None, "l2": None, "epochs": None, "val_mrr": None, "train_seconds": seconds,
@@ -188,17 +231,18 @@ def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, views: dict[s
     kind = KINDS[name]
     plan = kind.stages[-1]
     on = kind.on_stage1 and plan != STAGE1  # built on CCF's stage 1 (CCF itself is that stage 1)
-    model_view = views[plan.table]
-    grid = cfg.grid("ccf" if plan == STAGE1 else name)
     if plan == STAGE1:
         best, trials, _ = stage1
+    elif tuned is not None:
+        best, trials = tuned
     else:
-        best, trials = runner.tune(name, plan, model_view, grid, stage1[2] if on else None)
+        specs = own_stage_trials(name, cfg, runner, views, stage1[2] if stage1 else None)
+        best, trials = runner.tune({name: specs})[name]
     used = [stage1[0], best] if on else [best]
-    return load_epoch(best, best.best_epoch), model_view, {
+    return load_epoch(best, best.best_epoch), views[plan.table], {
         **setting(best), "epochs_trained": len(best.val_mrr),
         "train_seconds": sum(t.seconds for t in used),      # the chosen setting's training (stage 1 included)
         "tuning_seconds": sum(t.seconds for t in trials),   # the whole grid of this model's own stage
         "peak_memory_mb": max(t.peak_rss for t in used) / 2**20,
-        "grid": grid.as_dict(), "stage1": setting(stage1[0]) if on else None,
+        "grid": cfg.grid("ccf" if plan == STAGE1 else name).as_dict(), "stage1": setting(stage1[0]) if on else None,
         "trials": [t.as_dict() for t in trials]}

@@ -84,22 +84,27 @@ def test_early_stopping_rule():
     assert not should_stop([0.2, 0.1, 0.3], 1)
 
 
-# The paper's 9 models (the variants run by name, not in 'all'), one TorchDistributor run per trained model and
-# sweep point: 12 min on the shared 2-core box at load 11 (when CCF's two epochs were two runs).
+# The paper's 9 models (the variants run by name, not in 'all') in three TorchDistributor launches (compare.launch:
+# all): CCF's grid, the t* sweep, then every other trained model.
 @pytest.mark.timeout(1800)
 @pytest.mark.distributed
 @pytest.mark.mlflow
 @pytest.mark.slow
-def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_path):
+def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_path, capsys):
     out = tmp_path / "compare"
     cfg = resolve(CompareConfig, "compare", {
-        "data": str(prepared_clusters), "output": str(out), "models": "all", "lrs": "[0.03]", "l2s": "[0]",
+        "data": str(prepared_clusters), "output": str(out), "models": "all", "launch": "all",
+        "lrs": "[0.03]", "l2s": "[0]",
         "overrides": '{"ccf": {"max_epochs": 2}}', "max_epochs": "1", "max_len": "60", "sasrec_window": "16",
         "threshold": "auto", "threshold_candidates": "[10, 20]",
         "train": '{"item_dim": 16, "feature_dim": 4, "stage1_batch_size": 256, "stage2_batch_size": 16, '
                  '"loader": "parquet"}'})
     results = compare(cfg, spark)
 
+    launches = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[compare] training in one")]
+    assert [line.count(" (up to ") for line in launches] == [1, 2, 7], launches
+    assert "ccf/lr0.03-l20 (up to" in launches[0] and all(f"sweep/t{t} (up to" in launches[1] for t in (10, 20))
+    assert all(f"{name}/lr0.03-l20 (up to" in launches[2] for name in PAPER_MODELS[2:])
     assert list(results) == list(PAPER_MODELS)
     floor = results["popularity"]["test"]["overall"]["mrr"]
     for name, row in results.items():

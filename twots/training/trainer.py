@@ -212,11 +212,31 @@ def run_stage(job: StageJob) -> dict:
     return {**out["stages"][0], "ranks_finished": out["ranks_finished"]}
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory afresh at its current size (Linux >= 4.0: writing 5 to
+    /proc/self/clear_refs resets VmHWM); where that is not possible the peak stays the process's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB since `reset_peak_rss` (VmHWM), or since it started."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
 def train_stage(ctx: distributed.Context, job: StageJob) -> dict:
     """Build, train and save (rank 0) one stage's model; returns when every rank can read the saved model. The result
-    also holds the stage's wall seconds (the slowest rank's: build, loading the rows, epochs, save) and, on a GPU, the
-    stage's own peak memory."""
+    also holds the stage's wall seconds (the slowest rank's: build, loading the rows, epochs, save) and its own peak
+    memory: resident, the largest rank's (`peak_rss_mb`) and the sum over ranks (`peak_rss_total_mb`), and on a GPU
+    the largest rank's allocated (`peak_gpu_mb`)."""
     started = time.perf_counter()
+    reset_peak_rss()
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     if job.threads:
@@ -228,7 +248,9 @@ def train_stage(ctx: distributed.Context, job: StageJob) -> dict:
         result = fit(ctx, model, loader, job)
     finally:
         loader.close()
-    result["peak_rss_mb"] = distributed.all_max(ctx, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = peak_rss_mb()
+    result["peak_rss_mb"] = distributed.all_max(ctx, peak)
+    result["peak_rss_total_mb"] = distributed.all_sum(ctx, peak)
     if ctx.device.type == "cuda":
         result["peak_gpu_mb"] = distributed.all_max(ctx, torch.cuda.max_memory_allocated(ctx.device) / 2**20)
     if ctx.is_main:
