@@ -73,32 +73,39 @@ def shared_data() -> Path:
 SMALL_USERS = 250
 
 
+def prepared_once(request, tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills, built once per test run and copied for each caller (tests write MLflow
+    stores and runs into prepared folders). Under pytest-xdist the first worker to get here builds it (a file lock
+    in the run's temp folder, which the workers share) while the other waits: a prepare costs a minute of a 2-core
+    box the other worker needs."""
+    import fcntl
+    import shutil
+
+    root = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):
+        root = root.parent  # the run's folder, above every worker's
+    shared = root / "prepared-once" / name
+    shared.mkdir(parents=True, exist_ok=True)
+    with (shared.parent / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / ".built").exists():
+            shutil.rmtree(shared)
+            shared.mkdir()
+            build(shared)
+            (shared / ".built").touch()
+    mine = tmp_path_factory.mktemp(name)
+    shutil.copytree(shared, mine, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built"))
+    return mine
+
+
 @pytest.fixture(scope="session")
 def small_movielens(request, spark, shared_data, tmp_path_factory) -> Path:
     """The first 250 users of ml-latest-small (37,447 of its 100,836 ratings; all of movies.csv) under `raw/`,
     prepared with t*=20, K=10, p=10, 99 eval negatives, seed 7 under `prepared/`; returns the prepared folder (Delta
     tables and manifest.json, see docs/design.md). Every test that reads prepared MovieLens tables uses it: the other
-    360 users only add minutes (the demo prepares all of them).
-
-    Under pytest-xdist the first worker to get here prepares it once for the run (a file lock in the run's temp
-    folder, which the workers share) and every worker copies it: tests write MLflow stores and runs into it, and
-    a prepare costs a minute of a 2-core box the other worker needs."""
-    folder = tmp_path_factory.mktemp("small_movielens")
-    if not hasattr(request.config, "workerinput"):  # one process (or the cluster lane): prepare here
-        _prepare_small_movielens(spark, shared_data, folder)
-        return folder / "prepared"
-    import fcntl
-    import shutil
-
-    shared = tmp_path_factory.getbasetemp().parent / "small_movielens"  # the run's folder, above every worker's
-    shared.mkdir(exist_ok=True)
-    with (shared / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (shared / "prepared" / "manifest.json").exists():  # prepare writes the manifest last
-            _prepare_small_movielens(spark, shared_data, shared)
-    for part in ("raw", "prepared"):
-        shutil.copytree(shared / part, folder / part)
-    return folder / "prepared"
+    360 users only add minutes (the demo prepares all of them). Prepared once per run (`prepared_once`)."""
+    build = lambda folder: _prepare_small_movielens(spark, shared_data, folder)  # noqa: E731
+    return prepared_once(request, tmp_path_factory, "small_movielens", build) / "prepared"
 
 
 def _prepare_small_movielens(spark, shared_data: Path, folder: Path) -> None:

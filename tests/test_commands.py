@@ -1,12 +1,13 @@
 """The commands the README, docs/, jobs and benches print work as printed, in a fresh shell: no venv on PATH.
 
 Every command is checked statically (its program exists, its job parses its flags); the README's (prepare, train,
-evaluate, register, validate, promote, serve) and the one the demo prints (serve) also run, in that order, in a
+register, validate, promote, serve: all but evaluate) and the one the demo prints (serve) also run, in that order, in a
 subprocess with a clean environment (`env -i HOME PATH=/usr/bin:/bin`), on a copy of the session's prepared first
 250 users of ml-latest-small (conftest.small_movielens). The README's prepare is stopped once it has read and
-validated the input (its full run on ml-latest-small with 499 negatives is the demo's first step), evaluate once it
-replays (train has just replayed with the same code); the others run to the end, and serve until /ping and a
-request answer.
+validated the input (its full run on ml-latest-small with 499 negatives is the demo's first step); evaluate is only
+checked statically here (a process of its own costs half a minute of JVM start and warm-up; tests/test_train.py runs
+the job on a logged run and compares its replay with training's); the others run to the end, and serve until /ping
+and a request answer.
 """
 
 from __future__ import annotations
@@ -194,10 +195,6 @@ def test_readme_and_demo_commands_work_as_printed(small_movielens, tmp_path):
     assert spark_info_lines(output) == [], output[-3000:]
     shell.substitutions["<mlflow run id>"] = run_id
 
-    # evaluate: until it replays (train has just replayed val and test with the same code).
-    output = shell.until(evaluate, "[evaluate] replaying")
-    assert "[config] evaluate: conf/default.yaml + flags --data --run-id" in output, output
-    assert re.search(r"^\[evaluate\] replaying [\d,]+ events of [\d,]+ users", output, re.MULTILINE), output
     assert published(shell.run(register), "model_version") == "1"
     assert published(shell.run(validate), "validation_passed") is True
     assert published(shell.run(promote), "champion_version") == "1"

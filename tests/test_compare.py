@@ -7,6 +7,7 @@ import struct
 import mlflow
 import numpy as np
 import pytest
+from conftest import prepared_once
 
 from experiments.compare import MODEL_NAMES, PAPER_MODELS, CompareConfig, compare, results_table
 from twots.config import ConfigError, resolve
@@ -35,17 +36,19 @@ def write_clustered_log(path, users=150, seed=0):
     return len(lines)
 
 
-@pytest.fixture(scope="module")
-def prepared_clusters(spark, tmp_path_factory):
+def prepare_clusters(spark, root):
     from pipelines import PrepareConfig, prepare
 
-    root = tmp_path_factory.mktemp("clusters")
     write_clustered_log(root / "log.csv")
-    out = root / "data"
     prepare(resolve(PrepareConfig, "prepare", {"source": "taobao", "input": str(root / "log.csv"),
-                                               "output": str(out), "threshold": 20, "last_k": 5, "negatives": 5,
-                                               "eval_negatives": 40}), spark)
-    return out
+                                               "output": str(root / "data"), "threshold": 20, "last_k": 5,
+                                               "negatives": 5, "eval_negatives": 40}), spark)
+
+
+@pytest.fixture(scope="module")
+def prepared_clusters(request, spark, tmp_path_factory):
+    """The clustered log prepared, once per run (conftest.prepared_once; test_compare_register reads it too)."""
+    return prepared_once(request, tmp_path_factory, "clusters", lambda root: prepare_clusters(spark, root)) / "data"
 
 
 def png_ok(path):

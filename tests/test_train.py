@@ -6,6 +6,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 import torch
+from conftest import run_job_here
 
 from twots.config import ConfigError, resolve
 from twots.models.kinds import load_model
@@ -27,7 +28,7 @@ def weights(path) -> dict[str, torch.Tensor]:
 @pytest.mark.distributed
 @pytest.mark.mlflow
 @pytest.mark.slow
-def test_two_stage_training_tracking_determinism_and_resume(spark, small_movielens, tmp_path):
+def test_two_stage_training_tracking_determinism_and_resume(spark, small_movielens, tmp_path, monkeypatch, capsys):
     cfg = config(small_movielens, tmp_path / "a", model="2ts-plus", loader="petastorm")
     result = train(cfg, spark)
 
@@ -62,6 +63,16 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, small_moviele
     assert run.info.artifact_uri.startswith((small_movielens / "mlartifacts").resolve().as_uri())
     served = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
     assert served.metadata.metadata["n_items"] == model.hparams["n_items"]
+
+    # The README's evaluate job on the logged run replays the logged model like training's own evaluation did.
+    capsys.readouterr()
+    run_job_here(monkeypatch, "evaluate", "--data", str(small_movielens), "--run-id", result.run_id)
+    printed = capsys.readouterr().out.splitlines()
+    for split in ("val", "test"):
+        overall = result.metrics[split]["overall"]
+        line = f"{split}: MRR {overall['mrr']:.4f}  Recall@10 {overall['recall@10']:.4f}  "
+        assert any(p.startswith(line) for p in printed), printed[-20:]
+    assert client.get_run(result.run_id).data.metrics["test/mrr"] == pytest.approx(test["overall"]["mrr"])
 
     # Same seed, data and process count: the same weights, losses and metrics.
     again = train(cfg.model_copy(update={"run_dir": str(tmp_path / "b")}), spark)
