@@ -50,6 +50,11 @@ def spark_conf(tmp_path_factory) -> dict[str, str]:
         "spark.ui.enabled": "false",
         "spark.driver.extraJavaOptions": TEST_JVM_OPTIONS,
         "spark.executor.extraJavaOptions": TEST_JVM_OPTIONS,
+        # Tiny tables, hundreds of distinct queries: compiling each plan's generated Java costs more than running it
+        # interpreted (test_pipeline, test_prepare_content and test_profile: 259 s -> 211 s; test_generate and
+        # test_negatives_popularity, larger data: 156 s either way; one run each, alone).
+        "spark.sql.codegen.wholeStage": "false",
+        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     }
 
 
