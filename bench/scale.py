@@ -382,8 +382,8 @@ def serve_step(argv: list[str]) -> None:
 
     from bench.serve import measure, post, register_synthetic, requests_for
     from twots.config import resolve
+    from twots.data.snapshot import read_snapshot
     from twots.data.tables import ITEMS, USERS
-    from twots.evaluation.evaluate import read_snapshot
     from twots.mlops.packaging import log_model
     from twots.mlops.pyfunc import ServeConfig
     from twots.mlops.registry import use_registry

@@ -121,3 +121,19 @@ def test_eval_candidates_cover_val_and_test(frames):
     _check_negatives(cands, 99, N_ITEMS)
     train_negs = set(map(tuple, frames["stage1_offers"].neg_item_ids.head(100)))
     assert not train_negs & set(map(tuple, cands.neg_item_ids))
+
+
+def test_side_data_holds_every_items_features_and_the_known_users(spark, small_movielens, manifest, frames, tmp_path):
+    """What the ranks load instead of Spark tables (twots.training.train.write_side_data, read from the tables'
+    files): each item's feature ids in its row, -1 padded, and which users have training interactions."""
+    from twots.training.train import write_side_data
+
+    side = np.load(write_side_data(spark, small_movielens, manifest, tmp_path / "side_data.npz"))
+    features, known = side["item_features"], side["known_users"]
+    assert features.shape == (N_ITEMS, manifest["max_features_per_item"])
+    for item_id, ids in zip(frames["items"]["item_id"], frames["items"]["feature_ids"]):
+        assert features[item_id].tolist() == list(ids) + [-1] * (features.shape[1] - len(ids))
+    activity = frames["user_activity"]
+    assert known.shape == (manifest["n_users"],)
+    assert known[activity["user_id"]].tolist() == (activity["n_train"] > 0).tolist()
+    assert (~known).sum() == manifest["n_new"]  # users whose every event is after the training split

@@ -36,5 +36,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 TABLES = tuple(COLUMNS)
 
+PAD_ITEM = -1  # padding at the end of item id lists read as fixed-width arrays (docs/design.md)
+
 # Values of interactions.split / eval_candidates.split.
 TRAIN, VAL, TEST = "train", "val", "test"

@@ -26,11 +26,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from twots.data.tables import SEQUENCES, STAGE1_OFFERS
+from twots.data.tables import PAD_ITEM, SEQUENCES, STAGE1_OFFERS
 
 STAGE1_COLUMNS = ("user_id", "item_id", "neg_item_ids")
 STAGE2_COLUMNS = ("user_id", "is_active", "item_ids", "neg_item_ids", "prev_item_id")
-PAD_ITEM = -1        # padding in item_ids (docs/design.md)
 PAD_NEGATIVE = 0     # padding in the negatives of padded steps: any valid id, those steps are masked out
 
 
