@@ -3,6 +3,11 @@ eval_candidates (Delta tables under `output`) and manifest.json beside them. See
 
 Every check that can fail (unreadable input, nothing accepted, p or eval_negatives too large for the items)
 runs before the first table is written, so a failed run leaves the previous tables as they were.
+
+Steps that do not depend on each other run at the same time from driver threads (rejects, users and items after
+validate; user_activity, stage1_offers and eval_candidates after interactions): much of a step is driver work
+(planning, Delta's commit and snapshot) that another step's tasks can overlap. Each step's timing is its own wall;
+`wall_s` in the manifest is the steps' whole.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from twots.spark import progress
 
 # Every Spark job a step starts carries its name in this local property (in the event log's job properties).
 STEP_PROPERTY = "twots.prepare.step"
+STEPS = ("validate", REJECTS, USERS, ITEMS, INTERACTIONS, USER_ACTIVITY, STAGE1_OFFERS, SEQUENCES, EVAL_CANDIDATES,
+         "manifest")
 
 
 class PrepareError(ValueError):
@@ -87,18 +94,21 @@ class _Run:
         self.output, self.spark = output, spark
         self.timings: dict[str, float] = {}
         self.tables: dict[str, dict] = {}
+        self.started = time.perf_counter()
 
     @contextmanager
     def step(self, name: str):
         start = time.perf_counter()
         print(f"[prepare] {name} ...", flush=True)
         sc = self.spark.sparkContext
-        sc.setJobDescription(f"prepare: {name}")  # the Spark UI groups stages by step
+        # Local properties belong to the calling thread (PySpark's pinned threads), so concurrent steps keep theirs.
+        sc.setJobGroup(f"prepare-{name}", f"prepare: {name}")  # the Spark UI groups stages by step
         sc.setLocalProperty(STEP_PROPERTY, name)  # kept on Delta's own jobs, which replace the description
         try:
-            with progress(self.spark, f"[prepare] {name}"):
+            with progress(self.spark, f"[prepare] {name}", group=f"prepare-{name}"):
                 yield
         finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
             sc.setJobDescription(None)
             sc.setLocalProperty(STEP_PROPERTY, None)
         self.timings[name] = round(time.perf_counter() - start, 3)
@@ -129,24 +139,38 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         n_items = raw_items.count()
         _check_sizes(cfg, accepted, n_items, rejected)
 
-    with run.step(REJECTS):
-        run.write(spark, REJECTS, parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file"))
+    def write_rejects():
+        with run.step(REJECTS):
+            run.write(spark, REJECTS, parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file"))
 
-    with run.step(USERS):
-        users = run.write(spark, USERS, dense_ids(good, "raw_user_id", "user_id"))
+    def write_users():
+        with run.step(USERS):
+            return run.write(spark, USERS, dense_ids(good, "raw_user_id", "user_id"))
 
-    with run.step(ITEMS):
-        items = run.write(spark, ITEMS, _items(raw_items))
+    def write_items():
+        with run.step(ITEMS):
+            return run.write(spark, ITEMS, _items(raw_items))
+
+    _, users, items = concurrently(write_rejects, write_users, write_items)
 
     with run.step(INTERACTIONS):
         interactions = run.write(spark, INTERACTIONS, _interactions(good, users, items, cfg))
 
-    with run.step(USER_ACTIVITY):
-        activity = run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold))
+    def write_activity():
+        with run.step(USER_ACTIVITY):
+            return run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold))
 
-    with run.step(STAGE1_OFFERS):
-        offers = run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed,
-                                                               cfg.sampler, cfg.alpha))
+    def write_offers():
+        with run.step(STAGE1_OFFERS):
+            return run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed,
+                                                                 cfg.sampler, cfg.alpha))
+
+    def write_candidates():
+        with run.step(EVAL_CANDIDATES):
+            run.write(spark, EVAL_CANDIDATES,
+                      eval_candidates(interactions, n_items, cfg.eval_negatives, cfg.seed, cfg.eval_sample))
+
+    activity, offers, _ = concurrently(write_activity, write_offers, write_candidates)
 
     with run.step(SEQUENCES):
         if cfg.sampler == "uniform":  # the draws are expressions: redraw the kept steps' instead of copying arrays
@@ -156,10 +180,6 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         else:  # popularity draws take a join: the kept steps copy stage1_offers' arrays
             run.write(spark, SEQUENCES, sequences(offers, activity, cfg.last_k))
 
-    with run.step(EVAL_CANDIDATES):
-        run.write(spark, EVAL_CANDIDATES,
-                  eval_candidates(interactions, n_items, cfg.eval_negatives, cfg.seed, cfg.eval_sample))
-
     with run.step("manifest"):
         written = run.tables[INTERACTIONS]["rows"] + run.tables[REJECTS]["rows"]
         if written != input_rows or run.tables[INTERACTIONS]["rows"] != accepted:
@@ -167,9 +187,32 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
                                f"{run.tables[INTERACTIONS]['rows']} + rejects {run.tables[REJECTS]['rows']}")
         manifest = _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interactions)
         _write_json(output / "manifest.json", manifest)
-    print(f"[prepare] wrote {len(run.tables)} tables and manifest.json under {output} "
-          f"in {sum(run.timings.values()):.1f}s", flush=True)
+    print(f"[prepare] wrote {len(run.tables)} tables and manifest.json under {output} in {manifest['wall_s']:.1f}s",
+          flush=True)
     return manifest
+
+
+def concurrently(*steps):
+    """Run the steps (no-argument callables) each in a driver thread; their results in order, or the first error
+    once every step has ended."""
+    from pyspark import InheritableThread
+
+    results, errors = [None] * len(steps), []
+
+    def run(index, step):
+        try:
+            results[index] = step()
+        except BaseException as err:  # noqa: BLE001 - re-raised below, in the caller's thread
+            errors.append(err)
+
+    threads = [InheritableThread(target=run, args=(i, step)) for i, step in enumerate(steps)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict) -> None:
@@ -240,8 +283,9 @@ def _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interac
         "splits": {s: splits.get(s, 0) for s in ("train", "val", "test")},
         "eval_sample": {"fraction": cfg.eval_sample, "seed": cfg.seed, "unit": "user",
                         "events": run.tables[EVAL_CANDIDATES]["rows"]},
-        "tables": run.tables,
-        "timings_s": run.timings,
+        "tables": {name: run.tables[name] for name in STEPS if name in run.tables},  # in step order, however they ran
+        "timings_s": {name: run.timings[name] for name in STEPS if name in run.timings},
+        "wall_s": round(time.perf_counter() - run.started, 3),
     }
 
 

@@ -95,15 +95,23 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
 
 
 @contextmanager
-def progress(spark, label: str, every_s: float = 15.0, log=print) -> Iterator[None]:
-    """While the block runs, every `every_s` seconds: the tasks done of the Spark stages running now (Spark's own
-    console progress bar is off: it redraws many times a second and interleaves with our lines)."""
+def progress(spark, label: str, every_s: float = 15.0, log=print, group: str | None = None) -> Iterator[None]:
+    """While the block runs, every `every_s` seconds: the tasks done of the Spark stages running now, of the jobs of
+    job group `group` when given (other work may run at the same time). Spark's own console progress bar is off: it
+    redraws many times a second and interleaves with our lines."""
     tracker = spark.sparkContext.statusTracker()
     done_event, started = threading.Event(), time.monotonic()
 
+    def running() -> list[int]:
+        if group is None:
+            return tracker.getActiveStageIds()
+        jobs = [tracker.getJobInfo(job) for job in tracker.getJobIdsForGroup(group)]
+        active = set(tracker.getActiveStageIds())
+        return [stage for job in jobs if job for stage in job.stageIds if stage in active]
+
     def report() -> None:
         while not done_event.wait(every_s):
-            stages = [info for info in map(tracker.getStageInfo, tracker.getActiveStageIds()) if info]
+            stages = [info for info in map(tracker.getStageInfo, running()) if info]
             total = sum(info.numTasks for info in stages)
             if total:
                 done = sum(info.numCompletedTasks for info in stages)
