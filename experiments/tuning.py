@@ -167,11 +167,11 @@ class Runner:
 
         return evaluate_loaded(model, self.eval_data(view), splits)
 
-    def grid(self, name: str, plan: StagePlan, view: Path, grid: Grid, previous: str | None = None,
-             prefix: str = "") -> list[TrialSpec]:
+    def grid(self, name: str, plan: StagePlan, view: Path, grid: Grid, previous: str | None = None
+             ) -> list[TrialSpec]:
         """The trials of one model's grid: every (lr, l2), up to the grid's max_epochs with its patience."""
         return [TrialSpec(name, plan, view, lr, l2, grid.max_epochs, grid.patience, previous,
-                          f"{prefix}{name}/lr{lr:g}-l2{l2:g}") for lr, l2 in grid.points()]
+                          f"{name}/lr{lr:g}-l2{l2:g}") for lr, l2 in grid.points()]
 
     def tune(self, specs: dict[str, list[TrialSpec]]) -> dict[str, tuple[Trial, list[Trial]]]:
         """Every model's trials in one launch: per model, its best trial (the best val MRR at any epoch) and all."""
