@@ -15,13 +15,18 @@ import numpy as np
 from twots.data.tables import PAD_ITEM
 
 
-def snapshot_files(spark, data_dir: str | Path, table: str) -> list[str]:
-    """Local paths of the Parquet files of a Delta table's current snapshot. Fails when the snapshot has rows
-    deleted in place (deletion vectors), which a plain read of its files would bring back."""
+def read_delta(spark, data_dir: str | Path, table: str):
+    """Table `table` of a prepared folder as a Spark DataFrame; a missing one names the job that writes it."""
     path = Path(data_dir) / table
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {data_dir} the output of jobs/prepare.py?")
-    df = spark.read.format("delta").load(str(path))
+    return spark.read.format("delta").load(str(path))
+
+
+def snapshot_files(spark, data_dir: str | Path, table: str) -> list[str]:
+    """Local paths of the Parquet files of a Delta table's current snapshot. Fails when the snapshot has rows
+    deleted in place (deletion vectors), which a plain read of its files would bring back."""
+    df = read_delta(spark, data_dir, table)
     files = sorted(_local_path(uri) for uri in df.inputFiles())
     in_files = sum(m.num_rows for m in _footers(files))
     live = df.count()  # answered from the Delta log's file statistics

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field, field_validator
 
 from twots.config import Section
-from twots.data.snapshot import read_snapshot
+from twots.data.snapshot import read_delta, read_snapshot  # noqa: F401 (read_delta: callers import it from here)
 from twots.data.tables import EVAL_CANDIDATES, INTERACTIONS, SEQUENCES, USER_ACTIVITY
 from twots.evaluation import metrics
 from twots.evaluation.replay import Events, History, Warmup, full_batch_for, model_device, replay
@@ -67,13 +67,6 @@ class EvaluateConfig(FullRankingConfig):
     batch_users: int = Field(1024, ge=1, description="users scored per call")
     threads: int = Field(1, ge=1, description="torch threads of the replay")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<data>/mlflow.db")
-
-
-def read_delta(spark, data_dir: str | Path, table: str):
-    path = Path(data_dir) / table
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {data_dir} the output of jobs/prepare.py?")
-    return spark.read.format("delta").load(str(path))
 
 
 @dataclass
