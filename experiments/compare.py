@@ -95,7 +95,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base = prepared_data(cfg, spark, out, log)
     runner = Runner(spark, resolve(TrainConfig, "train", {**train_overrides, "data": str(base)}), out, log,
-                    extra={"sasrec": {"window": cfg.sasrec_window}})
+                    extra={"sasrec": {"window": cfg.sasrec_window}}, resume=cfg.resume)
     prepared_t, last_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
     experiment_id = tracking.use_tracking(cfg.tracking_uri or tracking.default_tracking_uri(out), out, cfg.experiment)
 

@@ -44,6 +44,8 @@ class CompareConfig(Section):
     launch: Literal["model", "all"] = Field(
         "model", description="TorchDistributor launches: one per model (its whole grid), or all: one for every "
         "model after stage 1 (saves a launch's process starts, about 8 s each, on small data; a failure stops all)")
+    resume: bool = Field(False, description="keep the trials an earlier run under the same --output finished with "
+                         "the same data, settings and stage 1; train only the others (experiments.tuning)")
     max_len: int = Field(200, ge=1, description="full histories keep each user's last max_len training items")
     sasrec_window: int = Field(50, ge=1, description="SASRec attends over the last N items")
     threshold: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(

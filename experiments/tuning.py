@@ -8,10 +8,19 @@ one: a launch costs seconds of process starts and imports (about 8 s on a 2-core
 less than one. Every epoch's checkpoint is kept, so the best epoch's weights are the model. Trials share petastorm
 sources and evaluation arrays (read once per view). A trial's seconds and peak memory are its stage's, measured
 by the ranks (twots.training.trainer.train_stage), so they do not depend on what else shared the launch.
+
+Resuming (`compare.resume`): before a launch, each trial's folder (runs/<model>/<point>) gets `trial-key.json`,
+what defines the trial: the model, stage, view, lr, l2, epochs, patience, the training settings, the prepared
+data's manifest and a digest of the stage-1 model it builds on. Rank 0 writes `stage.json`, the stage's result, once
+the stage is complete. A later run with `resume` keeps every trial whose folder holds both with the same key and
+trains the others from their start (a trial cut off mid-way is trained again whole), so a grid longer than a
+session finishes over several.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -20,6 +29,12 @@ from pathlib import Path
 
 from experiments.config import CompareConfig, Grid
 from twots.models.kinds import KINDS, STAGE1, StagePlan
+from twots.training.runs import checkpoint_dir, model_path
+
+# TrainConfig fields that do not change what a trial learns (where it runs and logs, how long ranks wait); its
+# stage1_* / stage2_* settings come from the spec (lr, l2, epochs) or enter the key as the stage's batch size.
+NOT_IN_TRIAL_KEY = ("data", "model", "run_dir", "local_mode", "threads", "collective_timeout_s", "resume",
+                    "log_every_s", "evaluate", "tracking_uri", "experiment")
 
 
 @dataclass(frozen=True)
@@ -78,12 +93,13 @@ def load_epoch(trial: Trial, epoch: int):
 
 class Runner:
     """Trains and evaluates trials, sharing petastorm sources and evaluation arrays (read once per view) between
-    them. `extra` are per-kind extra constructor arguments (twots.models.kinds.BuildInputs)."""
+    them. `extra` are per-kind extra constructor arguments (twots.models.kinds.BuildInputs); with `resume`, trials
+    an earlier run finished with the same key are kept (module doc)."""
 
-    def __init__(self, spark, tcfg, out: Path, log=print, extra: dict | None = None):
+    def __init__(self, spark, tcfg, out: Path, log=print, extra: dict | None = None, resume: bool = False):
         from twots.training.train import read_manifest, write_side_data
 
-        self.spark, self.tcfg, self.out, self.log = spark, tcfg, out, log
+        self.spark, self.tcfg, self.out, self.log, self.extra, self.resume = spark, tcfg, out, log, extra, resume
         self.manifest = read_manifest(tcfg.data)
         side_data = write_side_data(spark, tcfg.data, self.manifest, out / "runs" / "side_data.npz")
         self.inputs = tcfg.build_inputs(self.manifest, side_data, extra)
@@ -129,38 +145,82 @@ class Runner:
 
     def train(self, specs: list[TrialSpec]) -> list[Trial]:
         """Train `specs` one after another in one launch, each up to its max_epochs with val replayed after every
-        epoch and stopped after `patience` epochs without a better val MRR (twots.training.trainer)."""
+        epoch and stopped after `patience` epochs without a better val MRR (twots.training.trainer). With `resume`,
+        the trials finished before under the same key are read back instead (module doc)."""
         from twots.training import distributed
         from twots.training.runs import StageSettings, stage_job
         from twots.training.trainer import run_stages
 
-        jobs = []
-        for spec in specs:
+        stages: dict[int, dict] = {}
+        jobs = {}
+        for i, spec in enumerate(specs):
             run_dir = self.out / "runs" / spec.run_name
+            key = self.trial_key(spec)
+            stages[i] = self._finished(spec, run_dir, key) if self.resume else None
+            if stages[i] is not None:
+                continue
             if run_dir.exists():
                 shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            (run_dir / "trial-key.json").write_text(json.dumps(key, indent=1))
             settings = StageSettings(spec.max_epochs, spec.lr, self.tcfg.settings()[spec.plan.settings].batch_size,
                                      spec.l2)
-            jobs.append(replace(stage_job(spec.plan, self.inputs, self.source(spec.view, spec.plan.table), settings,
-                                          run_dir, spec.previous, self.tcfg.options(), name=spec.name),
-                                validate=self.val_check(spec.view), patience=spec.patience))
-        self.log("[compare] training in one launch: " + "; ".join(
-            f"{s.run_name} (up to {s.max_epochs} epochs at lr {s.lr:g}, l2 {s.l2:g})" for s in specs))
-        result = distributed.run(run_stages, jobs, num_processes=self.tcfg.num_processes,
-                                 local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu,
-                                 error_dir=self.out / "runs" / "rank-errors", timeout_s=self.tcfg.collective_timeout_s)
+            jobs[i] = replace(stage_job(spec.plan, self.inputs, self.source(spec.view, spec.plan.table), settings,
+                                        run_dir, spec.previous, self.tcfg.options(), name=spec.name),
+                              validate=self.val_check(spec.view), patience=spec.patience,
+                              result_path=str(run_dir / "stage.json"))
+        if jobs:
+            todo = [specs[i] for i in jobs]
+            self.log("[compare] training in one launch: " + "; ".join(
+                f"{s.run_name} (up to {s.max_epochs} epochs at lr {s.lr:g}, l2 {s.l2:g})" for s in todo))
+            result = distributed.run(run_stages, list(jobs.values()), num_processes=self.tcfg.num_processes,
+                                     local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu,
+                                     error_dir=self.out / "runs" / "rank-errors",
+                                     timeout_s=self.tcfg.collective_timeout_s)
+            stages.update(zip(jobs, result["stages"]))
         trials = []
-        for spec, job, stage in zip(specs, jobs, result["stages"]):
-            trial = Trial(spec.name, spec.lr, spec.l2, spec.max_epochs, model_path=job.model_path,
+        for i, spec in enumerate(specs):
+            stage, run_dir = stages[i], self.out / "runs" / spec.run_name
+            trial = Trial(spec.name, spec.lr, spec.l2, spec.max_epochs, model_path=str(model_path(run_dir, spec.name)),
                           history=stage["history"], peak_rss=int(stage["peak_rss_total_mb"] * 2**20))
             trial.val_mrr = [h["val_score"] for h in trial.history]
             trial.seconds = stage["wall_s"] - sum(h["val_seconds"] for h in trial.history)
-            trial.checkpoints = sorted(str(p) for p in Path(job.checkpoint_dir).glob(f"{spec.name}-epoch*.pt"))
-            self.log(f"[compare] {spec.run_name}: val MRR by epoch " + ", ".join(f"{m:.4f}" for m in trial.val_mrr)
+            trial.checkpoints = sorted(str(p) for p in checkpoint_dir(run_dir).glob(f"{spec.name}-epoch*.pt"))
+            self.log(f"[compare] {spec.run_name}{'' if i in jobs else ' (finished before, kept)'}: val MRR by epoch "
+                     + ", ".join(f"{m:.4f}" for m in trial.val_mrr)
                      + (f"; stopped early, best epoch {trial.best_epoch + 1}"
                         if len(trial.val_mrr) < spec.max_epochs else ""))
             trials.append(trial)
         return trials
+
+    def trial_key(self, spec: TrialSpec) -> dict:
+        """What defines a trial's result: resuming keeps a finished trial only under the same key."""
+        out, view = self.out.resolve(), Path(spec.view).resolve()
+        train = {k: v for k, v in self.tcfg.model_dump(mode="json").items()
+                 if k not in NOT_IN_TRIAL_KEY and not k.startswith(("stage1_", "stage2_"))}
+        return {"model": spec.name, "stage": spec.plan.name, "lr": spec.lr, "l2": spec.l2,
+                "max_epochs": spec.max_epochs, "patience": spec.patience,
+                # a view this run built is named inside --output: the key holds wherever the folder is moved
+                "view": str(view.relative_to(out)) if view.is_relative_to(out) else str(view),
+                "stage1_sha256": file_sha256(spec.previous) if spec.previous else None,
+                "train": {**train, "batch_size": self.tcfg.settings()[spec.plan.settings].batch_size},
+                "extra": self.extra,
+                "data_manifest_sha256": hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()}
+
+    def _finished(self, spec: TrialSpec, run_dir: Path, key: dict) -> dict | None:
+        """The stage result of the trial an earlier run finished in `run_dir` under `key`, or None (and why)."""
+        stored_key, stage = run_dir / "trial-key.json", run_dir / "stage.json"
+        if not (stored_key.exists() and stage.exists() and model_path(run_dir, spec.name).exists()):
+            if run_dir.exists():
+                self.log(f"[compare] {spec.run_name}: the earlier run did not finish it; training it again")
+            return None
+        stored = json.loads(stored_key.read_text())
+        differs = sorted(k for k in set(key) | set(stored) if key.get(k) != stored.get(k))
+        if differs:
+            self.log(f"[compare] {spec.run_name}: the earlier run's trial differs in {', '.join(differs)}; "
+                     "training it again")
+            return None
+        return json.loads(stage.read_text())
 
     def evaluate(self, model, view: Path, splits: tuple[str, ...]) -> dict:
         from twots.evaluation.evaluate import evaluate_loaded
@@ -181,6 +241,14 @@ class Runner:
             mine = [next(trials) for _ in group]
             tuned[name] = max(mine, key=lambda t: t.best_val_mrr), mine
         return tuned
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def popularity(runner: Runner, view: Path) -> tuple[object, float]:

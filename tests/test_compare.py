@@ -2,6 +2,7 @@
 TorchDistributor (2 CPU ranks, gloo) -> online replay -> results table, MLflow runs, plots."""
 
 import json
+import shutil
 import struct
 
 import mlflow
@@ -152,20 +153,32 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
     assert {m.step: m.value for m in sweep} == pytest.approx(curve)
 
 
+def small_grid(data, out, two_ts_l2s="[0]", stage2_batch_size=16, **more) -> CompareConfig:
+    """CCF on lr 0.05 x l2 {0, 0.01} up to 3 epochs, 2TS on lr 0.05 x `two_ts_l2s` up to 2, small dimensions."""
+    return resolve(CompareConfig, "compare", {
+        "data": str(data), "output": str(out), "models": "ccf,2ts", "lrs": "[0.05]",
+        "l2s": "[0, 0.01]", "max_epochs": "3", "patience": "1",
+        "overrides": f'{{"2ts": {{"l2s": {two_ts_l2s}, "max_epochs": 2}}}}',
+        "train": '{"item_dim": 16, "feature_dim": 4, "stage1_batch_size": 256, '
+                 f'"stage2_batch_size": {stage2_batch_size}, "loader": "parquet"}}', **more})
+
+
+@pytest.fixture(scope="module")
+def small_grid_run(spark, prepared_clusters, tmp_path_factory):
+    """`small_grid` compared once: (its output folder, its results, spark, the prepared data). Read it; copy it to
+    change it."""
+    out = tmp_path_factory.mktemp("small-grid") / "compare"
+    return out, compare(small_grid(prepared_clusters, out), spark), spark, prepared_clusters
+
+
 @pytest.mark.timeout(1800)
 @pytest.mark.distributed
 @pytest.mark.mlflow
 @pytest.mark.slow
-def test_grid_with_early_stopping_records_each_models_setting(spark, prepared_clusters, tmp_path):
+def test_grid_with_early_stopping_records_each_models_setting(small_grid_run):
     """CCF on a 1 x 2 grid (l2 0 and 0.01) up to 3 epochs, 2TS on its own 1 x 1 grid up to 2 epochs on CCF's chosen
     stage 1: every grid point stops by the rule, keeps its best epoch, and the settings reach results and MLflow."""
-    out = tmp_path / "compare"
-    cfg = resolve(CompareConfig, "compare", {
-        "data": str(prepared_clusters), "output": str(out), "models": "ccf,2ts", "lrs": "[0.05]",
-        "l2s": "[0, 0.01]", "max_epochs": "3", "patience": "1", "overrides": '{"2ts": {"l2s": [0], "max_epochs": 2}}',
-        "train": '{"item_dim": 16, "feature_dim": 4, "stage1_batch_size": 256, "stage2_batch_size": 16, '
-                 '"loader": "parquet"}'})
-    results = compare(cfg, spark)
+    out, results, spark, prepared_clusters = small_grid_run
 
     ccf, two = results["ccf"], results["2ts"]
     assert [(t["lr"], t["l2"]) for t in ccf["trials"]] == [(0.05, 0.0), (0.05, 0.01)]
@@ -217,6 +230,43 @@ def test_grid_with_early_stopping_records_each_models_setting(spark, prepared_cl
         ccf["trials"][1]["val_mrr_by_epoch"])
     child = runs[runs["tags.mlflow.runName"] == "2ts"].iloc[0]
     assert int(child["params.stage1_epochs"]) == ccf["epochs"] and float(child["params.stage1_l2"]) == ccf["l2"]
+
+
+@pytest.mark.timeout(1800)
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_resume_keeps_finished_trials_and_trains_the_rest(small_grid_run, tmp_path):
+    """A grid resumed in its --output (copied elsewhere first): trials finished under the same key are read back, not
+    trained; a trial the earlier run did not finish, a new grid point, and trials whose training settings changed
+    are trained."""
+    done, first, spark, prepared_clusters = small_grid_run
+    out = tmp_path / "compare"
+    shutil.copytree(done, out)
+    (out / "runs" / "ccf" / "lr0.05-l20.01" / "stage.json").unlink()  # as if the run was killed in that trial
+
+    def resumed(**settings):
+        lines = []
+        results = compare(small_grid(prepared_clusters, out, resume="true", **settings), spark, log=lines.append)
+        return results, [line.split(": ", 1)[1] for line in lines if "training in one launch" in line], lines
+
+    second, launches, lines = resumed(two_ts_l2s="[0, 0.01]")
+    assert launches == ["ccf/lr0.05-l20.01 (up to 3 epochs at lr 0.05, l2 0.01)",
+                        "2ts/lr0.05-l20.01 (up to 2 epochs at lr 0.05, l2 0.01)"]
+    assert "[compare] ccf/lr0.05-l20.01: the earlier run did not finish it; training it again" in lines
+    assert any(line.startswith("[compare] ccf/lr0.05-l20 (finished before, kept): val MRR") for line in lines)
+    # Kept trials carry their recorded epochs and seconds; the one trained again is the same (seeded) training, so
+    # CCF chooses the same stage 1, and the 2TS point on it is kept.
+    assert second["ccf"]["trials"][0] == first["ccf"]["trials"][0]
+    assert ({**second["ccf"]["trials"][1], "seconds": None} == {**first["ccf"]["trials"][1], "seconds": None})
+    assert second["2ts"]["trials"][0] == first["2ts"]["trials"][0]
+    assert [(t["lr"], t["l2"]) for t in second["2ts"]["trials"]] == [(0.05, 0.0), (0.05, 0.01)]
+    assert second["ccf"]["test"] == first["ccf"]["test"]
+
+    third, launches, lines = resumed(stage2_batch_size=8)
+    assert launches == ["2ts/lr0.05-l20 (up to 2 epochs at lr 0.05, l2 0)"]
+    assert "[compare] 2ts/lr0.05-l20: the earlier run's trial differs in train; training it again" in lines
+    assert third["ccf"]["trials"] == second["ccf"]["trials"]
+    assert third["2ts"]["trials"][0]["val_mrr_by_epoch"] != first["2ts"]["trials"][0]["val_mrr_by_epoch"]
 
 
 def test_results_table_marks_missing_groups():

@@ -186,7 +186,9 @@ def rank_errors(error_dir: str | Path) -> list[dict]:
 
 def run(fn, *args, num_processes: int, local_mode: bool = True, use_gpu: bool = False,
         error_dir: str | Path | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
-    """Run `fn(*args)` on `num_processes` ranks with TorchDistributor and return rank 0's result.
+    """Run `fn(*args)` on `num_processes` ranks with TorchDistributor and return a rank's result (rank 0's on a
+    cluster; in local mode every rank writes the same output file and the last one wins: return the same numbers
+    from every rank).
 
     `fn` must return a dict holding `ranks_finished` (from `finish`); TorchDistributor does not always notice a
     crashed rank, so a count short of `num_processes` raises `RankFailure` here. A rank's error reaches the driver

@@ -37,12 +37,21 @@ class RunOptions:
     threads: int = 0
 
 
+def model_path(run_dir: Path, name: str) -> Path:
+    """Where a stage called `name` saves its trained model under its run folder."""
+    return Path(run_dir) / f"{name}.pt"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
 def stage_job(plan: StagePlan, inputs: BuildInputs, source, settings: StageSettings, run_dir: Path,
               previous: str | None, options: RunOptions, name: str | None = None) -> StageJob:
     """One stage: builds with `inputs`, saves `<run_dir>/<name>.pt`, checkpoints under `<run_dir>/checkpoints`."""
     name = name or plan.name
     return StageJob(name=name, build=partial(plan.build, inputs), source=source, previous_model=previous,
-                    model_path=str(Path(run_dir) / f"{name}.pt"), checkpoint_dir=str(Path(run_dir) / "checkpoints"),
+                    model_path=str(model_path(run_dir, name)), checkpoint_dir=str(checkpoint_dir(run_dir)),
                     epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, l2=settings.l2,
                     seed=options.seed,
                     use_gpu=options.use_gpu, resume=options.resume, log_every_s=options.log_every_s,

@@ -58,6 +58,7 @@ class StageJob:
     threads: int = 0               # torch intra-op threads per rank; 0 keeps torchrun's setting
     validate: Callable | None = None  # model -> score (higher is better), called on rank 0 after every epoch
     patience: int = 1              # with validate: stop after this many epochs without a better score
+    result_path: str | None = None  # rank 0 writes the stage's result here (JSON) once the stage is complete
 
 
 def make_optimizers(model: nn.Module, lr: float, l2: float = 0.0) -> list[torch.optim.Optimizer]:
@@ -151,7 +152,7 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
                 log(f"[{job.name}] epoch {epoch + 1}/{job.epochs} step {step}/{steps} loss {loss_sum / step:.4f} "
                     f"{clicks * ctx.world / (now - t0):,.0f} interactions/s, "
                     + (f"{left:.0f} s left in the epoch" if step < steps else f"epoch done in {now - t0:.1f} s"))
-        seconds = time.perf_counter() - t0
+        seconds = distributed.all_max(ctx, time.perf_counter() - t0)  # the slowest rank's: the same on every rank
         mean_loss = distributed.all_mean(ctx, [loss_sum / steps])[0]
         total = distributed.all_sum(ctx, clicks)
         history.append({"epoch": epoch, "loss": mean_loss, "interactions": total, "seconds": seconds,
@@ -175,7 +176,8 @@ def validate(ctx: distributed.Context, model: nn.Module, job: StageJob, log=prin
         model.eval()
         score = float(job.validate(model))
         log(f"[{job.name}] val score {score:.4f} ({time.perf_counter() - started:.1f} s)")
-    return {"val_score": distributed.all_sum(ctx, score), "val_seconds": time.perf_counter() - started}
+    score = distributed.all_sum(ctx, score)
+    return {"val_score": score, "val_seconds": distributed.all_max(ctx, time.perf_counter() - started)}
 
 
 def _save_checkpoint(path: Path, model, optimizers, history, epoch) -> None:
@@ -186,6 +188,14 @@ def _save_checkpoint(path: Path, model, optimizers, history, epoch) -> None:
     path.with_suffix(".json").write_text(json.dumps({"epoch": epoch, "history": history}))
     torch.save({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers]}, tmp)
     os.replace(tmp, path)  # a killed run never leaves a half-written checkpoint behind
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """`value` as JSON at `path`, complete or not at all (written beside it, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -258,4 +268,6 @@ def train_stage(ctx: distributed.Context, job: StageJob) -> dict:
         save_model(job.model_path, model.cpu())
     distributed.barrier(ctx)  # the next stage builds on the saved model
     result["wall_s"] = distributed.all_max(ctx, time.perf_counter() - started)
+    if ctx.is_main and job.result_path:
+        _write_json(Path(job.result_path), result)
     return result
