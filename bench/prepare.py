@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from experiments.memory import PeakRSS  # noqa: E402  (after the path set-up)
+from pipelines.config import STEPS as PREPARE_STEPS  # noqa: E402
 
 CORES = 2  # Spark's local[CORES] and DuckDB's threads: the same cores for both engines
-STEPS = ["validate", "rejects", "users", "items", "interactions", "user_activity", "stage1_offers", "sequences",
-         "eval_candidates"]
+STEPS = [step for step in PREPARE_STEPS if step != "manifest"]  # the manifest step is in "start, manifest, exit"
 # Tables (and columns) whose content has no random draw: Spark's and DuckDB's must be equal.
 SAME_ROWS = {
     "users": "user_id, raw_user_id",

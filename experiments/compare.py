@@ -125,8 +125,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
         log(f"[compare] t* = {t_star} ({threshold['source']}); models: {', '.join(cfg.models)}")
         tuned = {}
         if cfg.launch == "all":
-            specs = {name: own_stage_trials(name, cfg, runner, views, stage1[2] if stage1 else None)
-                     for name in cfg.models}
+            specs = {name: own_stage_trials(name, cfg, runner, views, stage1) for name in cfg.models}
             tuned = runner.tune({name: group for name, group in specs.items() if group})
 
         for name in cfg.models:

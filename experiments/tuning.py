@@ -272,16 +272,16 @@ def setting(trial: Trial) -> dict:
     return {"lr": trial.lr, "l2": trial.l2, "epochs": trial.best_epoch + 1, "val_mrr": trial.best_val_mrr}
 
 
-def own_stage_trials(name: str, cfg: CompareConfig, runner: Runner, views: dict[str, Path],
-                     stage1_path: str | None) -> list[TrialSpec]:
+def own_stage_trials(name: str, cfg: CompareConfig, runner: Runner, views: dict[str, Path], stage1
+                     ) -> list[TrialSpec]:
     """The grid of a trained model's own (last) stage; [] for popularity and CCF (stage 1 is tuned first, as CCF).
     `views` maps the table the stage reads to the folder holding it (pipelines.views.stage_view); models built on
-    stage 1 train on the one at `stage1_path`."""
+    stage 1 train on CCF's chosen one, `stage1` = (best trial, trials, saved model path) or None."""
     kind = KINDS[name]
     if not kind.stages or kind.stages[-1] == STAGE1:
         return []
     plan = kind.stages[-1]
-    return runner.grid(name, plan, views[plan.table], cfg.grid(name), stage1_path if kind.on_stage1 else None)
+    return runner.grid(name, plan, views[plan.table], cfg.grid(name), stage1[2] if kind.on_stage1 else None)
 
 
 def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, views: dict[str, Path], stage1,
@@ -304,7 +304,7 @@ def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, views: dict[s
     elif tuned is not None:
         best, trials = tuned
     else:
-        specs = own_stage_trials(name, cfg, runner, views, stage1[2] if stage1 else None)
+        specs = own_stage_trials(name, cfg, runner, views, stage1)
         best, trials = runner.tune({name: specs})[name]
     used = [stage1[0], best] if on else [best]
     return load_epoch(best, best.best_epoch), views[plan.table], {

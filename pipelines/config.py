@@ -7,8 +7,21 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from twots.config import Section
+from twots.data.tables import (
+    EVAL_CANDIDATES,
+    INTERACTIONS,
+    ITEMS,
+    REJECTS,
+    SEQUENCES,
+    STAGE1_OFFERS,
+    USER_ACTIVITY,
+    USERS,
+)
 
 BEHAVIORS = ("pv", "buy", "cart", "fav")
+# prepare's steps in order (pipelines.pipeline; independent ones run at the same time), as the manifest lists them.
+STEPS = ("validate", REJECTS, USERS, ITEMS, INTERACTIONS, USER_ACTIVITY, STAGE1_OFFERS, SEQUENCES, EVAL_CANDIDATES,
+         "manifest")
 
 
 class PrepareConfig(Section):

@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from pipelines.activity import sequences, split_column, user_activity
-from pipelines.config import PrepareConfig
+from pipelines.config import STEPS, PrepareConfig
 from pipelines.indexing import dense_ids, with_global_index
 from pipelines.negatives import eval_candidates, offer_negatives, stage1_offers
 from pipelines.readers import read_source
@@ -42,8 +42,6 @@ from twots.spark import progress
 
 # Every Spark job a step starts carries its name in this local property (in the event log's job properties).
 STEP_PROPERTY = "twots.prepare.step"
-STEPS = ("validate", REJECTS, USERS, ITEMS, INTERACTIONS, USER_ACTIVITY, STAGE1_OFFERS, SEQUENCES, EVAL_CANDIDATES,
-         "manifest")
 
 
 class PrepareError(ValueError):
