@@ -234,6 +234,7 @@ def test_grid_with_early_stopping_records_each_models_setting(small_grid_run):
 
 @pytest.mark.timeout(1800)
 @pytest.mark.distributed
+@pytest.mark.mlflow
 @pytest.mark.slow
 def test_resume_keeps_finished_trials_and_trains_the_rest(small_grid_run, tmp_path):
     """A grid resumed in its --output (copied elsewhere first): trials finished under the same key are read back, not
