@@ -175,7 +175,7 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
         item_vectors = stage1.items(torch.arange(manifest["n_items"]))
     item_bias = None if stage1.items.bias is None else stage1.items.bias.weight.squeeze(1)
     guide = theory_guide(item_vectors, sample["item_ids"], sample["neg_item_ids"], sample["lengths"],
-                         stage1.phi.weight[torch.as_tensor(sample["user_id"])], l2=cfg.theory_l2,
+                         stage1.phi.weight[torch.tensor(sample["user_id"])], l2=cfg.theory_l2,
                          item_bias=item_bias)
     log(f"[threshold] t** = Q / Var_m - 1 = {guide.q:.4f} / {guide.var_m:.4f} - 1 = {guide.t_star:.1f} "
         f"({guide.users} active users)")
