@@ -19,6 +19,7 @@ session finishes over several.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from experiments.config import CompareConfig, Grid
+from twots.files import write_json
 from twots.models.kinds import KINDS, STAGE1, StagePlan
 from twots.training.runs import checkpoint_dir, model_path
 
@@ -101,6 +103,7 @@ class Runner:
 
         self.spark, self.tcfg, self.out, self.log, self.extra, self.resume = spark, tcfg, out, log, extra, resume
         self.manifest = read_manifest(tcfg.data)
+        self.manifest_sha256 = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
         side_data = write_side_data(spark, tcfg.data, self.manifest, out / "runs" / "side_data.npz")
         self.inputs = tcfg.build_inputs(self.manifest, side_data, extra)
         self._sources: dict = {}
@@ -161,8 +164,7 @@ class Runner:
                 continue
             if run_dir.exists():
                 shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
-            (run_dir / "trial-key.json").write_text(json.dumps(key, indent=1))
+            write_json(run_dir / "trial-key.json", key)  # whole or absent: a resumed run reads it
             settings = StageSettings(spec.max_epochs, spec.lr, self.tcfg.settings()[spec.plan.settings].batch_size,
                                      spec.l2)
             jobs[i] = replace(stage_job(spec.plan, self.inputs, self.source(spec.view, spec.plan.table), settings,
@@ -205,7 +207,7 @@ class Runner:
                 "stage1_sha256": file_sha256(spec.previous) if spec.previous else None,
                 "train": {**train, "batch_size": self.tcfg.settings()[spec.plan.settings].batch_size},
                 "extra": self.extra,
-                "data_manifest_sha256": hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()}
+                "data_manifest_sha256": self.manifest_sha256}
 
     def _finished(self, spec: TrialSpec, run_dir: Path, key: dict) -> dict | None:
         """The stage result of the trial an earlier run finished in `run_dir` under `key`, or None (and why)."""
@@ -244,6 +246,14 @@ class Runner:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256, read once per version of the file: every grid point of every model on stage 1 asks for
+    the same stage-1 model's (a gigabyte at Taobao scale)."""
+    stat = os.stat(path)
+    return _sha256(os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):

@@ -12,8 +12,6 @@ validate; user_activity, stage1_offers and eval_candidates after interactions): 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -38,6 +36,7 @@ from twots.data.tables import (
     USER_ACTIVITY,
     USERS,
 )
+from twots.files import write_json
 from twots.spark import progress
 
 # Every Spark job a step starts carries its name in this local property (in the event log's job properties).
@@ -184,7 +183,7 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
             raise PrepareError(f"row check failed: {input_rows} input rows, but interactions "
                                f"{run.tables[INTERACTIONS]['rows']} + rejects {run.tables[REJECTS]['rows']}")
         manifest = _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interactions)
-        _write_json(output / "manifest.json", manifest)
+        write_json(output / "manifest.json", manifest)
     print(f"[prepare] wrote {len(run.tables)} tables and manifest.json under {output} in {manifest['wall_s']:.1f}s",
           flush=True)
     return manifest
@@ -285,9 +284,3 @@ def _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interac
         "timings_s": {name: run.timings[name] for name in STEPS if name in run.timings},
         "wall_s": round(time.perf_counter() - run.started, 3),
     }
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from twots.files import write_json
 from twots.models.kinds import save_model
 from twots.models.two_time_scale import split_parameters
 from twots.training import distributed
@@ -190,14 +191,6 @@ def _save_checkpoint(path: Path, model, optimizers, history, epoch) -> None:
     os.replace(tmp, path)  # a killed run never leaves a half-written checkpoint behind
 
 
-def _write_json(path: Path, value: dict) -> None:
-    """`value` as JSON at `path`, complete or not at all (written beside it, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """{"model", "optimizers", "epoch", "history"} of a checkpoint written by fit."""
     path = Path(path)
@@ -269,5 +262,5 @@ def train_stage(ctx: distributed.Context, job: StageJob) -> dict:
     distributed.barrier(ctx)  # the next stage builds on the saved model
     result["wall_s"] = distributed.all_max(ctx, time.perf_counter() - started)
     if ctx.is_main and job.result_path:
-        _write_json(Path(job.result_path), result)
+        write_json(job.result_path, result)
     return result
