@@ -32,7 +32,8 @@ class CompareConfig(Section):
     source: Literal["taobao", "movielens", "lastfm"] | None = Field(None, description="format of --input")
     output: str = Field("compare-output", description="results, plots, runs and the MLflow store")
     models: list[str] = Field(["all"], description="'all' (" + ", ".join(PAPER_MODELS) + ") or a list "
-                              "of those and: " + ", ".join(VARIANTS))
+                              "of those and: " + ", ".join(VARIANTS)
+                              + "; they run in the order above, whatever the order given")
     lrs: list[PositiveFloat] = Field([0.001, 0.003, 0.01], min_length=1,
                                      description="learning rates every model tries")
     l2s: list[NonNegativeFloat] = Field([0.0, 1e-6], min_length=1, description="L2 values every model tries "
