@@ -2,17 +2,20 @@
 
 `dense_ids` numbers the distinct values of a key (users, items, features: at most a few million) with one
 sorted window. `with_global_index` ranks every event (10M+ rows), where a window without `partitionBy` sorts
-everything in one task; at 10M+ rows that is the bottleneck. Instead we range-partition on the sort keys, sort
-within each partition, number its rows (the low 33 bits of monotonically_increasing_id are the row's position in
-its partition: one shuffle, where a row_number window over the partition id would shuffle again by that id),
-and add the sizes of the partitions before it. The numbered rows are checkpointed first, so the partition sizes
-and the numbers come from one computation (range bounds are sampled, and a recomputation is not guaranteed to
-sample the same ones).
+everything in one task; at 10M+ rows that is the bottleneck. Instead the rank is split at a coarse bucket that
+never decreases along the order (the pipeline's: the hour of ts): the rows in earlier buckets (a running sum over
+the buckets' row counts, which the caller already has: prepare counts them in validate's pass over the parsed rows)
+plus the row number within the bucket (a window partitioned by bucket). One shuffle, by bucket, spread over the
+shuffle's partitions; no sampling pass (a range partitioner computes its whole input once more to sample bounds)
+and no checkpoint (per-partition offsets need the partition sizes before the numbering). At 10M rows on 2 cores:
+27-29 s against 54-59 s for range partitioning with per-partition offsets (same input, warm session).
+The cost: one bucket's rows are sorted in one task, so a log whose events mostly fall in one hour ranks them in
+one task (still correct).
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 
@@ -22,19 +25,17 @@ def dense_ids(df: DataFrame, key: str, name: str) -> DataFrame:
     return df.select(key).distinct().select((F.row_number().over(order) - 1).cast("int").alias(name), key)
 
 
-def with_global_index(df: DataFrame, order: list[str], name: str, partitions: int) -> tuple[DataFrame, int]:
-    """Add column `name`, the 0-based rank by `order` (keys must be unique); returns (df, row count)."""
-    ranged = df.repartitionByRange(partitions, *order).sortWithinPartitions(*order)
-    local = ranged.select("*", F.spark_partition_id().alias("_part"),
-                          F.monotonically_increasing_id().bitwiseAND((1 << 33) - 1).alias("_local"))
-    local = local.localCheckpoint(eager=True)
-    sizes = sorted((r["_part"], r["count"]) for r in local.groupBy("_part").count().collect())
-    offsets, total = [], 0
-    for part, size in sizes:
-        offsets.append((part, total))
-        total += size
-    offset_df = df.sparkSession.createDataFrame(offsets or [(0, 0)], "_part int, _offset long")
-    indexed = (local.join(F.broadcast(offset_df), "_part")
-               .withColumn(name, F.col("_local") + F.col("_offset"))
-               .drop("_part", "_local", "_offset"))
-    return indexed, total
+def with_global_index(df: DataFrame, order: list[str], name: str, bucket: Column,
+                      bucket_counts: DataFrame) -> DataFrame:
+    """Add column `name`, the 0-based rank by `order` (keys must be unique).
+
+    `bucket` must never decrease along `order`; `bucket_counts` (columns `bucket`, `count`) holds df's rows per
+    value of `bucket`, exactly (one row per bucket that has rows: one per hour of the log with events).
+    """
+    earlier = Window.orderBy("bucket").rowsBetween(Window.unboundedPreceding, -1)
+    offsets = bucket_counts.select(F.col("bucket").alias("_bucket"),
+                                   F.coalesce(F.sum("count").over(earlier), F.lit(0)).alias("_offset"))
+    within = Window.partitionBy("_bucket").orderBy(*order)
+    return (df.withColumn("_bucket", bucket).join(F.broadcast(offsets), "_bucket")
+            .withColumn(name, F.col("_offset") + F.row_number().over(within) - 1)
+            .drop("_bucket", "_offset"))

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from pipelines.activity import sequences, split_column, user_activity
@@ -125,7 +125,10 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
 
     with run.step("validate"):
         parsed = _parse_once(spark, cfg)
-        counts = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
+        # Accepted rows are also counted per hour of ts here: interactions' global order needs those counts.
+        tally = parsed.groupBy("reason", F.when(F.col("reason").isNull(), _order_bucket()).alias("bucket")).count()
+        tally = tally.localCheckpoint()
+        counts = {r["reason"]: r["count"] for r in tally.groupBy("reason").agg(F.sum("count").alias("count")).collect()}
         accepted = counts.pop(None, 0)
         rejected = dict(sorted(counts.items()))
         input_rows = accepted + sum(rejected.values())
@@ -151,7 +154,8 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     _, users, items = concurrently(write_rejects, write_users, write_items)
 
     with run.step(INTERACTIONS):
-        interactions = run.write(spark, INTERACTIONS, _interactions(good, users, items, cfg))
+        bucket_counts = tally.where(F.col("reason").isNull()).select("bucket", "count")
+        interactions = run.write(spark, INTERACTIONS, _interactions(good, users, items, bucket_counts, accepted, cfg))
 
     def write_activity():
         with run.step(USER_ACTIVITY):
@@ -242,13 +246,18 @@ def _items(raw: DataFrame) -> DataFrame:
     return items.join(feature_ids, "item_id").select("item_id", "raw_item_id", "feature_ids", "raw_features")
 
 
-def _interactions(good: DataFrame, users: DataFrame, items: DataFrame, cfg: PrepareConfig) -> DataFrame:
+def _order_bucket() -> Column:
+    """The hour of ts: interactions' global order is ranked within each hour (pipelines.indexing)."""
+    return F.floor(F.col("ts") / 3600)
+
+
+def _interactions(good: DataFrame, users: DataFrame, items: DataFrame, bucket_counts: DataFrame, n_events: int,
+                  cfg: PrepareConfig) -> DataFrame:
     """Accepted rows with dense ids, ranked by (ts, user, item, input order) into event_id, then split."""
     # Dense ids follow the raw ids' sort order, so ordering by them is ordering by the raw ids.
     rows = (good.join(users, "raw_user_id").join(items.select("raw_item_id", "item_id", "feature_ids"), "raw_item_id")
             .select("ts", "user_id", "item_id", "feature_ids", "line"))
-    ranked, n_events = with_global_index(rows, ["ts", "user_id", "item_id", "line"], "event_id",
-                                         cfg.partitions)
+    ranked = with_global_index(rows, ["ts", "user_id", "item_id", "line"], "event_id", _order_bucket(), bucket_counts)
     return ranked.select(
         "event_id", "user_id", "item_id", "ts",
         split_column(F.col("event_id"), n_events, cfg.train_fraction, cfg.val_fraction).alias("split"),
