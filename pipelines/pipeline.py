@@ -141,7 +141,9 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
 
     def write_rejects():
         with run.step(REJECTS):
-            run.write(spark, REJECTS, parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file"))
+            rejects = parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file")
+            # None rejected (counted above): an empty table without scanning every parsed row for none.
+            run.write(spark, REJECTS, rejects if rejected else rejects.limit(0))
 
     def write_users():
         with run.step(USERS):

@@ -1,6 +1,6 @@
 """Readers of the three raw formats: every input line becomes one row, accepted or rejected with a reason.
 
-Each reader returns the same columns: `raw` (the line, without a trailing CR), `source_file`, `line` (a unique
+Each reader returns the same columns: `raw` (the line, without its line end), `source_file`, `line` (a unique
 input order: Spark's file split, then the line within it), `reason` (null when accepted), and the parsed
 `raw_user_id`, `raw_item_id`, `ts` (Unix seconds) and `raw_features` (array<string>, sorted, never empty).
 Parsing is Spark-native (no UDFs); every field access is null-safe so that a malformed line gets a reason
@@ -37,14 +37,24 @@ def read_lines(spark: SparkSession, path: str) -> DataFrame:
     except AnalysisException as err:
         raise InputError(f"input {path!r} cannot be read: {err.getMessage() if hasattr(err, 'getMessage') else err}") from None
     return df.select(
-        F.regexp_replace("value", "\r$", "").alias("raw"),
+        F.col("value").alias("raw"),  # without a line end: the text source ends lines at \n, \r\n and \r
         F.col("_metadata.file_path").alias("source_file"),
         F.monotonically_increasing_id().alias("line"),
     )
 
 
 def _is_header(raw: Column, names: list[str], sep: str) -> Column:
-    return F.lower(F.trim(raw)) == sep.join(names).lower()
+    header = sep.join(names).lower()
+    trimmed = F.trim(raw)
+    # Lower-casing every line costs more than comparing lengths first (a line that lowers to the ASCII header has
+    # its length: a character that lower-cases to more than one gives a non-ASCII mark).
+    return (F.length(trimmed) == len(header)) & (F.lower(trimmed) == header)
+
+
+def _all_digits(fields: list[Column], sep: str) -> Column:
+    """Every field a non-empty run of digits: one regex over the fields joined by `sep` (no field holds it, they
+    were split on it) instead of one regex per field."""
+    return F.concat_ws(sep, *fields).rlike("^" + sep.join(["[0-9]+"] * len(fields)) + "$")
 
 
 def _unix_seconds(text: Column) -> Column:
@@ -103,7 +113,7 @@ def read_taobao(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
     ts = F.col("_ts")
     checks = _common_checks(lines, ",", TAOBAO_COLUMNS, [user, item, category, behavior, ts_text])
     checks += [
-        (~(user.rlike(r"^[0-9]+$") & item.rlike(r"^[0-9]+$") & category.rlike(r"^[0-9]+$")), "non_numeric_id"),
+        (~_all_digits([user, item, category], ","), "non_numeric_id"),
         *_window_checks(ts, cfg),
         (~behavior.isin(*BEHAVIORS), "unknown_behavior"),
         (~behavior.isin(*cfg.behaviors), "excluded_behavior"),
@@ -119,7 +129,7 @@ def read_movielens(spark: SparkSession, cfg: PrepareConfig) -> DataFrame:
     ts = F.col("_ts")
     checks = _common_checks(lines, ",", MOVIELENS_COLUMNS, [user, item, rating, ts_text])
     checks += [
-        (~(user.rlike(r"^[0-9]+$") & item.rlike(r"^[0-9]+$")), "non_numeric_id"),
+        (~_all_digits([user, item], ","), "non_numeric_id"),
         *_window_checks(ts, cfg),
     ]
     genres = _movie_genres(spark, cfg.input)

@@ -48,6 +48,8 @@ BAD_TAOBAO = [
     ("1,10,100,pv,1511600000", None),
     ("", "empty_line"),
     ("user_id,item_id,category_id,behavior_type,timestamp", "header"),
+    ("  User_ID,item_id,CATEGORY_ID,behavior_type,timestamp ", "header"),
+    ("user_id,item_id,category_id,behavior_type,timestamq", "non_numeric_id"),  # the header's length, not it
     ("1,10,100,pv", "wrong_field_count"),
     ("1,10,100,pv,1511600000,extra", "wrong_field_count"),
     ("no commas at all", "wrong_field_count"),
