@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 
 from pipelines.activity import sequences, split_column, user_activity
 from pipelines.config import STEPS, PrepareConfig
-from pipelines.indexing import dense_ids, with_global_index
+from pipelines.indexing import dense_ids, packed_key, with_global_index
 from pipelines.negatives import eval_candidates, offer_negatives, stage1_offers
 from pipelines.readers import read_source
 from twots.data.delta import read_table, write_table
@@ -157,7 +157,8 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
 
     with run.step(INTERACTIONS):
         bucket_counts = tally.where(F.col("reason").isNull()).select("bucket", "count")
-        interactions = run.write(spark, INTERACTIONS, _interactions(good, users, items, bucket_counts, accepted, cfg))
+        rows = _interactions(good, users, items, bucket_counts, accepted, run.tables[USERS]["rows"], cfg)
+        interactions = run.write(spark, INTERACTIONS, rows)
 
     def write_activity():
         with run.step(USER_ACTIVITY):
@@ -248,18 +249,30 @@ def _items(raw: DataFrame) -> DataFrame:
     return items.join(feature_ids, "item_id").select("item_id", "raw_item_id", "feature_ids", "raw_features")
 
 
+HOUR = 3600
+
+
 def _order_bucket() -> Column:
     """The hour of ts: interactions' global order is ranked within each hour (pipelines.indexing)."""
-    return F.floor(F.col("ts") / 3600)
+    return F.floor(F.col("ts") / HOUR)
+
+
+def _sort_tasks(spark: SparkSession) -> int:
+    """spark.sql.shuffle.partitions, or the cores where it is not a number (Databricks' "auto")."""
+    value = spark.conf.get("spark.sql.shuffle.partitions")
+    return int(value) if value.isdigit() else spark.sparkContext.defaultParallelism
 
 
 def _interactions(good: DataFrame, users: DataFrame, items: DataFrame, bucket_counts: DataFrame, n_events: int,
-                  cfg: PrepareConfig) -> DataFrame:
+                  n_users: int, cfg: PrepareConfig) -> DataFrame:
     """Accepted rows with dense ids, ranked by (ts, user, item, input order) into event_id, then split."""
     # Dense ids follow the raw ids' sort order, so ordering by them is ordering by the raw ids.
     rows = (good.join(users, "raw_user_id").join(items.select("raw_item_id", "item_id", "feature_ids"), "raw_item_id")
             .select("ts", "user_id", "item_id", "feature_ids", "line"))
-    ranked = with_global_index(rows, ["ts", "user_id", "item_id", "line"], "event_id", _order_bucket(), bucket_counts)
+    hours = bucket_counts.agg(F.min("bucket"), F.max("bucket")).first()
+    ts_range = (hours[0] * HOUR, hours[1] * HOUR + HOUR - 1)
+    order = [*packed_key(F.col("ts"), F.col("user_id"), ts_range, n_users), "item_id", "line"]
+    ranked = with_global_index(rows, order, "event_id", _order_bucket(), bucket_counts, _sort_tasks(good.sparkSession))
     return ranked.select(
         "event_id", "user_id", "item_id", "ts",
         split_column(F.col("event_id"), n_events, cfg.train_fraction, cfg.val_fraction).alias("split"),
