@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from pipelines.indexing import packed_key
+
 
 def split_column(event_id: Column, n_events: int, train_fraction: float, val_fraction: float) -> Column:
     """Global time order: the first 70% of events are train, the next 10% val, the rest test (by default)."""
@@ -32,9 +34,7 @@ def sequences(offers: DataFrame, activity: DataFrame, last_k: int,
     With `negatives` (item_id, event_id -> array), `offers` need no `neg_item_ids`: each kept step's are drawn
     after the cut, so only ids are shuffled, not every offer's array (the pipeline passes stage1_offers' draw).
     """
-    recent_first = Window.partitionBy("user_id").orderBy(F.col("event_id").desc())
-    ranked = (offers.join(activity.select("user_id", "is_active"), "user_id")
-              .withColumn("_back", F.row_number().over(recent_first)))
+    ranked = _back(offers.join(activity.select("user_id", "is_active"), "user_id"))
     keep = ~F.col("is_active") | (F.col("_back") <= last_k)
     before = F.col("is_active") & (F.col("_back") == last_k + 1)
     negs = negatives(F.col("item_id"), F.col("event_id")) if negatives else F.col("neg_item_ids")
@@ -46,6 +46,25 @@ def sequences(offers: DataFrame, activity: DataFrame, last_k: int,
         F.flatten("_steps.neg_item_ids").alias("neg_item_ids"),
         F.coalesce("_prev", F.lit(-1)).alias("prev_item_id"),
     )
+
+
+def _back(rows: DataFrame) -> DataFrame:
+    """Add `_back`: 1 for each user's latest event (by event_id), 2 for the one before, and so on.
+
+    Not row_number over a window partitioned by user and ordered by event_id: that sort compares users first,
+    and Spark's sort compares an 8-byte prefix of its first key only, so every comparison among one user's rows
+    compared whole rows. Here the rows are sorted within partitions of users by one long ordering like (user,
+    newest first), their place numbered, and a user's places counted from the first (a window by user alone,
+    whose sort is on the prefix). At 10M rows on 2 cores, sequences: 7.8 s against 10.9 s (docs/data.md).
+    """
+    bounds = rows.agg(F.max("user_id"), F.max("event_id")).first()
+    user_max, event_max = (bounds[0] or 0), (bounds[1] or 0)
+    newest_first = packed_key(F.col("user_id"), F.lit(event_max) - F.col("event_id"), (0, user_max), event_max + 1)
+    # monotonically_increasing_id rises along a partition, so after the sort it rises along each user's rows.
+    placed = (rows.repartition("user_id").sortWithinPartitions(*newest_first)
+              .withColumn("_place", F.monotonically_increasing_id()))
+    first = F.min("_place").over(Window.partitionBy("user_id"))
+    return placed.withColumn("_back", F.col("_place") - first + 1).drop("_place")
 
 
 def early_sequences(offers: DataFrame, activity: DataFrame, t_star: int) -> DataFrame:
