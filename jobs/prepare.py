@@ -16,7 +16,10 @@ def main() -> None:
     cfg = load(PrepareConfig, "prepare", description=__doc__)
     try:
         check_output(cfg.output)
-        prepare(cfg, get_spark("twots-prepare", conf={"spark.sql.shuffle.partitions": str(cfg.partitions)}))
+        # At least `partitions` input splits too: Spark's default (one per core, at most 128 MB each) cuts a 311 MB
+        # file into 3 splits for 2 cores, so the parse, and every scan of its checkpoint, ends with one task alone.
+        keys = ("spark.sql.shuffle.partitions", "spark.sql.files.minPartitionNum")
+        prepare(cfg, get_spark("twots-prepare", conf={key: str(cfg.partitions) for key in keys}))
     except PrepareError as err:
         sys.exit(f"prepare failed: {err}")
 
