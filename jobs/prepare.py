@@ -18,8 +18,12 @@ def main() -> None:
         check_output(cfg.output)
         # At least `partitions` input splits too: Spark's default (one per core, at most 128 MB each) cuts a 311 MB
         # file into 3 splits for 2 cores, so the parse, and every scan of its checkpoint, ends with one task alone.
+        # Shuffles keep their `partitions` tasks: adaptive execution coalesced sequences' last stage into 3 tasks on
+        # 2 cores, the third alone. FAIR: concurrent steps share the cores (pipelines.pipeline.POOL_PROPERTY).
         keys = ("spark.sql.shuffle.partitions", "spark.sql.files.minPartitionNum")
-        prepare(cfg, get_spark("twots-prepare", conf={key: str(cfg.partitions) for key in keys}))
+        conf = {key: str(cfg.partitions) for key in keys} | {
+            "spark.sql.adaptive.coalescePartitions.enabled": "false", "spark.scheduler.mode": "FAIR"}
+        prepare(cfg, get_spark("twots-prepare", conf=conf))
     except PrepareError as err:
         sys.exit(f"prepare failed: {err}")
 

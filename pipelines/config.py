@@ -49,7 +49,8 @@ class PrepareConfig(Section):
     max_ts: int | None = Field(None, ge=0, description="reject events after this Unix second")
     dedup: bool = Field(False, description="reject repeated (user, item, ts) rows as duplicates")
     eval_sample: float = Field(1.0, gt=0, le=1, description="fraction of users whose val/test events are evaluated")
-    partitions: int = Field(8, ge=1, description="shuffle partitions and fewest input splits of the job (local runs)")
+    partitions: int = Field(8, ge=1, description="shuffle partitions (never coalesced by jobs/prepare.py) and fewest "
+                            "input splits of the job (local runs)")
 
     @field_validator("last_k")
     @classmethod

@@ -4,15 +4,15 @@ eval_candidates (Delta tables under `output`) and manifest.json beside them. See
 Every check that can fail (unreadable input, nothing accepted, p or eval_negatives too large for the items)
 runs before the first table is written, so a failed run leaves the previous tables as they were.
 
-Steps that do not depend on each other run at the same time from driver threads (rejects, users and items after
-validate; user_activity, stage1_offers and eval_candidates after interactions): much of a step is driver work
-(planning, Delta's commit and snapshot) that another step's tasks can overlap. Each step's timing is its own wall;
-`wall_s` in the manifest is the steps' whole.
+After validate, every step runs in its own driver thread as soon as the rows it reads are ready (`Handoff`):
+much of a step is driver work (planning, Delta's commit and snapshot) and small jobs that another step's tasks can
+overlap. Each step's timing is its own wall from when its inputs were ready; `wall_s` in the manifest is the whole.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -41,6 +41,18 @@ from twots.spark import progress
 
 # Every Spark job a step starts carries its name in this local property (in the event log's job properties).
 STEP_PROPERTY = "twots.prepare.step"
+# Each concurrent step's jobs go to a scheduler pool of its own. Under FAIR scheduling (jobs/prepare.py) a free core
+# goes to the pool with the fewest running tasks, so a step's small jobs (Delta's snapshot and commit, a count) need
+# not queue behind another step's stage as under FIFO. Spark breaks ties by pool name, so the names start with the
+# step's priority: the longest chain first (items and users, interactions, user_activity, sequences), then the
+# steps nothing waits for, heaviest first.
+POOL_PROPERTY = "spark.scheduler.pool"
+PRIORITY = (ITEMS, USERS, INTERACTIONS, USER_ACTIVITY, SEQUENCES, EVAL_CANDIDATES, STAGE1_OFFERS, REJECTS)
+
+
+def pool(step: str) -> str | None:
+    """The scheduler pool of a concurrent step: its place in PRIORITY, then its name (None: the default pool)."""
+    return f"{PRIORITY.index(step):02d}-{step}" if step in PRIORITY else None
 
 
 class PrepareError(ValueError):
@@ -101,6 +113,7 @@ class _Run:
         # Local properties belong to the calling thread (PySpark's pinned threads), so concurrent steps keep theirs.
         sc.setJobGroup(f"prepare-{name}", f"prepare: {name}")  # the Spark UI groups stages by step
         sc.setLocalProperty(STEP_PROPERTY, name)  # kept on Delta's own jobs, which replace the description
+        sc.setLocalProperty(POOL_PROPERTY, pool(name))
         try:
             with progress(self.spark, f"[prepare] {name}", group=f"prepare-{name}"):
                 yield
@@ -108,6 +121,7 @@ class _Run:
             sc.setLocalProperty("spark.jobGroup.id", None)
             sc.setJobDescription(None)
             sc.setLocalProperty(STEP_PROPERTY, None)
+            sc.setLocalProperty(POOL_PROPERTY, None)
         self.timings[name] = round(time.perf_counter() - start, 3)
         print(f"[prepare] {name} done in {self.timings[name]:.1f}s", flush=True)
 
@@ -139,6 +153,12 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         n_items = raw_items.count()
         _check_sizes(cfg, accepted, n_items, rejected)
 
+    # Each step runs in its own driver thread as soon as the tables it reads are written (a Handoff), so one step's
+    # driver work and small jobs overlap another's tasks. The tables are read back from Delta, not handed over as
+    # checkpoints: Delta's file sizes let the planner broadcast small tables, a checkpoint's unknown size does not.
+    users_table, items_table, interactions_table, activity_table, offers_table = (
+        Handoff(name) for name in (USERS, ITEMS, INTERACTIONS, USER_ACTIVITY, STAGE1_OFFERS))
+
     def write_rejects():
         with run.step(REJECTS):
             rejects = parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file")
@@ -146,43 +166,56 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
             run.write(spark, REJECTS, rejects if rejected else rejects.limit(0))
 
     def write_users():
-        with run.step(USERS):
-            return run.write(spark, USERS, dense_ids(good, "raw_user_id", "user_id"))
+        with users_table.giving(), run.step(USERS):
+            users_table.give(run.write(spark, USERS, dense_ids(good, "raw_user_id", "user_id")))
 
     def write_items():
-        with run.step(ITEMS):
-            return run.write(spark, ITEMS, _items(raw_items))
+        with items_table.giving(), run.step(ITEMS):
+            items_table.give(run.write(spark, ITEMS, _items(raw_items)))
 
-    _, users, items = concurrently(write_rejects, write_users, write_items)
-
-    with run.step(INTERACTIONS):
-        bucket_counts = tally.where(F.col("reason").isNull()).select("bucket", "count")
-        rows = _interactions(good, users, items, bucket_counts, accepted, run.tables[USERS]["rows"], cfg)
-        interactions = run.write(spark, INTERACTIONS, rows)
+    def write_interactions():
+        with interactions_table.giving():
+            users, items = users_table.take(), items_table.take()
+            with run.step(INTERACTIONS):
+                bucket_counts = tally.where(F.col("reason").isNull()).select("bucket", "count")
+                rows = _interactions(good, users, items, bucket_counts, accepted, run.tables[USERS]["rows"], cfg)
+                interactions_table.give(run.write(spark, INTERACTIONS, rows))
 
     def write_activity():
-        with run.step(USER_ACTIVITY):
-            return run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold))
+        with activity_table.giving():
+            users, interactions = users_table.take(), interactions_table.take()
+            with run.step(USER_ACTIVITY):
+                activity_table.give(run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold)))
 
     def write_offers():
-        with run.step(STAGE1_OFFERS):
-            return run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed,
-                                                                 cfg.sampler, cfg.alpha))
+        with offers_table.giving():
+            interactions = interactions_table.take()
+            with run.step(STAGE1_OFFERS):
+                offers_table.give(run.write(spark, STAGE1_OFFERS, stage1_offers(
+                    interactions, n_items, cfg.negatives, cfg.seed, cfg.sampler, cfg.alpha)))
 
     def write_candidates():
+        interactions = interactions_table.take()
         with run.step(EVAL_CANDIDATES):
             run.write(spark, EVAL_CANDIDATES,
                       eval_candidates(interactions, n_items, cfg.eval_negatives, cfg.seed, cfg.eval_sample))
 
-    activity, offers, _ = concurrently(write_activity, write_offers, write_candidates)
-
-    with run.step(SEQUENCES):
+    def write_sequences():
+        interactions, activity = interactions_table.take(), activity_table.take()
         if cfg.sampler == "uniform":  # the draws are expressions: redraw the kept steps' instead of copying arrays
             train = interactions.where(F.col("split") == "train").select("event_id", "user_id", "item_id")
             draw = partial(offer_negatives, n_items=n_items, p=cfg.negatives, seed=cfg.seed)
-            run.write(spark, SEQUENCES, sequences(train, activity, cfg.last_k, draw))
+            rows = partial(sequences, train, activity, cfg.last_k, draw)
         else:  # popularity draws take a join: the kept steps copy stage1_offers' arrays
-            run.write(spark, SEQUENCES, sequences(offers, activity, cfg.last_k))
+            rows = partial(sequences, offers_table.take(), activity, cfg.last_k)
+        with run.step(SEQUENCES):
+            run.write(spark, SEQUENCES, rows())
+
+    steps = {ITEMS: write_items, USERS: write_users, INTERACTIONS: write_interactions, USER_ACTIVITY: write_activity,
+             SEQUENCES: write_sequences, EVAL_CANDIDATES: write_candidates, STAGE1_OFFERS: write_offers,
+             REJECTS: write_rejects}
+    concurrently(*(steps[name] for name in PRIORITY))
+    items, interactions, activity = items_table.take(), interactions_table.take(), activity_table.take()
 
     with run.step("manifest"):
         written = run.tables[INTERACTIONS]["rows"] + run.tables[REJECTS]["rows"]
@@ -194,6 +227,32 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     print(f"[prepare] wrote {len(run.tables)} tables and manifest.json under {output} in {manifest['wall_s']:.1f}s",
           flush=True)
     return manifest
+
+
+class Handoff:
+    """Rows one concurrent step computes and others wait for. The giving step runs inside `giving()`: if it fails
+    before handing over, every taker raises its error instead of waiting for ever."""
+
+    def __init__(self, name: str):
+        self.name, self._future = name, Future()
+
+    def give(self, rows: DataFrame) -> None:
+        self._future.set_result(rows)
+
+    def take(self) -> DataFrame:
+        return self._future.result()
+
+    @contextmanager
+    def giving(self):
+        try:
+            yield
+        except BaseException as err:
+            if not self._future.done():
+                self._future.set_exception(err)
+            raise
+        finally:
+            if not self._future.done():
+                self._future.set_exception(RuntimeError(f"the {self.name} step ended without handing over its rows"))
 
 
 def concurrently(*steps):

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipelines import PrepareConfig, PrepareError, prepare
+from pipelines.config import STEPS
 from pipelines.negatives import eval_candidates
+from pipelines.pipeline import PRIORITY, Handoff, concurrently, pool
 from twots.config import ConfigError, load, resolve
 from twots.data.tables import TABLES
 
@@ -95,6 +97,39 @@ def test_failed_run_leaves_the_previous_tables(spark, taobao_twice, tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(PrepareError, match="no accepted interactions"):
         prepare(cfg.model_copy(update={"input": str(tmp_path / "empty.csv"), "output": str(tmp_path / "o")}), spark)
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_step_fails_the_steps_that_wait_for_its_table(spark, taobao_twice, tmp_path):
+    """items cannot be written (its path is a file): interactions and everything after it wait for items' rows, and
+    must fail with that error rather than wait for ever; the tables nothing waits for are written."""
+    cfg, _, _ = taobao_twice
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "items").write_text("not a table")
+    with pytest.raises(Exception, match="items") as failed:
+        prepare(cfg.model_copy(update={"output": str(output)}), spark)
+    assert not isinstance(failed.value, PrepareError)
+    assert sorted(path.name for path in output.iterdir() if (path / "_delta_log").is_dir()) == ["rejects", "users"]
+    assert not (output / "manifest.json").exists()
+
+
+def test_a_step_that_hands_nothing_over_fails_its_takers(spark):
+    rows = Handoff("items")
+
+    def forgets():
+        with rows.giving():
+            pass
+
+    with pytest.raises(RuntimeError, match="the items step ended without handing over its rows"):
+        concurrently(rows.take, forgets)
+
+
+def test_scheduler_pools_sort_in_priority_order():
+    """Spark's fair scheduler breaks ties between pools by name: the names must sort as PRIORITY lists the steps."""
+    names = [pool(step) for step in PRIORITY]
+    assert sorted(names) == names
+    assert pool("validate") is None and set(PRIORITY) | {"validate", "manifest"} == set(STEPS)
 
 
 def test_eval_sample_is_a_reproducible_user_sample(spark, taobao_twice):

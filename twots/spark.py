@@ -47,10 +47,11 @@ LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
 
 # Spark's conf/log4j2.properties.template with the root level from the environment, and the warnings every run of
 # ours prints silenced: no native Hadoop, a loopback address, "no metadata directory" (a stack trace per globbed
-# input path), "no partition defined for window" (prepare's global orders are deliberate), and long plan strings.
+# input path), "no partition defined for window" (prepare's global orders are deliberate), long plan strings, and
+# "pool ... has not been configured" (prepare's scheduler pools are made on first use, as meant).
 QUIET = ("org.apache.hadoop.util.NativeCodeLoader", "org.apache.spark.util.Utils",
          "org.apache.spark.sql.execution.streaming.FileStreamSink", "org.apache.spark.sql.execution.window.WindowExec",
-         "org.apache.spark.sql.catalyst.util.SparkStringUtils")
+         "org.apache.spark.sql.catalyst.util.SparkStringUtils", "org.apache.spark.scheduler.FairSchedulableBuilder")
 LOG4J2 = f"""# written by `make setup` (twots.setup_env): Spark's log at ${LOG_LEVEL_ENV} (default warn)
 rootLogger.level = ${{env:{LOG_LEVEL_ENV}:-warn}}
 rootLogger.appenderRef.stdout.ref = console
