@@ -255,27 +255,26 @@ class Handoff:
                 self._future.set_exception(RuntimeError(f"the {self.name} step ended without handing over its rows"))
 
 
-def concurrently(*steps):
-    """Run the steps (no-argument callables) each in a driver thread; their results in order, or the first error
-    once every step has ended."""
+def concurrently(*steps) -> None:
+    """Run the steps (no-argument callables) each in a driver thread; once every step has ended, raise the first
+    error if any failed."""
     from pyspark import InheritableThread
 
-    results, errors = [None] * len(steps), []
+    errors = []
 
-    def run(index, step):
+    def run(step):
         try:
-            results[index] = step()
+            step()
         except BaseException as err:  # noqa: BLE001 - re-raised below, in the caller's thread
             errors.append(err)
 
-    threads = [InheritableThread(target=run, args=(i, step)) for i, step in enumerate(steps)]
+    threads = [InheritableThread(target=run, args=(step,)) for step in steps]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
-    return results
 
 
 def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict) -> None:
