@@ -4,7 +4,7 @@ eval_candidates (Delta tables under `output`) and manifest.json beside them. See
 Every check that can fail (unreadable input, nothing accepted, p or eval_negatives too large for the items)
 runs before the first table is written, so a failed run leaves the previous tables as they were.
 
-After validate, every step runs in its own driver thread as soon as the rows it reads are ready (`Handoff`):
+After validate, every step runs in its own driver thread as soon as the tables it reads are written:
 much of a step is driver work (planning, Delta's commit and snapshot) and small jobs that another step's tasks can
 overlap. Each step's timing is its own wall from when its inputs were ready; `wall_s` in the manifest is the whole.
 """
@@ -12,6 +12,7 @@ overlap. Each step's timing is its own wall from when its inputs were ready; `wa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
@@ -153,69 +154,63 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         n_items = raw_items.count()
         _check_sizes(cfg, accepted, n_items, rejected)
 
-    # Each step runs in its own driver thread as soon as the tables it reads are written (a Handoff), so one step's
-    # driver work and small jobs overlap another's tasks. The tables are read back from Delta, not handed over as
-    # checkpoints: Delta's file sizes let the planner broadcast small tables, a checkpoint's unknown size does not.
-    users_table, items_table, interactions_table, activity_table, offers_table = (
-        Handoff(name) for name in (USERS, ITEMS, INTERACTIONS, USER_ACTIVITY, STAGE1_OFFERS))
-
-    def write_rejects():
+    # Each step runs in its own driver thread and waits for the tables it reads (`table`, another step's result), so
+    # one step's driver work and small jobs overlap another's tasks. The tables are read back from Delta, not passed
+    # as checkpoints: Delta's file sizes let the planner broadcast small tables, a checkpoint's unknown size does not.
+    def write_rejects(table):
         with run.step(REJECTS):
             rejects = parsed.where(F.col("reason").isNotNull()).select("raw", "reason", "source_file")
             # None rejected (counted above): an empty table without scanning every parsed row for none.
             run.write(spark, REJECTS, rejects if rejected else rejects.limit(0))
 
-    def write_users():
-        with users_table.giving(), run.step(USERS):
-            users_table.give(run.write(spark, USERS, dense_ids(good, "raw_user_id", "user_id")))
+    def write_users(table):
+        with run.step(USERS):
+            return run.write(spark, USERS, dense_ids(good, "raw_user_id", "user_id"))
 
-    def write_items():
-        with items_table.giving(), run.step(ITEMS):
-            items_table.give(run.write(spark, ITEMS, _items(raw_items)))
+    def write_items(table):
+        with run.step(ITEMS):
+            return run.write(spark, ITEMS, _items(raw_items))
 
-    def write_interactions():
-        with interactions_table.giving():
-            users, items = users_table.take(), items_table.take()
-            with run.step(INTERACTIONS):
-                bucket_counts = tally.where(F.col("reason").isNull()).select("bucket", "count")
-                rows = _interactions(good, users, items, bucket_counts, accepted, run.tables[USERS]["rows"], cfg)
-                interactions_table.give(run.write(spark, INTERACTIONS, rows))
+    def write_interactions(table):
+        users, items = table(USERS), table(ITEMS)
+        with run.step(INTERACTIONS):
+            bucket_counts = tally.where(F.col("reason").isNull()).select("bucket", "count")
+            rows = _interactions(good, users, items, bucket_counts, accepted, run.tables[USERS]["rows"], cfg)
+            return run.write(spark, INTERACTIONS, rows)
 
-    def write_activity():
-        with activity_table.giving():
-            users, interactions = users_table.take(), interactions_table.take()
-            with run.step(USER_ACTIVITY):
-                activity_table.give(run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold)))
+    def write_activity(table):
+        users, interactions = table(USERS), table(INTERACTIONS)
+        with run.step(USER_ACTIVITY):
+            return run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold))
 
-    def write_offers():
-        with offers_table.giving():
-            interactions = interactions_table.take()
-            with run.step(STAGE1_OFFERS):
-                offers_table.give(run.write(spark, STAGE1_OFFERS, stage1_offers(
-                    interactions, n_items, cfg.negatives, cfg.seed, cfg.sampler, cfg.alpha)))
+    def write_offers(table):
+        interactions = table(INTERACTIONS)
+        with run.step(STAGE1_OFFERS):
+            return run.write(spark, STAGE1_OFFERS, stage1_offers(interactions, n_items, cfg.negatives, cfg.seed,
+                                                                 cfg.sampler, cfg.alpha))
 
-    def write_candidates():
-        interactions = interactions_table.take()
+    def write_candidates(table):
+        interactions = table(INTERACTIONS)
         with run.step(EVAL_CANDIDATES):
             run.write(spark, EVAL_CANDIDATES,
                       eval_candidates(interactions, n_items, cfg.eval_negatives, cfg.seed, cfg.eval_sample))
 
-    def write_sequences():
-        interactions, activity = interactions_table.take(), activity_table.take()
-        if cfg.sampler == "uniform":  # the draws are expressions: redraw the kept steps' instead of copying arrays
-            train = interactions.where(F.col("split") == "train").select("event_id", "user_id", "item_id")
-            draw = partial(offer_negatives, n_items=n_items, p=cfg.negatives, seed=cfg.seed)
-            rows = partial(sequences, train, activity, cfg.last_k, draw)
-        else:  # popularity draws take a join: the kept steps copy stage1_offers' arrays
-            rows = partial(sequences, offers_table.take(), activity, cfg.last_k)
+    def write_sequences(table):
+        interactions, activity = table(INTERACTIONS), table(USER_ACTIVITY)
+        offers = table(STAGE1_OFFERS) if cfg.sampler != "uniform" else None
         with run.step(SEQUENCES):
-            run.write(spark, SEQUENCES, rows())
+            if offers is None:  # uniform draws are expressions: redraw the kept steps' instead of copying arrays
+                train = interactions.where(F.col("split") == "train").select("event_id", "user_id", "item_id")
+                draw = partial(offer_negatives, n_items=n_items, p=cfg.negatives, seed=cfg.seed)
+                run.write(spark, SEQUENCES, sequences(train, activity, cfg.last_k, draw))
+            else:  # popularity draws take a join: the kept steps copy stage1_offers' arrays
+                run.write(spark, SEQUENCES, sequences(offers, activity, cfg.last_k))
 
     steps = {ITEMS: write_items, USERS: write_users, INTERACTIONS: write_interactions, USER_ACTIVITY: write_activity,
              SEQUENCES: write_sequences, EVAL_CANDIDATES: write_candidates, STAGE1_OFFERS: write_offers,
              REJECTS: write_rejects}
-    concurrently(*(steps[name] for name in PRIORITY))
-    items, interactions, activity = items_table.take(), interactions_table.take(), activity_table.take()
+    tables = concurrently({name: steps[name] for name in PRIORITY})
+    items, interactions, activity = tables[ITEMS], tables[INTERACTIONS], tables[USER_ACTIVITY]
 
     with run.step("manifest"):
         written = run.tables[INTERACTIONS]["rows"] + run.tables[REJECTS]["rows"]
@@ -229,52 +224,29 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     return manifest
 
 
-class Handoff:
-    """Rows one concurrent step computes and others wait for. The giving step runs inside `giving()`: if it fails
-    before handing over, every taker raises its error instead of waiting for ever."""
-
-    def __init__(self, name: str):
-        self.name, self._future = name, Future()
-
-    def give(self, rows: DataFrame) -> None:
-        self._future.set_result(rows)
-
-    def take(self) -> DataFrame:
-        return self._future.result()
-
-    @contextmanager
-    def giving(self):
-        try:
-            yield
-        except BaseException as err:
-            if not self._future.done():
-                self._future.set_exception(err)
-            raise
-        finally:
-            if not self._future.done():
-                self._future.set_exception(RuntimeError(f"the {self.name} step ended without handing over its rows"))
-
-
-def concurrently(*steps) -> None:
-    """Run the steps (no-argument callables) each in a driver thread; once every step has ended, raise the first
-    error if any failed."""
+def concurrently(steps: dict[str, Callable]) -> dict:
+    """Run each step in a driver thread; a step gets `table(name)`, which waits for step `name` and returns its
+    result or raises its error. Once every step has ended, raise the first error, else return the results by name."""
     from pyspark import InheritableThread
 
+    ended = {name: Future() for name in steps}
     errors = []
 
-    def run(step):
+    def run(name, step):
         try:
-            step()
+            ended[name].set_result(step(lambda other: ended[other].result()))
         except BaseException as err:  # noqa: BLE001 - re-raised below, in the caller's thread
+            ended[name].set_exception(err)  # the steps waiting for this one raise it too
             errors.append(err)
 
-    threads = [InheritableThread(target=run, args=(step,)) for step in steps]
+    threads = [InheritableThread(target=run, args=item) for item in steps.items()]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
+    return {name: future.result() for name, future in ended.items()}
 
 
 def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict) -> None:

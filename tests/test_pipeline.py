@@ -12,7 +12,7 @@ import pytest
 from pipelines import PrepareConfig, PrepareError, prepare
 from pipelines.config import STEPS
 from pipelines.negatives import eval_candidates
-from pipelines.pipeline import PRIORITY, Handoff, concurrently, pool
+from pipelines.pipeline import PRIORITY, concurrently, pool
 from twots.config import ConfigError, load, resolve
 from twots.data.tables import TABLES
 
@@ -114,15 +114,27 @@ def test_a_failed_step_fails_the_steps_that_wait_for_its_table(spark, taobao_twi
     assert not (output / "manifest.json").exists()
 
 
-def test_a_step_that_hands_nothing_over_fails_its_takers(spark):
-    rows = Handoff("items")
+@pytest.mark.timeout(60)
+def test_steps_get_the_results_and_errors_of_the_steps_they_wait_for(spark):
+    seen = {}
 
-    def forgets():
-        with rows.giving():
-            pass
+    def fails(table):
+        raise PrepareError("items cannot be written")
 
-    with pytest.raises(RuntimeError, match="the items step ended without handing over its rows"):
-        concurrently(rows.take, forgets)
+    def waits_for_failure(table):
+        table("items")
+        seen["after the failure"] = True
+
+    def gives(table):
+        return 41
+
+    def adds(table):
+        seen["sum"] = table("users") + 1
+
+    with pytest.raises(PrepareError, match="items cannot be written"):
+        concurrently({"waits": waits_for_failure, "items": fails, "adds": adds, "users": gives})
+    assert seen == {"sum": 42}
+    assert concurrently({"adds": adds, "users": gives}) == {"adds": None, "users": 41}
 
 
 def test_scheduler_pools_sort_in_priority_order():
