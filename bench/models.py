@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from twots.evaluation.replay import Events, Warmup, replay
-from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel, split_parameters
+from twots.models.stage1 import Stage1Model
+from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
+from twots.training.trainer import split_parameters
 
 
 def timed(fn, device: torch.device) -> tuple[float, float]:
@@ -87,7 +89,7 @@ def main() -> None:
     batches1 = [{"user_id": ids(args.users, b1), "item_id": ids(args.items, b1),
                  "neg_item_ids": ids(args.items, b1, p)} for _ in range(args.steps)]
 
-    model = TwoTimeScaleModel.from_stage1(stage1, plus=True)
+    model = TwoTimeScaleModel.from_stage1(stage1, TwoTimeScaleOptions(plus=True))
     b2, length = args.stage2_batch, args.length
     batches2 = []
     for _ in range(args.steps):

@@ -240,7 +240,7 @@ STEPS = [
                                   *(["--partitions", str(a.partitions)] if a.partitions else [])],
          ("eval_sample", "partitions"), lambda w: [_data(w)], measure_prepare, owns=True),
     Step("train", lambda a, d: ["jobs/train.py", "--data", str(_data(a.workdir)), "--model", "2ts",
-                                "--stage1-epochs", "1", "--stage2-epochs", "1",
+                                "--stage1.epochs", "1", "--stage2.epochs", "1",
                                 "--num-processes", str(a.num_processes), "--evaluate", "false"],
          ("num_processes",), lambda w: [_data(w) / "runs" / "2ts", _data(w) / "mlartifacts"], measure_train),
     Step("evaluate", lambda a, d: ["jobs/evaluate.py", "--data", str(_data(a.workdir)),

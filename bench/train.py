@@ -73,7 +73,7 @@ def timed_stages(jobs: list[StageJob]) -> dict:
     starting the first stage's clock together."""
     from twots.training import distributed
 
-    ctx = distributed.setup(jobs[0].use_gpu)  # run_stages joins the same process group
+    ctx = distributed.setup(jobs[0].options.use_gpu)  # run_stages joins the same process group
     warm_up(ctx.device)
     distributed.barrier(ctx)
     return run_stages(jobs)
@@ -193,8 +193,9 @@ def export(spark, data: Path, out: Path, max_len: int) -> Path:
     2ts-coldstart-all rows (pipelines.views.coldstart_view's, at the prepared t*) a fourth."""
     from pipelines.activity import coldstart_sequences
     from pipelines.histories import full_sequences
+    from twots.training.config import TrainConfig
+    from twots.training.launch import read_manifest, write_side_data
     from twots.training.loaders import export_parquet
-    from twots.training.train import TrainConfig, read_manifest, write_side_data
 
     def read(table: str):
         return spark.read.format("delta").load(str(data / table))
@@ -232,7 +233,7 @@ def _scaling_rank(sizes, steps, batch) -> dict:
     comparison, with the dense all-reduce plain DDP would do. Small dims keep 5M-row tables in memory."""
     import torch
 
-    from twots.models.two_time_scale import Stage1Model
+    from twots.models.stage1 import Stage1Model
     from twots.training import distributed
     from twots.training.trainer import make_optimizers
 
@@ -286,8 +287,8 @@ def main(args) -> None:
     from twots.evaluation.evaluate import evaluate
     from twots.models.kinds import load_model
     from twots.spark import get_spark
-    from twots.training import distributed
-    from twots.training.train import make_source, read_manifest
+    from twots.training.config import TrainConfig
+    from twots.training.launch import Launcher, read_manifest
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ranks cannot import bench/ as a module
     out = Path(args.out)
@@ -302,18 +303,15 @@ def main(args) -> None:
     if args.export_only:
         return
 
-    from twots.training.train import TrainConfig
-
-    cfg = TrainConfig(data=str(data), loader=args.loader)
-    inputs = BuildInputs(cfg.dims(manifest), str(exported / "side_data.npz"))
     runs = []
     for world in (1, 2):
-        sources = {t: make_source(spark, cfg.model_copy(update={"num_processes": world}), t, out / f"cache-{world}")
-                   for t in (STAGE1_OFFERS, SEQUENCES)}
+        launcher = Launcher(spark, TrainConfig(data=str(data), loader=args.loader, num_processes=world),
+                            out / f"cache-{world}")
+        sources = {t: launcher.source(t) for t in (STAGE1_OFFERS, SEQUENCES)}
         for _ in range(args.repeats):
-            jobs, _ = stage_jobs(["2ts"], sources, inputs, out / f"run-{world}", epochs=2, use_gpu=False,
+            jobs, _ = stage_jobs(["2ts"], sources, launcher.inputs, out / f"run-{world}", epochs=2, use_gpu=False,
                                  batch=batches(args))
-            for result in distributed.run(timed_stages, jobs, num_processes=world)["stages"]:
+            for result in launcher.run(jobs, out / "rank-errors", train=timed_stages):
                 runs.append(summary(result))
                 print(f"[bench] {runs[-1]}", flush=True)
     rows = []

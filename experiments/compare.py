@@ -4,7 +4,7 @@ Every model reads the same tables, trains with the same DDP trainer (twots.train
 on the same offer sets, and is replayed online on the same val/test candidates (twots.evaluation.evaluate). Per model:
 
   popularity        training click counts (Spark), nothing to train
-  ccf               stage 1 alone (twots.models.two_time_scale.Stage1Model)
+  ccf               stage 1 alone (twots.models.stage1.Stage1Model)
   2ts, 2ts-plus     stage 2 on `sequences` from the selected stage-1 model (shared, its time counted in each)
   2gru              the same, without phi: active users start from a learned common state (ablation)
   2ts-plus-gw       2TS-Plus with one W per user group (our variant, twots.models.kinds)
@@ -82,13 +82,13 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     from experiments.reporting import log_model_run, log_threshold, write_results
     from experiments.threshold import choose_threshold
     from experiments.tuning import Runner, fit, load_epoch, own_stage_trials
-    from pipelines.views import stage_view, threshold_view
+    from pipelines.views import training_folders
     from twots.config import resolve
-    from twots.data.tables import USER_ACTIVITY
-    from twots.evaluation.evaluate import read_delta
+    from twots.data.snapshot import read_delta
+    from twots.data.tables import STAGE1_OFFERS, USER_ACTIVITY
     from twots.mlops import tracking
     from twots.models.kinds import KINDS, STAGE1, save_model
-    from twots.training.train import TrainConfig
+    from twots.training.config import TrainConfig
 
     train_overrides = {k: v for k, v in cfg.train.items() if k != "data"}
     out = Path(cfg.output)
@@ -96,7 +96,8 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     base = prepared_data(cfg, spark, out, log)
     runner = Runner(spark, resolve(TrainConfig, "train", {**train_overrides, "data": str(base)}), out, log,
                     extra={"sasrec": {"window": cfg.sasrec_window}}, resume=cfg.resume)
-    prepared_t, last_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
+    prepared_t, prepared_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
+    settings = runner.tcfg.two_time_scale
     experiment_id = tracking.use_tracking(cfg.tracking_uri or tracking.default_tracking_uri(out), out, cfg.experiment)
 
     results, changes, val_mrr, run_ids = {}, {}, {}, {}
@@ -105,12 +106,17 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                               for k, v in cfg.model_dump().items()}, "data_dir": str(base)})
         mlflow.log_dict(runner.manifest, "data/manifest.json")
 
-        stage1, trained = None, [KINDS[m] for m in cfg.models if KINDS[m].stages]
-        if cfg.threshold == "auto" or any(kind.on_stage1 for kind in trained):
-            best, trials = runner.tune({"ccf": runner.grid("ccf", STAGE1, base, cfg.grid("ccf"))})["ccf"]
-            stage1 = (best, trials, str(out / "models" / "stage1.pt"))
-            save_model(stage1[2], load_epoch(best, best.best_epoch))
+        trained = [KINDS[m] for m in cfg.models if KINDS[m].stages]
 
+        def tune_stage1(folder: Path) -> tuple:
+            """Stage 1 tuned as CCF on `folder`'s stage1_offers: (best trial, trials, saved model path)."""
+            best, trials = runner.tune({"ccf": runner.grid("ccf", STAGE1, folder, cfg.grid("ccf"))})["ccf"]
+            path = str(out / "models" / "stage1.pt")
+            save_model(path, load_epoch(best, best.best_epoch))
+            return best, trials, path
+
+        # The t* sweep needs a stage 1 before t* is known (so not one held out by t*'s active users: config check).
+        stage1 = tune_stage1(base) if cfg.threshold == "auto" else None
         threshold = {"t_star": prepared_t, "source": "prepared"}
         if cfg.threshold == "auto":
             threshold = {**choose_threshold(cfg, runner, base, stage1[2], out, log), "source": "auto"}
@@ -118,11 +124,16 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
         elif cfg.threshold is not None:
             threshold = {"t_star": cfg.threshold, "source": "config"}
         t_star = threshold["t_star"]
-        view = base if t_star == prepared_t else threshold_view(spark, base, out / "views" / f"t{t_star}", t_star,
-                                                                last_k)
-        views = {table: stage_view(spark, table, view, out / "views", t_star=t_star, max_len=cfg.max_len)
-                 for table in {kind.stages[-1].table for kind in trained}}
-        log(f"[compare] t* = {t_star} ({threshold['source']}); models: {', '.join(cfg.models)}")
+        # K: the 2TS settings' last_k, else the prepared one (K <= t*: an active user has more than t* items).
+        last_k = settings.last_k or (prepared_k if t_star == prepared_t else min(prepared_k, t_star))
+        tables = {plan.table for kind in trained for plan in kind.stages}
+        view, views = training_folders(spark, base, out / "views", tables, t_star=t_star, last_k=last_k,
+                                       held_out_phi=settings.held_out, max_len=cfg.max_len)
+        if stage1 is None and STAGE1_OFFERS in tables:
+            stage1 = tune_stage1(views[STAGE1_OFFERS])
+        log(f"[compare] t* = {t_star} ({threshold['source']}), K = {last_k}"
+            + (", stage 1 without active users' last K events" if settings.held_out else "")
+            + f"; models: {', '.join(cfg.models)}")
         tuned = {}
         if cfg.launch == "all":
             specs = {name: own_stage_trials(name, cfg, runner, views, stage1) for name in cfg.models}
@@ -140,6 +151,8 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 if name in ("2ts", "2ts-plus"):
                     changes[name] = report["changes"]
                 results[name] = row = {"model": name, "test": report["metrics"]["test"], "params": n_params(model),
+                                       "val_gate": report["metrics"]["val"].get("gate"),
+                                       "state_norms": report["state_norms"],
                                        "full_ranking": report["full"],
                                        "options": options_of(KINDS[name], runner.tcfg, runner.manifest), **row}
                 log_model_run(row)

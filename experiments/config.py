@@ -12,7 +12,7 @@ from twots.models.kinds import KINDS
 
 MODEL_NAMES = tuple(KINDS)  # in the order of the paper's tables, then our variants
 # Our 2TS variants (docs/model.md): run by name, not in 'all'.
-VARIANTS = ("2ts-plus-gw", "2ts-coldstart-all", "2ts-tuned-items")
+VARIANTS = ("2ts-plus-gw", "2ts-coldstart-all", "2ts-tuned-items", "2ts-singlestage-k")
 PAPER_MODELS = tuple(m for m in MODEL_NAMES if m not in VARIANTS)  # 'all': the paper's nine
 
 
@@ -90,7 +90,7 @@ class CompareConfig(Section):
         """Checked like the `train` section now, not after prepare."""
         from pydantic import ValidationError
 
-        from twots.training.train import TrainConfig
+        from twots.training.config import TrainConfig
 
         try:
             TrainConfig(**{**value, "data": "."})
@@ -107,6 +107,14 @@ class CompareConfig(Section):
             raise ValueError("--input needs --source (taobao, movielens or lastfm)")
         if self.threshold == "auto" and (not self.threshold_candidates or min(self.threshold_candidates) < 1):
             raise ValueError("threshold_candidates must be a non-empty list of t* >= 1")
+        from twots.training.config import TwoTimeScaleSettings
+
+        settings = TwoTimeScaleSettings(**self.train.get("two_time_scale", {}))
+        for model in self.models:  # the train section's 2TS settings fit every model of the run
+            KINDS[model].options_with(settings.options())
+        if settings.held_out and self.threshold == "auto":
+            raise ValueError("train.two_time_scale.held_out holds out each active user's last K events from stage 1, "
+                             "which depends on t*: give --threshold, not auto")
         return self
 
     def grid(self, model: str) -> Grid:

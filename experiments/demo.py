@@ -22,7 +22,8 @@ from twots.config import Section, load, resolve
 from twots.data.tables import MANIFEST
 from twots.mlops.registry import RegistryConfig, connect, release, serve_command
 from twots.models.kinds import KINDS, TRAINABLE
-from twots.training.train import TrainConfig, run_dir_of, train
+from twots.training.config import TrainConfig
+from twots.training.train import train
 
 
 class DemoConfig(Section):
@@ -69,7 +70,7 @@ def run(cfg: DemoConfig) -> dict[str, dict]:
         result = train(tcfg, spark)
         results[model], runs[model] = result.metrics["test"], result.run_id
         if stage1 is None and KINDS[model].on_stage1:
-            stage1 = str(run_dir_of(tcfg) / "stage1.pt")
+            stage1 = str(tcfg.run_dir_path() / "stage1.pt")
     (output / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nTest metrics (MovieLens latest-small, 1 positive + {_eval_negatives(data)} negatives per event):")
     print(results_table({model: {"test": test} for model, test in results.items()}), end="")

@@ -66,10 +66,37 @@ def results_table(results: dict[str, dict], threshold: dict | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
+def diagnostics_table(results: dict[str, dict]) -> str:
+    """The replay's diagnostics per model: test MRR by place in the rollout from the start state (active and
+    inactive users), the mean update gate on val per group, and the mean ||user vector|| at the start and after
+    the warm-up (active: phi for 2TS; inactive: psi, then the warmed-up state)."""
+    def fmt(value, spec=".4f"):
+        return "-" if value is None else format(value, spec)
+
+    rows = {name: row for name, row in results.items() if "by_steps" in row["test"]}
+    if not rows:
+        return ""
+    labels = list(next(iter(rows.values()))["test"]["by_steps"]["overall"])
+    head = (["model"] + [f"MRR {g} {b}" for g in ("active", "inactive") for b in labels]
+            + ["gate active", "gate inactive", "norm active start / warmed", "norm inactive start / warmed"])
+    lines = ["Diagnostics: test MRR by the event's place in its user's rollout from phi, psi or h0; the GRUs' "
+             "mean update gate on val; mean norm of the user vectors at the start and after the warm-up.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        steps, gate, norms = row["test"]["by_steps"], row.get("val_gate") or {}, row.get("state_norms") or {}
+        cells = [fmt(steps[g][b]["mrr"]) for g in ("active", "inactive") for b in labels]
+        cells += [fmt(gate.get("active"), ".3f"), fmt(gate.get("inactive"), ".3f")]
+        cells += [f"{fmt(norms.get(g, {}).get('start'), '.2f')} / {fmt(norms.get(g, {}).get('warmed'), '.2f')}"
+                  for g in ("active", "inactive")]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(results: dict[str, dict], threshold: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "threshold.json").write_text(json.dumps(threshold, indent=2) + "\n")
-    (out / "results.md").write_text(results_table(results, threshold))
+    diagnostics = diagnostics_table(results)
+    (out / "results.md").write_text(results_table(results, threshold) + ("\n" + diagnostics if diagnostics else ""))
 
 
 def log_threshold(info: dict, out: Path) -> None:
@@ -92,7 +119,7 @@ def log_model_run(row: dict) -> None:
 
     from twots.evaluation.metrics import flatten
 
-    stage1 = {f"stage1_{k}": v for k, v in (row["stage1"] or {}).items() if k != "val_mrr"}
+    stage1 = {f"stage1.{k}": v for k, v in (row["stage1"] or {}).items() if k != "val_mrr"}
     mlflow.log_params({"model": row["model"], "lr": row["lr"], "l2": row["l2"], "epochs": row["epochs"],
                        "epochs_trained": row.get("epochs_trained"), **stage1,
                        "options": "; ".join(row.get("options") or []) or "none",
@@ -100,7 +127,10 @@ def log_model_run(row: dict) -> None:
     mlflow.log_metrics({k: v for k, v in {
         **flatten(row["test"], "test"), "val_mrr": row["val_mrr"], "train_seconds": row["train_seconds"],
         "tuning_seconds": row["tuning_seconds"], "peak_memory_mb": row["peak_memory_mb"],
-        "params": row["params"]}.items() if v is not None})
+        "params": row["params"],
+        **{f"val/gate/{g}": v for g, v in (row.get("val_gate") or {}).items()},
+        **{f"state_norm/{g}/{when}": v for g, per in (row.get("state_norms") or {}).items()
+           for when, v in per.items()}}.items() if v is not None})
     for trial in row["trials"]:  # the whole grid: val MRR by epoch of every (lr, l2)
         for epoch, mrr in enumerate(trial["val_mrr_by_epoch"]):
             mlflow.log_metric(f"grid_val_mrr/lr{trial['lr']:g}-l2{trial['l2']:g}", mrr, step=epoch + 1)

@@ -128,8 +128,8 @@ def active_user_sample(spark, data_dir: str, t_star: int, users: int, max_events
     from pyspark.sql import functions as F
 
     from pipelines.histories import full_sequences
+    from twots.data.snapshot import read_delta
     from twots.data.tables import SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY
-    from twots.evaluation.evaluate import read_delta
     from twots.training.loaders import arrow_columns, fixed_shape
 
     activity = read_delta(spark, data_dir, USER_ACTIVITY).where(F.col("n_train") > t_star)
@@ -163,7 +163,7 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
     import torch
 
     from experiments.tuning import TrialSpec
-    from pipelines.views import threshold_view
+    from pipelines.views import sequences_view
     from twots.models.kinds import KINDS, load_model
 
     manifest = runner.manifest
@@ -185,7 +185,9 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
     lr, l2 = grid.lrs[len(grid.lrs) // 2], grid.l2s[0]
     plan = KINDS["2ts"].stages[-1]
     candidates = sorted(set(cfg.threshold_candidates))
-    specs = [TrialSpec("2ts", plan, threshold_view(runner.spark, base, out / "views" / f"t{t}", t, last_k), lr, l2,
+    # K = min(K, t*): an active user of t* has more than t* training items, so every row holds K of them.
+    specs = [TrialSpec("2ts", plan, sequences_view(runner.spark, base, out / "views" / f"sweep-t{t}", t,
+                                                   min(last_k, t)), lr, l2,
                        grid.max_epochs, grid.patience, stage1_path, f"sweep/t{t}") for t in candidates]
     scores = {t: trial.best_val_mrr for t, trial in zip(candidates, runner.train(specs))}
     best, curve = sweep(candidates, scores.__getitem__, log)

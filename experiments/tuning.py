@@ -31,12 +31,14 @@ from pathlib import Path
 from experiments.config import CompareConfig, Grid
 from twots.files import write_json
 from twots.models.kinds import KINDS, STAGE1, StagePlan
-from twots.training.runs import checkpoint_dir, model_path
+from twots.training.config import TrainConfig
+from twots.training.launch import Launcher
+from twots.training.runs import StageSettings, checkpoint_dir, model_path, stage_job
 
 # TrainConfig fields that do not change what a trial learns (where it runs and logs, how long ranks wait); its
-# stage1_* / stage2_* settings come from the spec (lr, l2, epochs) or enter the key as the stage's batch size.
+# stage1 / stage2 sections come from the spec (lr, l2, epochs) or enter the key as the stage's batch size.
 NOT_IN_TRIAL_KEY = ("data", "model", "run_dir", "local_mode", "threads", "collective_timeout_s", "resume",
-                    "log_every_s", "evaluate", "tracking_uri", "experiment")
+                    "log_every_s", "evaluate", "tracking_uri", "experiment", "stage1", "stage2")
 
 
 @dataclass(frozen=True)
@@ -94,31 +96,19 @@ def load_epoch(trial: Trial, epoch: int):
 
 
 class Runner:
-    """Trains and evaluates trials, sharing petastorm sources and evaluation arrays (read once per view) between
-    them. `extra` are per-kind extra constructor arguments (twots.models.kinds.BuildInputs); with `resume`, trials
-    an earlier run finished with the same key are kept (module doc)."""
+    """Trains and evaluates trials through one Launcher (twots.training.launch: the side data and the rows of each
+    view, made once), sharing evaluation arrays (read once per view) between them. `extra` are per-kind extra
+    constructor arguments (twots.models.kinds.BuildInputs); with `resume`, trials an earlier run finished with the
+    same key are kept (module doc)."""
 
-    def __init__(self, spark, tcfg, out: Path, log=print, extra: dict | None = None, resume: bool = False):
-        from twots.training.train import read_manifest, write_side_data
-
+    def __init__(self, spark, tcfg: TrainConfig, out: Path, log=print, extra: dict | None = None,
+                 resume: bool = False):
         self.spark, self.tcfg, self.out, self.log, self.extra, self.resume = spark, tcfg, out, log, extra, resume
-        self.manifest = read_manifest(tcfg.data)
+        self.launcher = Launcher(spark, tcfg, out / "runs", extra)
+        self.manifest = self.launcher.manifest
         self.manifest_sha256 = hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
-        side_data = write_side_data(spark, tcfg.data, self.manifest, out / "runs" / "side_data.npz")
-        self.inputs = tcfg.build_inputs(self.manifest, side_data, extra)
-        self._sources: dict = {}
         self._eval_data: dict = {}
         self._val_checks: dict = {}
-
-    def source(self, view: Path, table: str):
-        from twots.training.train import make_source
-
-        key = (str(view), table)
-        if key not in self._sources:
-            cache = self.out / "runs" / "sources" / f"{len(self._sources)}"
-            self._sources[key] = make_source(self.spark, self.tcfg.model_copy(update={"data": str(view)}), table,
-                                             cache)
-        return self._sources[key]
 
     def eval_data(self, view: Path):
         from twots.evaluation.evaluate import SPLITS, load_arrays
@@ -150,10 +140,6 @@ class Runner:
         """Train `specs` one after another in one launch, each up to its max_epochs with val replayed after every
         epoch and stopped after `patience` epochs without a better val MRR (twots.training.trainer). With `resume`,
         the trials finished before under the same key are read back instead (module doc)."""
-        from twots.training import distributed
-        from twots.training.runs import StageSettings, stage_job
-        from twots.training.trainer import run_stages
-
         stages: dict[int, dict] = {}
         jobs = {}
         for i, spec in enumerate(specs):
@@ -167,19 +153,16 @@ class Runner:
             write_json(run_dir / "trial-key.json", key)  # whole or absent: a resumed run reads it
             settings = StageSettings(spec.max_epochs, spec.lr, self.tcfg.settings()[spec.plan.settings].batch_size,
                                      spec.l2)
-            jobs[i] = replace(stage_job(spec.plan, self.inputs, self.source(spec.view, spec.plan.table), settings,
-                                        run_dir, spec.previous, self.tcfg.options(), name=spec.name),
+            jobs[i] = replace(stage_job(spec.plan, self.launcher.inputs,
+                                        self.launcher.source(spec.plan.table, spec.view), settings, run_dir,
+                                        spec.previous, self.tcfg.options(), name=spec.name),
                               validate=self.val_check(spec.view), patience=spec.patience,
                               result_path=str(run_dir / "stage.json"))
         if jobs:
             todo = [specs[i] for i in jobs]
             self.log("[compare] training in one launch: " + "; ".join(
                 f"{s.run_name} (up to {s.max_epochs} epochs at lr {s.lr:g}, l2 {s.l2:g})" for s in todo))
-            result = distributed.run(run_stages, list(jobs.values()), num_processes=self.tcfg.num_processes,
-                                     local_mode=self.tcfg.local_mode, use_gpu=self.tcfg.use_gpu,
-                                     error_dir=self.out / "runs" / "rank-errors",
-                                     timeout_s=self.tcfg.collective_timeout_s)
-            stages.update(zip(jobs, result["stages"]))
+            stages.update(zip(jobs, self.launcher.run(list(jobs.values()), self.out / "runs" / "rank-errors")))
         trials = []
         for i, spec in enumerate(specs):
             stage, run_dir = stages[i], self.out / "runs" / spec.run_name
@@ -198,8 +181,9 @@ class Runner:
     def trial_key(self, spec: TrialSpec) -> dict:
         """What defines a trial's result: resuming keeps a finished trial only under the same key."""
         out, view = self.out.resolve(), Path(spec.view).resolve()
-        train = {k: v for k, v in self.tcfg.model_dump(mode="json").items()
-                 if k not in NOT_IN_TRIAL_KEY and not k.startswith(("stage1_", "stage2_"))}
+        train = {k: v for k, v in self.tcfg.model_dump(mode="json").items() if k not in NOT_IN_TRIAL_KEY}
+        if KINDS[spec.name].options is None:  # the 2TS settings change the 2TS kinds only (their data: the view)
+            train.pop("two_time_scale")
         return {"model": spec.name, "stage": spec.plan.name, "lr": spec.lr, "l2": spec.l2,
                 "max_epochs": spec.max_epochs, "patience": spec.patience,
                 # a view this run built is named inside --output: the key holds wherever the folder is moved
@@ -266,8 +250,8 @@ def popularity(runner: Runner, view: Path) -> tuple[object, float]:
     import torch
 
     from pipelines.histories import item_counts
+    from twots.data.snapshot import read_delta
     from twots.data.tables import INTERACTIONS
-    from twots.evaluation.evaluate import read_delta
     from twots.models.baselines import Popularity
 
     started = time.perf_counter()

@@ -4,13 +4,14 @@
 """
 
 from twots.config import load
-from twots.evaluation.evaluate import EvaluateConfig, evaluate_logged
+from twots.evaluation.evaluate import EvaluateConfig
+from twots.mlops.tracking import evaluate_run
 from twots.spark import get_spark
 
 
 def main() -> None:
     cfg = load(EvaluateConfig, "evaluate", description=__doc__)
-    report = evaluate_logged(cfg, get_spark("twots-evaluate"))
+    report = evaluate_run(cfg, get_spark("twots-evaluate"))
     for split, summary in report["metrics"].items():
         overall = summary["overall"]
         print(f"{split}: MRR {overall['mrr']:.4f}  Recall@10 {overall['recall@10']:.4f}  "

@@ -4,28 +4,23 @@ in one MLflow run.
     bin/spark-submit jobs/train.py --data /data/twots --model 2ts-plus --num-processes 2
     bin/spark-submit jobs/train.py --data /data/twots --model 2ts-plus --resume true     # continue a killed run
     bin/spark-submit jobs/train.py --data /data/twots --model gru4rec --max-len 200     # on full histories
-    bin/spark-submit jobs/train.py --data /data/twots --model 2ts-coldstart-all         # on a cold-start view
+    bin/spark-submit jobs/train.py --data /data/twots --model 2ts --two-time-scale.last-k 40  # on a view
 """
 
-from pathlib import Path
-
-from pipelines.views import stage_view
+from pipelines.views import run_folders
 from twots.config import load
 from twots.mlops.registry import publish
-from twots.models.kinds import KINDS
 from twots.spark import get_spark
-from twots.training.train import TrainConfig, read_manifest, train
+from twots.training.config import TrainConfig
+from twots.training.train import train
 
 
 def main() -> None:
     cfg = load(TrainConfig, "train", description=__doc__)
     spark = get_spark("twots-train")
-    kind = KINDS[cfg.model]
-    if kind.on_view:  # full histories (sequence baselines, 2TS-SingleStage) or cold-start rows (2ts-coldstart-all)
-        view = stage_view(spark, kind.stages[-1].table, cfg.data, Path(cfg.data) / "views",
-                          t_star=read_manifest(cfg.data)["config"]["threshold"], max_len=cfg.max_len)
-        cfg = cfg.model_copy(update={"data": str(view)})
-    result = train(cfg, spark)
+    # Full histories, cold-start rows, another K or a held-out stage 1: views of the prepared folder.
+    replayed, folders = run_folders(spark, cfg.data, cfg.model, cfg.two_time_scale, cfg.max_len)
+    result = train(cfg.model_copy(update={"data": str(replayed)}), spark, folders=folders)
     print(f"run {result.run_id}: model {result.model_path}")
     publish("run_id", result.run_id)  # the bundle's register task reads it (a Databricks task value)
     for split, summary in result.metrics.items():

@@ -68,6 +68,13 @@ def _back(rows: DataFrame) -> DataFrame:
     return placed.withColumn("_back", F.col("_place") - first + 1).drop("_place")
 
 
+def held_out(offers: DataFrame, activity: DataFrame, last_k: int) -> DataFrame:
+    """`offers` without each active user's last `last_k` training events: the rows stage 2 of an out-of-sample phi
+    trains on (`sequences` with the same K), which stage 1 then never fits."""
+    ranked = _back(offers.join(activity.select("user_id", "is_active"), "user_id"))
+    return ranked.where(~F.col("is_active") | (F.col("_back") > last_k)).select(*offers.columns)
+
+
 def early_sequences(offers: DataFrame, activity: DataFrame, t_star: int) -> DataFrame:
     """Each active user's first t* training items (rows of `offers`, i.e. of the training split only) as a
     `sequences` row of an inactive user: is_active false, prev_item_id -1, the offers' negatives. An active user has

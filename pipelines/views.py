@@ -1,28 +1,31 @@
-"""Views of a prepared folder: a folder holding some tables rebuilt (another t*, full histories) or added (cold-start
-rows) and links to every other entry of the prepared one, so the trainer and the evaluation read it like any prepared
-folder. Used by the comparison (experiments.compare) and by jobs/train.py for the kinds whose rows no prepared folder
-holds (`stage_view`)."""
+"""Views of a prepared folder: a folder holding some tables rebuilt (another t* or K, full histories, stage 1's rows
+without what stage 2 trains on) or added (cold-start rows) and links to every other entry of the prepared one, so
+the trainer and the evaluation read it like any prepared folder. Used by the comparison (experiments.compare) and by
+jobs/train.py (`training_folders`: the folder each training table of a run is read from)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from pipelines.activity import coldstart_sequences, sequences, user_activity
+from pipelines.activity import coldstart_sequences, held_out, sequences, user_activity
 from pipelines.histories import full_sequences
+from twots.data.snapshot import read_delta
 from twots.data.tables import (
     COLDSTART_SEQUENCES,
     FULL_HISTORIES,
     INTERACTIONS,
+    MANIFEST,
     SEQUENCES,
     STAGE1_OFFERS,
     USER_ACTIVITY,
     USERS,
 )
-from twots.evaluation.evaluate import read_delta
+from twots.models.kinds import KINDS
 
 # What a view never links: the outputs of runs on the base folder, and other views.
 NOT_LINKED = ("runs", "views", "mlflow.db", "mlartifacts")
@@ -43,12 +46,19 @@ def make_view(spark, base: str | Path, view: str | Path, tables: dict) -> Path:
     return view
 
 
-def threshold_view(spark, base: str | Path, view: str | Path, t_star: int, last_k: int) -> Path:
-    """`base` with user_activity and sequences rebuilt for another t* (K = min(last_k, t*), as K <= t*)."""
+def sequences_view(spark, base: str | Path, view: str | Path, t_star: int, last_k: int) -> Path:
+    """`base` with user_activity and sequences rebuilt for t* and K (active users keep their last K items)."""
     activity = user_activity(read_delta(spark, base, USERS), read_delta(spark, base, INTERACTIONS), t_star)
     activity = activity.localCheckpoint()
-    seqs = sequences(read_delta(spark, base, STAGE1_OFFERS), activity, min(last_k, t_star))
+    seqs = sequences(read_delta(spark, base, STAGE1_OFFERS), activity, last_k)
     return make_view(spark, base, view, {USER_ACTIVITY: activity, SEQUENCES: seqs})
+
+
+def held_out_view(spark, base: str | Path, view: str | Path, last_k: int) -> Path:
+    """`base` whose stage1_offers lack each active user's last K training events (pipelines.activity.held_out):
+    stage 1 on it never fits what stage 2 trains on (`base`'s sequences, built with the same K)."""
+    offers = held_out(read_delta(spark, base, STAGE1_OFFERS), read_delta(spark, base, USER_ACTIVITY), last_k)
+    return make_view(spark, base, view, {STAGE1_OFFERS: offers})
 
 
 def full_history_view(spark, base: str | Path, view: str | Path, max_len: int) -> Path:
@@ -79,3 +89,34 @@ def stage_view(spark, table: str, base: str | Path, views: str | Path, *, t_star
     if table == COLDSTART_SEQUENCES:
         return coldstart_view(spark, base, Path(views) / f"coldstart-t{t_star}", t_star)
     return Path(base)
+
+
+def training_folders(spark, base: str | Path, views: str | Path, tables, *, t_star: int, last_k: int,
+                     held_out_phi: bool, max_len: int) -> tuple[Path, dict[str, Path]]:
+    """Where a run's training tables are read from: (the folder of its `sequences` and user_activity, which the
+    replay warms users up on; {table: folder} for `tables`). `base` itself when t* and K are its own, else a
+    sequences_view; stage 1's rows from a held_out_view of it with `held_out_phi`; full histories and cold-start rows
+    from views of it (stage_view). Views are named by what they hold, under `views`."""
+    base, views = Path(base), Path(views)
+    config = json.loads((base / MANIFEST).read_text())["config"]
+    name = f"t{t_star}-k{last_k}"
+    folder = base if (t_star, last_k) == (config["threshold"], config["last_k"]) else \
+        sequences_view(spark, base, views / name, t_star, last_k)
+    folders = {table: stage_view(spark, table, folder, views / name, t_star=t_star, max_len=max_len)
+               for table in set(tables) - {STAGE1_OFFERS}}
+    if STAGE1_OFFERS in tables:
+        folders[STAGE1_OFFERS] = (held_out_view(spark, folder, views / f"{name}-held-out", last_k) if held_out_phi
+                                  else folder)
+    return folder, folders
+
+
+def run_folders(spark, data: str | Path, model: str, settings, max_len: int) -> tuple[Path, dict[str, Path]]:
+    """training_folders of one training run of kind `model` on the prepared folder `data` with the run's
+    `train.two_time_scale` settings: (the folder its evaluation replays, {table: folder} of its stages)."""
+    kind = KINDS[model]
+    config = json.loads((Path(data) / MANIFEST).read_text())["config"]
+    view, folders = training_folders(spark, data, Path(data) / "views", {plan.table for plan in kind.stages},
+                                     t_star=config["threshold"], last_k=settings.last_k or config["last_k"],
+                                     held_out_phi=settings.held_out, max_len=max_len)
+    last = kind.stages[-1].table
+    return (view if last == STAGE1_OFFERS else folders[last]), folders

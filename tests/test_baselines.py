@@ -10,7 +10,7 @@ from twots.evaluation.replay import Events, Warmup, replay
 from twots.models.baselines import Popularity, SASRec
 from twots.models.kinds import KINDS, load_model, save_model
 from twots.models.losses import offer_softmax_loss
-from twots.models.two_time_scale import split_parameters
+from twots.training.trainer import split_parameters
 
 N_ITEMS, CLUSTERS, P = 80, 8, 5
 DIMS = dict(n_items=N_ITEMS, n_features=3, max_features=1, item_dim=16, feature_dim=4)

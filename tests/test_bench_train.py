@@ -31,7 +31,8 @@ def test_stage1_is_one_job_shared_by_the_kinds_built_on_it(tmp_path):
     assert [j.source for j in jobs] == ["stage1_offers", "sequences", "full_sequences", "sequences"]
     assert jobs[1].previous_model == jobs[3].previous_model == jobs[0].model_path
     assert jobs[0].previous_model is None and jobs[2].previous_model is None
-    assert [j.batch_size for j in jobs] == [100, 10, 10, 10] and [j.lr for j in jobs] == [0.01, 0.005, 0.005, 0.005]
+    assert [j.settings.batch_size for j in jobs] == [100, 10, 10, 10]
+    assert [j.settings.lr for j in jobs] == [0.01, 0.005, 0.005, 0.005]
     assert len({j.model_path for j in jobs}) == 4
     with pytest.raises(SystemExit):
         bench.parse(["ranks", "--models", "2ts,bert4rec"])
@@ -115,6 +116,6 @@ def test_export_then_every_kind_under_torchrun(spark, small_movielens, tmp_path)
     run = runs / "run-2"
     assert isinstance(load_model(run / "gru4rec" / "train.pt"), GRU4Rec)
     single = load_model(run / "2ts-singlestage" / "train.pt")
-    assert isinstance(single, TwoTimeScaleModel) and not single.hparams["freeze_stage1"]
+    assert isinstance(single, TwoTimeScaleModel) and single.hparams["options"]["single_stage"]
     two = load_model(run / "2ts" / "stage2.pt")
     assert torch.equal(two.phi.weight, load_model(run / "2ts" / "stage1.pt").phi.weight)

@@ -225,8 +225,8 @@ def test_readme_and_demo_commands_work_as_printed(small_movielens, tmp_path, cap
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["jobs/train.py", "--data", "x", "--stage2-batch-size", "-16"],
-     "train.stage2_batch_size = '-16' (from command line): Input should be greater than or equal to 1"),
+    (["jobs/train.py", "--data", "x", "--stage2.batch-size", "-16"],
+     "train.stage2.batch_size = '-16' (from command line): Input should be greater than or equal to 1"),
     (["jobs/compare.py", "--data", "x", "--overrides", "{ccf: {lrs: [0.003]}"], ("--overrides '{ccf: {lrs: [0.003]}': "
                                                                                 "not YAML flow style")),
 ])

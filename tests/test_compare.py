@@ -12,7 +12,7 @@ from conftest import prepared_once
 
 from experiments.compare import MODEL_NAMES, PAPER_MODELS, CompareConfig, compare, results_table
 from twots.config import ConfigError, resolve
-from twots.evaluation.evaluate import evaluate
+from twots.evaluation.evaluate import ReplaySettings, evaluate
 from twots.models.baselines import SASRec
 from twots.models.kinds import load_model
 from twots.training.trainer import should_stop
@@ -101,7 +101,7 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
         "lrs": "[0.03]", "l2s": "[0]",
         "overrides": '{"ccf": {"max_epochs": 2}}', "max_epochs": "1", "max_len": "60", "sasrec_window": "16",
         "threshold": "auto", "threshold_candidates": "[10, 20]",
-        "train": '{"item_dim": 16, "feature_dim": 4, "stage1_batch_size": 256, "stage2_batch_size": 16, '
+        "train": '{"item_dim": 16, "feature_dim": 4, "stage1": {"batch_size": 256}, "stage2": {"batch_size": 16}, '
                  '"loader": "parquet"}'})
     results = compare(cfg, spark)
 
@@ -128,10 +128,17 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["2ts-plus"]["test"]["overall"]["mrr"] == pytest.approx(results["2ts-plus"]["test"]["overall"]["mrr"])
-    table = (out / "results.md").read_text()
+    table, diagnostics = (out / "results.md").read_text().split("Diagnostics:")
     assert table.count("\n| ") == len(PAPER_MODELS) + 1 and "| 2ts-plus |" in table
+    # The replay's diagnostics, one row per model: GRUs have an update gate, popularity and CCF none.
+    assert diagnostics.count("\n| ") == len(PAPER_MODELS) + 1
+    gate = {line.split(" | ")[0].strip("| "): line.split(" | ")[9] for line in diagnostics.splitlines()[4:]}
+    assert gate["popularity"] == gate["ccf"] == "-" and 0 < float(gate["2ts"]) < 1 and 0 < float(gate["gru4rec"]) < 1
+    steps = saved["2ts"]["test"]["by_steps"]
+    assert sum(b["count"] for b in steps["overall"].values()) == saved["2ts"]["test"]["overall"]["count"]
+    assert saved["2ts"]["state_norms"]["active"]["start"] > 0 and saved["2ts"]["val_gate"]["active"] is not None
     for fig in ("fig3_mrr_by_activity.png", "fig4_embedding_change.png", "fig5_activity_distribution.png",
-                "threshold_sweep.png"):
+                "threshold_sweep.png", "mrr_by_rollout_steps.png"):
         png_ok(out / fig)
 
     # t*: the sweep tried both candidates on val and kept the better; t** is estimated alongside.
@@ -159,8 +166,8 @@ def small_grid(data, out, two_ts_l2s="[0]", stage2_batch_size=16, **more) -> Com
         "data": str(data), "output": str(out), "models": "ccf,2ts", "lrs": "[0.05]",
         "l2s": "[0, 0.01]", "max_epochs": "3", "patience": "1",
         "overrides": f'{{"2ts": {{"l2s": {two_ts_l2s}, "max_epochs": 2}}}}',
-        "train": '{"item_dim": 16, "feature_dim": 4, "stage1_batch_size": 256, '
-                 f'"stage2_batch_size": {stage2_batch_size}, "loader": "parquet"}}', **more})
+        "train": '{"item_dim": 16, "feature_dim": 4, "stage1": {"batch_size": 256}, '
+                 f'"stage2": {{"batch_size": {stage2_batch_size}}}, "loader": "parquet"}}', **more})
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +209,8 @@ def test_grid_with_early_stopping_records_each_models_setting(small_grid_run):
     # The ranks' val replay (after every epoch, inside the launch) is the driver's: CCF's chosen epoch, saved as the
     # stage-1 model, replayed here gives the val MRR the ranks recorded for it.
     stage1 = load_model(str(out / "models" / "stage1.pt"))
-    assert evaluate(stage1, prepared_clusters, spark, ("val",))["metrics"]["val"]["overall"]["mrr"] == pytest.approx(
-        ccf["val_mrr"], abs=1e-9)
+    val = evaluate(stage1, prepared_clusters, spark, ReplaySettings(splits=["val"]))["metrics"]["val"]
+    assert val["overall"]["mrr"] == pytest.approx(ccf["val_mrr"], abs=1e-9)
     assert ccf["grid"] == {"lrs": [0.05], "l2s": [0.0, 0.01], "max_epochs": 3, "patience": 1}
     assert two["grid"] == {"lrs": [0.05], "l2s": [0.0], "max_epochs": 2, "patience": 1}
     # L2 reaches the ranks: the two CCF points start from the same weights and data, and part after one epoch.
@@ -229,7 +236,7 @@ def test_grid_with_early_stopping_records_each_models_setting(small_grid_run):
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
         ccf["trials"][1]["val_mrr_by_epoch"])
     child = runs[runs["tags.mlflow.runName"] == "2ts"].iloc[0]
-    assert int(child["params.stage1_epochs"]) == ccf["epochs"] and float(child["params.stage1_l2"]) == ccf["l2"]
+    assert int(child["params.stage1.epochs"]) == ccf["epochs"] and float(child["params.stage1.l2"]) == ccf["l2"]
 
 
 @pytest.mark.timeout(1800)

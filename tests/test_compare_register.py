@@ -30,7 +30,7 @@ def test_compare_registers_every_kind_and_validate_promotes_across_kinds(spark, 
     cfg = resolve(CompareConfig, "compare", {
         "data": str(prepared_clusters), "output": str(out), "models": "popularity,gru4rec", "lrs": "[0.03]",
         "l2s": "[0]", "max_epochs": "1", "max_len": "60", "register_models": "all", "model_name": "picked",
-        "train": '{"item_dim": 16, "feature_dim": 4, "stage2_batch_size": 16, "loader": "parquet"}'})
+        "train": '{"item_dim": 16, "feature_dim": 4, "stage2": {"batch_size": 16}, "loader": "parquet"}'})
     results = compare(cfg, spark)
 
     tracking = f"sqlite:///{out.resolve() / 'mlflow.db'}"

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from pydantic import Field
 
-from twots.config import CONF_DIR, ConfigError, Section, load, resolve
+from twots.config import CONF_DIR, ConfigError, Section, flat, load, resolve
 
 
 class Demo(Section):
@@ -55,10 +55,10 @@ def test_yaml_flow_style_flags_as_in_the_config_files(capsys):
 
     cfg = load(CompareConfig, "compare", ["--data", "x", "--lrs", "[0.003, 0.01]", "--l2s", "0,1e-4",
                                           "--models", "[ccf, 2ts]", "--overrides", '{"ccf": {"max_epochs": 4}}',
-                                          "--train", "{stage2_batch_size: 16, loader: parquet}"])
+                                          "--train", "{stage2: {batch_size: 16}, loader: parquet}"])
     assert cfg.lrs == [0.003, 0.01] and cfg.l2s == [0.0, 1e-4]
     assert cfg.models == ["ccf", "2ts"] and cfg.overrides["ccf"].max_epochs == 4
-    assert cfg.train == {"stage2_batch_size": 16, "loader": "parquet"}
+    assert cfg.train == {"stage2": {"batch_size": 16}, "loader": "parquet"}
     assert load(CompareConfig, "compare", ["--data", "x", "--models", "2ts, ccf"]).models == ["ccf", "2ts"]
     assert "[config] compare: conf/default.yaml + flags --data --models\n" in capsys.readouterr().out
 
@@ -82,8 +82,8 @@ def test_yaml_flow_style_flags_as_in_the_config_files(capsys):
     (["--lrs", "[-0.01]"], r"compare\.lrs\.0 = -0\.01 \(from command line\): Input should be greater than 0"),
     (["--l2s", "[-1]"], r"compare\.l2s\.0 = -1 .*greater than or equal to 0"),
     (["--overrides", "{sasrek: {lrs: [0.01]}}"], r"keys \['sasrek'\] are not trainable models"),
-    (["--train", "{stage1_epochs: -1, loder: parquet}"],
-     r"compare\.train .*stage1_epochs = -1: Input should be greater than or equal to 1; loder = 'parquet': Extra"),
+    (["--train", "{stage1: {epochs: -1}, loder: parquet}"],
+     r"compare\.train .*stage1\.epochs = -1: Input should be greater than or equal to 1; loder = 'parquet': Extra"),
 ])
 def test_compare_flag_errors_name_key_value_and_form(argv, expected, capsys):
     from experiments.config import CompareConfig
@@ -95,13 +95,13 @@ def test_compare_flag_errors_name_key_value_and_form(argv, expected, capsys):
 
 def test_train_and_prepare_errors(capsys):
     from pipelines.config import PrepareConfig
-    from twots.training.train import TrainConfig
+    from twots.training.config import TrainConfig
 
-    err = job_error(TrainConfig, "train", ["--data", "x", "--model", "gru5rec", "--stage1-batch-size", "-64",
+    err = job_error(TrainConfig, "train", ["--data", "x", "--model", "gru5rec", "--stage1.batch-size", "-64",
                                            "--use-gpu", "maybe"], capsys)
     assert ("train.model = 'gru5rec' (from command line): unknown model 'gru5rec'; known: ccf, sumpooling, gru4rec, "
             "sasrec, 2gru, 2ts-singlestage, 2ts, 2ts-plus") in err
-    assert "train.stage1_batch_size = '-64' (from command line): Input should be greater than or equal to 1" in err
+    assert "train.stage1.batch_size = '-64' (from command line): Input should be greater than or equal to 1" in err
     assert "train.use_gpu = 'maybe'" in err and "accepted: true or false" in err
     err = job_error(PrepareConfig, "prepare", ["--source", "movielens", "--input", "i", "--output", "o",
                                                "--behaviors", "pv,click", "--eval-negatives", "0"], capsys)
@@ -111,12 +111,13 @@ def test_train_and_prepare_errors(capsys):
 
 
 def test_unknown_yaml_key_suggests_the_known_one(tmp_path, capsys):
-    from twots.training.train import TrainConfig
+    from twots.training.config import TrainConfig
 
     extra = tmp_path / "mine.yaml"
-    extra.write_text("train:\n  stage1_epoch: 4\n")
+    extra.write_text("train:\n  stage1_epoch: 4\n  stage2: {lrr: 0.1}\n")
     err = job_error(TrainConfig, "train", ["--data", "x", "--config", str(extra)], capsys)
-    assert f"train.stage1_epoch = 4 (from {extra}): not a key of 'train'; did you mean 'stage1_epochs'?" in err
+    assert f"train.stage1_epoch = 4 (from {extra}): not a key of 'train'; did you mean 'stage1.epochs'?" in err
+    assert f"train.stage2.lrr = 0.1 (from {extra}): not a key of 'train.stage2'; did you mean 'lr'?" in err
 
 
 def test_prepared_data_brings_its_source_config(tmp_path, capsys):
@@ -133,15 +134,15 @@ def test_prepared_data_brings_its_source_config(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"[config] compare: conf/default.yaml, conf/movielens.yaml (source of {data / 'manifest.json'})" in out
     # The flag still wins over the source's file; a contradicting --source is an error.
-    assert load(CompareConfig, "compare", ["--data", str(data), "--train", "{stage2_batch_size: 8}"]).train == {
-        "stage2_batch_size": 8}
+    assert load(CompareConfig, "compare", ["--data", str(data), "--train", "{stage2: {batch_size: 8}}"]).train == {
+        "stage2": {"batch_size": 8}}
     err = job_error(CompareConfig, "compare", ["--data", str(data), "--source", "taobao"], capsys)
     assert f"source = 'taobao', but {data / 'manifest.json'} was prepared from 'movielens'" in err
 
 
 def test_verbose_and_spark_log_level_key(tmp_path, monkeypatch):
-    from twots.spark import LOG_LEVEL_ENV
-    from twots.training.train import TrainConfig
+    from twots.config import LOG_LEVEL_ENV
+    from twots.training.config import TrainConfig
 
     monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
     load(TrainConfig, "train", ["--data", "x"])
@@ -155,3 +156,55 @@ def test_verbose_and_spark_log_level_key(tmp_path, monkeypatch):
     extra.write_text("spark:\n  log_level: LOUD\n")
     with pytest.raises(SystemExit):
         load(TrainConfig, "train", ["--data", "x", "--config", str(extra)])
+
+
+class Stage(Section):
+    """A nested section."""
+
+    lr: float = Field(0.01, gt=0)
+    epochs: int = Field(3, ge=1)
+
+
+class Job(Section):
+    data: str | None = None
+    stage1: Stage = Stage()
+    stage2: Stage = Stage(lr=0.5)
+
+
+def test_nested_sections_merge_key_by_key_and_take_dotted_flags(tmp_path, capsys):
+    (tmp_path / "default.yaml").write_text("job:\n  stage1: {lr: 0.2, epochs: 4}\n  stage2: {epochs: 7}\n")
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"config": {"source": "b"}}))
+    (tmp_path / "b.yaml").write_text("job:\n  stage1: {epochs: 9}\n")
+    cfg = load(Job, "job", ["--data", str(data), "--stage2.lr", "0.03"], conf_dir=tmp_path)
+    # default.yaml's stage1.lr survives the source file's stage1.epochs; a flag sets one key of stage2.
+    assert (cfg.stage1.lr, cfg.stage1.epochs) == (0.2, 9)
+    assert (cfg.stage2.lr, cfg.stage2.epochs) == (0.03, 7)
+    assert "+ flags --data --stage2.lr\n" in capsys.readouterr().out
+    assert flat(cfg) == {"data": str(data), "stage1.lr": 0.2, "stage1.epochs": 9, "stage2.lr": 0.03,
+                         "stage2.epochs": 7}
+    # A mapping given whole (compare's `train:` overrides) also merges into the files' values.
+    assert resolve(Job, "job", {"stage1": {"lr": 0.7}}, conf_dir=tmp_path).stage1.epochs == 4
+    err = job_error_in(tmp_path, ["--stage1.epochs", "0"], capsys)
+    assert ("job.stage1.epochs = '0' (from command line): Input should be greater than or equal to 1\n"
+            "      accepted: an integer >= 1") in err
+
+
+def job_error_in(conf_dir, argv, capsys) -> str:
+    with pytest.raises(SystemExit):
+        load(Job, "job", argv, conf_dir=conf_dir)
+    return capsys.readouterr().err
+
+
+def test_sibling_section_reads_the_same_files(tmp_path):
+    """Training's evaluation takes the `evaluate:` section of the files the `train:` section came from."""
+    from twots.evaluation.evaluate import ReplaySettings
+    from twots.training.config import TrainConfig
+
+    extra = tmp_path / "mine.yaml"
+    extra.write_text("evaluate:\n  full_users: 0\n  batch_users: 7\n")
+    cfg = load(TrainConfig, "train", ["--data", "x", "--config", str(extra)])
+    replay = cfg.sibling(ReplaySettings, "evaluate")
+    assert (replay.full_users, replay.batch_users) == (0, 7)
+    assert load(TrainConfig, "train", ["--data", "x"]).sibling(ReplaySettings, "evaluate").full_users == 1000

@@ -47,7 +47,8 @@ def child(folder: Path) -> dict:
     from conftest import TEST_JVM_OPTIONS
     from pyspark.sql import functions as F
 
-    from twots.evaluation.evaluate import load_arrays, read_delta
+    from twots.data.snapshot import read_delta
+    from twots.evaluation.evaluate import load_arrays
     from twots.spark import OutOfMemory, get_spark, memory_guard
 
     spark = get_spark("twots-small-heap", master="local[2]", conf={

@@ -14,6 +14,7 @@ from twots.config import ConfigError, resolve
 from twots.evaluation.evaluate import (
     EvaluateConfig,
     FullRankingConfig,
+    ReplaySettings,
     evaluate,
     evaluate_loaded,
     full_ranked,
@@ -21,7 +22,8 @@ from twots.evaluation.evaluate import (
     load_history,
 )
 from twots.evaluation.metrics import BUCKETS
-from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel
+from twots.models.stage1 import Stage1Model
+from twots.models.two_time_scale import TwoTimeScaleModel
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def blind_model(small_movielens) -> TwoTimeScaleModel:
 
 
 def test_evaluate_replays_val_then_test_and_groups_events(spark, small_movielens, blind_model):
-    report = evaluate(blind_model, small_movielens, spark, batch_users=64)
+    report = evaluate(blind_model, small_movielens, spark, ReplaySettings(batch_users=64))
     candidates = spark.read.format("delta").load(str(small_movielens / "eval_candidates"))
     activity = spark.read.format("delta").load(str(small_movielens / "user_activity"))
     per_split = {r["split"]: r["count"] for r in candidates.groupBy("split").count().collect()}
@@ -69,12 +71,29 @@ def test_evaluate_replays_val_then_test_and_groups_events(spark, small_movielens
     fewest_val = test_users.join(val_counts, "user_id", "left").fillna(0).agg(F.min("count")).first()[0]
     assert first_test_step == fewest_val + 1
 
+    # Diagnostics, counted by hand: a test event's place in its user's rollout is the user's warm-up items
+    # (`sequences`) + its place among the user's val and test events in time order.
+    events = candidates.select("user_id", "ts", "event_id", "split").toPandas()
+    warm = spark.read.format("delta").load(str(small_movielens / "sequences")).select(
+        "user_id", F.size("item_ids").alias("warm")).toPandas()
+    events = events.merge(warm, on="user_id", how="left").fillna({"warm": 0}).sort_values(["ts", "event_id"])
+    events["place"] = events["warm"] + events.groupby("user_id").cumcount() + 1
+    events = events.merge(activity.select("user_id", "is_active").toPandas(), on="user_id")
+    tested = events[events["split"] == "test"]
+    for label, lo, hi in (("1-10", 1, 10), ("21-50", 21, 50), (">50", 51, 10**9)):
+        inside = tested["place"].between(lo, hi)
+        assert test["by_steps"]["overall"][label]["count"] == inside.sum()
+        assert test["by_steps"]["active"][label]["count"] == (inside & tested["is_active"]).sum()
+    assert 0 < test["gate"]["active"] < 1 and 0 < test["gate"]["new"] < 1  # the GRUs' update gates
+    # phi is all zero; the GRU's biases move the state over the warm-up though every item vector is zero.
+    assert report["state_norms"]["active"]["start"] == 0.0 < report["state_norms"]["active"]["warmed"]
+
 
 def test_a_folder_prepared_before_is_repeat_evaluates_without_it(spark, small_movielens, blind_model, tmp_path,
                                                                  capsys):
     old = spark.read.format("delta").load(str(small_movielens / "eval_candidates")).drop("is_repeat")
     view = make_view(spark, small_movielens, tmp_path / "old", {"eval_candidates": old})
-    test = evaluate(blind_model, view, spark, ("test",))["metrics"]["test"]
+    test = evaluate(blind_model, view, spark, ReplaySettings(splits=["test"]))["metrics"]["test"]
     assert "repeat" not in test and "first_click" not in test
     assert test["overall"]["count"] == old.where("split = 'test'").count()
     assert "no is_repeat column" in capsys.readouterr().out
@@ -82,7 +101,9 @@ def test_a_folder_prepared_before_is_repeat_evaluates_without_it(spark, small_mo
 
 def test_unknown_split_is_an_error(spark, small_movielens, blind_model):
     with pytest.raises(ValueError, match="unknown splits"):
-        evaluate(blind_model, small_movielens, spark, splits=("train",))
+        ReplaySettings(splits=["train"])
+    with pytest.raises(ValueError, match="unknown splits"):
+        load_arrays(small_movielens, spark, ("train",))
 
 
 def test_arrays_loaded_once_replay_like_a_fresh_read(spark, small_movielens):
@@ -93,7 +114,7 @@ def test_arrays_loaded_once_replay_like_a_fresh_read(spark, small_movielens):
                                                       feature_dim=4))
     loaded = load_arrays(small_movielens, spark)
     from_loaded = evaluate_loaded(model, loaded, ("val",), batch_users=64)
-    fresh = evaluate(model, small_movielens, spark, splits=("val",), batch_users=64)
+    fresh = evaluate(model, small_movielens, spark, ReplaySettings(splits=["val"], batch_users=64))
     assert from_loaded["events"] == fresh["events"] == int((loaded.split == "val").sum())
     assert from_loaded["metrics"] == fresh["metrics"]
     assert 0 < fresh["metrics"]["val"]["overall"]["mrr"] != pytest.approx(1 / 50.5)  # real scores, not all ties
@@ -179,8 +200,9 @@ def assert_full_metrics(summary: dict, test, ranks: np.ndarray, chosen: np.ndarr
 @pytest.mark.parametrize("exclude_seen", [False, True])
 def test_full_ranking_of_every_user_matches_a_brute_force(spark, small_movielens, integer_ccf, brute_force,
                                                            exclude_seen):
-    full = FullRankingConfig(full_users=None, exclude_seen=exclude_seen, full_memory_mb=4)  # chunks of 70 users
-    report = evaluate(integer_ccf, small_movielens, spark, batch_users=256, full=full)
+    full = ReplaySettings(full_users=None, exclude_seen=exclude_seen, full_memory_mb=4,  # chunks of 70 users
+                          batch_users=256)
+    report = evaluate(integer_ccf, small_movielens, spark, full)
     test = brute_force["test"]
     ranks = brute_force["excluded" if exclude_seen else "kept"]
     assert_full_metrics(report["metrics"]["test"], test, ranks, np.ones(len(test), bool))

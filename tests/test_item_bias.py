@@ -1,4 +1,4 @@
-"""train.item_bias: stage 1's learned per-item bias b_i (twots.models.two_time_scale.ItemEncoder), added to every
+"""train.item_bias: stage 1's learned per-item bias b_i (twots.models.items.ItemEncoder), added to every
 score in training and scoring, carried frozen into 2TS / 2TS-Plus, off by default."""
 
 import json
@@ -9,9 +9,11 @@ import torch
 
 from experiments.threshold import fit_user_embeddings
 from twots.models.kinds import KINDS, BuildInputs, ModelDims, build_stage1, load_model, save_model
-from twots.models.two_time_scale import Stage1Model, TwoTimeScaleModel, split_parameters
-from twots.training.train import TrainConfig, train
-from twots.training.trainer import make_optimizers
+from twots.models.stage1 import Stage1Model
+from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
+from twots.training.config import TrainConfig
+from twots.training.train import train
+from twots.training.trainer import make_optimizers, split_parameters
 
 N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES = 12, 30, 5, 3
 DIMS = dict(item_dim=6, feature_dim=2)
@@ -99,7 +101,7 @@ def test_the_bias_is_learned_popular_items_get_a_larger_one():
 def test_2ts_carries_b_i_frozen_and_scores_with_it(plus):
     s1 = stage1(True)
     b = with_random_biases(s1)
-    model = TwoTimeScaleModel.from_stage1(s1, plus=plus)
+    model = TwoTimeScaleModel.from_stage1(s1, TwoTimeScaleOptions(plus=plus))
     assert model.hparams["item_bias"] is True
     assert torch.equal(model.items.bias.weight.squeeze(1), b) and not model.items.bias.weight.requires_grad
     assert all(p is not model.items.bias.weight for group in split_parameters(model) for p in group)
@@ -119,7 +121,7 @@ def test_2ts_carries_b_i_frozen_and_scores_with_it(plus):
              model.user_vector(h0)[1]]
     offers = [[3, 6, 7], [4, 8, 9], [5, 10, 11]]
     if plus:  # the first step of row 0 mixes in its prev_item_id
-        users[0] = model.user_vector((h0[0], torch.tensor([2, -1])))[0]
+        users[0] = model.user_vector((h0[0], torch.tensor([2, -1]), active))[0]
     logits = torch.stack([u[:-1] @ model.items(torch.tensor(o)).T + b[o] for u, o in zip(users, offers)])
     expected = (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
     loss = model(batch)
@@ -145,7 +147,8 @@ def test_builders_follow_the_option_and_files_round_trip(tmp_path):
     two_ts = KINDS["2ts"].stages[1].build(BuildInputs(dims, str(side)), str(tmp_path / "stage1.pt"))
     assert torch.equal(two_ts.items.bias.weight.squeeze(1), b)  # from its stage-1 model, not from the inputs
     assert {name for name, kind in KINDS.items() if kind.takes_item_bias} == {
-        "ccf", "2gru", "2ts-singlestage", "2ts", "2ts-plus", "2ts-plus-gw", "2ts-coldstart-all", "2ts-tuned-items"}
+        "ccf", "2gru", "2ts-singlestage", "2ts", "2ts-plus", "2ts-plus-gw", "2ts-coldstart-all", "2ts-tuned-items",
+        "2ts-singlestage-k"}
 
 
 def test_models_saved_before_the_option_load_unchanged(tmp_path):

@@ -113,6 +113,27 @@ def test_repeat_clicks_are_summarized_apart_from_first_clicks_where_given():
         summarize(ranks, n_train, n_train > 100, is_repeat=is_repeat[:2])
 
 
+def test_metrics_by_rollout_place_and_update_gate_per_group():
+    """by_steps buckets each event by its place in its user's rollout from the start state; gate means skip NaN."""
+    ranks = np.array([1.0, 2.0, 4.0, 5.0, 10.0, 20.0])
+    n_train = np.array([0, 3, 50, 400, 400, 400])
+    active = n_train > 100
+    steps = np.array([1, 4, 11, 12, 51, 30])
+    gate = np.array([np.nan, 0.2, 0.4, 0.9, 0.7, 0.8])
+    got = summarize(ranks, n_train, active, steps=steps, gate=gate)
+    by = got["by_steps"]
+    assert by["active"]["11-20"]["count"] == 1 and by["active"]["11-20"]["mrr"] == pytest.approx(1 / 5)
+    assert by["active"][">50"]["mrr"] == pytest.approx(1 / 10) and by["active"]["21-50"]["mrr"] == 1 / 20
+    assert by["active"]["1-10"]["count"] == 0 and by["active"]["1-10"]["mrr"] is None
+    assert by["overall"]["1-10"]["count"] == 2 and by["overall"]["1-10"]["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+    assert by["new"]["1-10"]["count"] == 1 and by["inactive"]["11-20"]["count"] == 1
+    assert got["gate"] == {"overall": pytest.approx(0.6), "active": pytest.approx(0.8), "inactive": pytest.approx(0.3),
+                           "new": None}
+    flat = flatten(got)
+    assert flat["test/steps_gt50/active/mrr"] == pytest.approx(0.1) and flat["test/gate/active"] == pytest.approx(0.8)
+    assert "test/gate/new" not in flat and "test/steps_1-10/active/mrr" not in flat
+
+
 def test_summary_rejects_bad_input():
     with pytest.raises(ValueError, match="one length"):
         summarize(np.array([1.0, 2.0]), np.array([1]), np.array([True, False]))

@@ -1,15 +1,13 @@
 import pytest
 import torch
 
+from twots.models.items import ItemEncoder
 from twots.models.kinds import load_model, register_model_class, save_model
 from twots.models.losses import offer_softmax_loss
-from twots.models.two_time_scale import (
-    ItemEncoder,
-    SequentialRecommender,
-    Stage1Model,
-    TwoTimeScaleModel,
-    split_parameters,
-)
+from twots.models.protocol import SequentialRecommender
+from twots.models.stage1 import Stage1Model
+from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
+from twots.training.trainer import make_optimizers, split_parameters
 
 N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES = 12, 30, 5, 3
 DIMS = dict(item_dim=6, feature_dim=2)
@@ -123,7 +121,7 @@ def test_active_users_start_from_phi_and_inactive_from_psi():
     model = TwoTimeScaleModel.from_stage1(stage1())
     with torch.no_grad():
         model.psi.normal_()
-    h, prev = model.init_state(torch.tensor([4, 5, 9]), torch.tensor([True, False, False]))
+    h, prev, _ = model.init_state(torch.tensor([4, 5, 9]), torch.tensor([True, False, False]))
     assert torch.equal(h[0], model.phi.weight[4])
     assert torch.equal(h[1], model.psi) and torch.equal(h[2], model.psi)
     assert torch.equal(prev, torch.tensor([-1, -1, -1]))
@@ -143,7 +141,9 @@ def test_phi_of_inactive_users_is_not_used_but_phi_of_active_users_is():
     assert model(batch).item() != pytest.approx(base, abs=1e-6)
 
 
-HEADS = {"2ts": {}, "2ts-plus": {"plus": True}, "2ts-plus-gw": {"plus": True, "group_mix": True}}
+HEADS = {"2ts": {}, "2ts-plus": {"plus": True}, "2ts-plus-gw": {"plus": True, "mix": "per_group"},
+         "2ts-plus-residual": {"plus": True, "mix": "residual"},
+         "2ts-plus-residual-gw": {"plus": True, "mix": "residual_per_group"}}
 
 
 @pytest.mark.parametrize("head", list(HEADS))
@@ -151,8 +151,9 @@ def test_stage2_loss_scores_each_step_with_the_state_before_it(head):
     """Hand-unrolled GRUs: active rows from phi_u with Theta_2, inactive rows from psi with Theta_1, padding masked;
     2TS-Plus scores with W [h, x_prev], x_prev = the batch's prev_item_id at the first step, then the last click;
     with one W per group, active rows with their own W."""
-    model = TwoTimeScaleModel.from_stage1(stage1(), **HEADS[head])
+    model = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(**HEADS[head]))
     plus, per_group = model.mix is not None, model.mix_active is not None
+    residual = HEADS[head].get("mix", "").startswith("residual")
     with torch.no_grad():
         model.psi.normal_()
         for mix in (model.mix, model.mix_active):
@@ -170,7 +171,7 @@ def test_stage2_loss_scores_each_step_with_the_state_before_it(head):
                 break
             x_prev = model.items(torch.tensor(prev)) if prev >= 0 else torch.zeros(8)
             mix = model.mix_active if per_group and active else model.mix
-            users.append(mix(torch.cat([h, x_prev])) if plus else h)
+            users.append((h + mix(x_prev) if residual else mix(torch.cat([h, x_prev]))) if plus else h)
             pos.append(model.items(torch.tensor(item)))
             neg.append(model.items(batch["neg_item_ids"][row, t]))
             h = cell(model.items(torch.tensor([item])), h.unsqueeze(0))[0]
@@ -178,6 +179,15 @@ def test_stage2_loss_scores_each_step_with_the_state_before_it(head):
     expected = offer_softmax_loss(torch.stack(users), torch.stack(pos), torch.stack(neg))
     assert len(users) == 10
     assert model(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def two_time_scale(options: TwoTimeScaleOptions, item_bias: bool = False) -> TwoTimeScaleModel:
+    """A model of the family on the test stage 1, or from scratch (with its item features) for a single stage."""
+    if not options.single_stage:
+        return TwoTimeScaleModel.from_stage1(stage1(item_bias), options)
+    model = TwoTimeScaleModel(N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES, **DIMS, item_bias=item_bias, options=options)
+    model.items.set_item_features(stage1().items.item_features)
+    return model
 
 
 def stepwise_loss(model: TwoTimeScaleModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -210,10 +220,12 @@ def random_stage2_batch(gen: torch.Generator, rows: int, length: int, active_sha
 
 @pytest.mark.parametrize("item_bias", [False, True], ids=["", "item-bias"])
 @pytest.mark.parametrize("head", list(HEADS))
-@pytest.mark.parametrize("ablation", [{}, {"use_phi": False}, {"freeze_stage1": False}, {"train_items": True}],
-                         ids=["2ts", "2-gru", "single-stage", "tuned-items"])
+@pytest.mark.parametrize("ablation", [{}, {"start": "learned"}, {"single_stage": True}, {"items": "finetune"},
+                                      {"items": "finetune", "item_lr_scale": 0.1}, {"items": "input"},
+                                      {"phi_scale": True}],
+                         ids=["2ts", "2-gru", "single-stage", "tuned-items", "slow-items", "input-items", "phi-scale"])
 def test_fused_forward_equals_the_stepwise_cell_recurrence_with_the_same_gradients(head, ablation, item_bias):
-    model = TwoTimeScaleModel.from_stage1(stage1(item_bias), **HEADS[head], **ablation)
+    model = two_time_scale(TwoTimeScaleOptions(**HEADS[head], **ablation), item_bias)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():
@@ -241,16 +253,16 @@ def test_fused_forward_equals_the_stepwise_cell_recurrence_with_the_same_gradien
 
 
 def test_padding_step_keeps_the_state():
-    model = TwoTimeScaleModel.from_stage1(stage1(), plus=True)
+    model = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(plus=True))
     state = model.init_state(torch.tensor([0, 1]), torch.tensor([True, False]))
-    h, prev = model.step(state, torch.tensor([-1, 7]), torch.tensor([True, False]))
+    h, prev, _ = model.step(state, torch.tensor([-1, 7]), torch.tensor([True, False]))
     assert torch.equal(h[0], state[0][0]) and prev[0] == -1
     assert not torch.equal(h[1], state[0][1]) and prev[1] == 7
 
 
 def test_stage2_step_leaves_frozen_stage1_parameters_bit_identical():
     s1 = stage1()
-    model = TwoTimeScaleModel.from_stage1(s1, plus=True)
+    model = TwoTimeScaleModel.from_stage1(s1, TwoTimeScaleOptions(plus=True))
     with torch.no_grad():
         model.psi.normal_()  # from psi = 0 the inactive GRU's first step gives weight_hh no gradient
     frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("phi.", "items."))}
@@ -272,7 +284,7 @@ def test_stage2_step_leaves_frozen_stage1_parameters_bit_identical():
 
 
 def test_tuned_items_variant_trains_the_items_and_leaves_phi_bit_identical():
-    model = TwoTimeScaleModel.from_stage1(stage1(item_bias=True), train_items=True)
+    model = TwoTimeScaleModel.from_stage1(stage1(item_bias=True), TwoTimeScaleOptions(items="finetune"))
     phi = model.phi.weight.detach().clone()
     items = {k: v.detach().clone() for k, v in model.items.named_parameters()}
     sparse, dense = split_parameters(model)
@@ -284,12 +296,13 @@ def test_tuned_items_variant_trains_the_items_and_leaves_phi_bit_identical():
     assert torch.equal(model.phi.weight, phi) and model.phi.weight.grad is None
     for name, value in model.items.named_parameters():
         assert not torch.equal(value, items[name]), name
-    with pytest.raises(ValueError, match="train_items=True trains the items of a frozen stage 1"):
-        TwoTimeScaleModel(N_USERS, N_ITEMS, freeze_stage1=False, train_items=True)
+    with pytest.raises(ValueError, match="single_stage trains phi and items from scratch"):
+        TwoTimeScaleOptions(single_stage=True, items="finetune")
 
 
 def test_single_stage_ablation_trains_phi_and_items_with_sparse_gradients():
-    model = TwoTimeScaleModel(N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES, **DIMS, freeze_stage1=False)
+    model = TwoTimeScaleModel(N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES, **DIMS,
+                              options=TwoTimeScaleOptions(single_stage=True))
     model.items.set_item_features(stage1().items.item_features)
     sparse, dense = split_parameters(model)
     assert {id(p) for p in sparse} == {id(model.phi.weight), id(model.items.item.weight)}
@@ -304,25 +317,25 @@ def test_single_stage_ablation_trains_phi_and_items_with_sparse_gradients():
 
 
 def test_two_gru_ablation_has_no_phi_and_a_learned_active_start():
-    model = TwoTimeScaleModel.from_stage1(stage1(), use_phi=False)
+    model = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(start="learned"))
     assert model.phi is None
     with torch.no_grad():
         model.psi_active.fill_(0.5)
-    h, _ = model.init_state(torch.tensor([0, 1]), torch.tensor([True, False]))
+    h, _, _ = model.init_state(torch.tensor([0, 1]), torch.tensor([True, False]))
     assert torch.equal(h[0], torch.full((8,), 0.5)) and torch.equal(h[1], model.psi)
     model(stage2_batch()).backward()
     assert model.psi_active.grad.abs().sum() > 0
 
 
 def test_plus_user_vector_uses_the_previous_item():
-    model = TwoTimeScaleModel.from_stage1(stage1(), plus=True)
+    model = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(plus=True))
     state = model.init_state(torch.tensor([0, 1]), torch.tensor([True, False]))
     assert torch.equal(model.user_vector(state), state[0])  # W starts as [I, 0]
     with torch.no_grad():
         model.mix.weight.normal_()
     h = state[0]
     x_prev = model.items(torch.tensor([4]))
-    with_prev = model.user_vector((h, torch.tensor([4, -1])))
+    with_prev = model.user_vector((h, torch.tensor([4, -1]), torch.tensor([True, False])))
     assert torch.allclose(with_prev[0], model.mix(torch.cat([h[0], x_prev[0]])), atol=1e-6)
     assert torch.allclose(with_prev[1], model.mix(torch.cat([h[1], torch.zeros(8)])), atol=1e-6)
     batch = stage2_batch()
@@ -338,8 +351,8 @@ def test_group_mix_gives_each_user_group_its_own_w():
     """2ts-plus-gw: active users' vectors go through mix_active, inactive and new users' through mix; both start as
     [I, 0]; a group's loss reaches only its own W, so after training on both groups the two Ws differ."""
     with pytest.raises(ValueError, match="needs plus=True"):
-        TwoTimeScaleModel(N_USERS, N_ITEMS, group_mix=True)
-    model = TwoTimeScaleModel.from_stage1(stage1(), plus=True, group_mix=True)
+        TwoTimeScaleOptions(mix="per_group")
+    model = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(plus=True, mix="per_group"))
     assert torch.equal(model.mix.weight, model.mix_active.weight) and torch.equal(model.mix.bias, model.mix_active.bias)
     with torch.no_grad():
         model.psi.normal_()
@@ -361,7 +374,7 @@ def test_group_mix_gives_each_user_group_its_own_w():
         assert own.weight.grad.abs().sum() > 0 and own.bias.grad.abs().sum() > 0, group
         assert torch.count_nonzero(other.weight.grad) == 0 and torch.count_nonzero(other.bias.grad) == 0, group
 
-    fresh = TwoTimeScaleModel.from_stage1(stage1(), plus=True, group_mix=True)
+    fresh = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(plus=True, mix="per_group"))
     optimizer = torch.optim.Adam(split_parameters(fresh)[1], lr=0.05)
     for _ in range(5):
         optimizer.zero_grad()
@@ -378,9 +391,9 @@ def _identity(dim: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("build", [
     lambda: stage1(),
-    lambda: TwoTimeScaleModel.from_stage1(stage1(), plus=True),
-    lambda: TwoTimeScaleModel.from_stage1(stage1(), plus=True, group_mix=True),
-    lambda: TwoTimeScaleModel.from_stage1(stage1(), use_phi=False),
+    lambda: TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(plus=True)),
+    lambda: TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(plus=True, mix="per_group")),
+    lambda: TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(start="learned")),
 ])
 def test_save_load_round_trip_gives_identical_scores(tmp_path, build):
     model = build()
@@ -432,10 +445,110 @@ def test_other_classes_register_and_unknown_classes_fail(tmp_path):
         load_model(tmp_path / "x.pt")
 
 
-def test_files_tagged_with_the_recipe_still_load(tmp_path):
+def test_files_tagged_with_the_recipe_and_flags_still_load(tmp_path):
+    """Files saved before the class tag named the recipe, and before the options record held the five flags."""
     torch.manual_seed(0)
-    model = TwoTimeScaleModel(n_users=4, n_items=6, plus=True)
-    torch.save({"kind": "2ts", "hparams": model.hparams, "state_dict": model.state_dict()}, tmp_path / "old.pt")
+    model = TwoTimeScaleModel(n_users=4, n_items=6, options=TwoTimeScaleOptions(plus=True, mix="per_group"))
+    old = {k: v for k, v in model.hparams.items() if k not in ("options", "state_scale")}
+    old.update(plus=True, use_phi=True, freeze_stage1=True, group_mix=True, train_items=False)
+    torch.save({"kind": "2ts", "hparams": old, "state_dict": model.state_dict()}, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt")
-    assert type(loaded) is TwoTimeScaleModel and loaded.hparams["plus"]
+    assert type(loaded) is TwoTimeScaleModel and loaded.options == model.options
     assert torch.equal(loaded.gru_active.weight_hh, model.gru_active.weight_hh)
+
+
+# ---- the settings behind the ablations (TwoTimeScaleOptions) -------------------------------------------------------
+
+def test_residual_mix_leaves_phi_unchanged_while_w2_is_zero_and_keeps_h_after_training():
+    """2TS-Plus with the identity kept fixed: u = h + W2 x_prev, W2 = 0 at start, so an active user's first vector is
+    exactly phi whatever the last item; W2 learns, and u - W2 x_prev is still h."""
+    for mix in ("residual", "residual_per_group"):
+        model = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(plus=True, mix=mix))
+        users, active = torch.tensor([0, 1]), torch.tensor([True, False])
+        start = model.init_state(users, active)
+        with_prev = (start[0], torch.tensor([4, 7]), active)
+        assert torch.equal(model.user_vector(with_prev)[0], model.phi.weight[0])
+        assert torch.equal(model.user_vector(with_prev)[1], model.psi)
+        optimizer = torch.optim.Adam(split_parameters(model)[1], lr=0.05)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(stage2_batch()).backward()
+            optimizer.step()
+        w2 = model.mix_active if mix == "residual_per_group" else model.mix
+        assert w2.weight.abs().max() > 0
+        x_prev = model.items(torch.tensor([4]))[0]
+        assert torch.allclose(model.user_vector(with_prev)[0] - w2(x_prev), model.phi.weight[0], atol=1e-6)
+        if mix == "residual_per_group":  # the inactive rows' W2 learned on its own
+            assert not torch.equal(model.mix.weight, model.mix_active.weight)
+
+
+def test_input_items_train_the_grus_input_table_and_never_the_scoring_vectors():
+    model = TwoTimeScaleModel.from_stage1(stage1(item_bias=True), TwoTimeScaleOptions(items="input"))
+    ids = torch.arange(N_ITEMS)
+    assert torch.equal(model.item_inputs(ids), model.items(ids))  # starts as a copy
+    scoring = {k: v.clone() for k, v in model.items.state_dict().items()}
+    optimizers = make_optimizers(model, lr=0.1)
+    model(stage2_batch()).backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    assert all(torch.equal(v, scoring[k]) for k, v in model.items.state_dict().items())
+    assert not torch.equal(model.item_inputs(ids), model.items(ids))
+    state = model.init_state(torch.tensor([1]), torch.tensor([False]))
+    moved = model.step(state, torch.tensor([5]), torch.tensor([False]))[0]
+    assert torch.allclose(moved, model.gru_inactive(model.item_inputs(torch.tensor([5])), state[0]), atol=1e-6)
+
+
+def test_finetuned_items_get_their_own_learning_rate():
+    model = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(items="finetune", item_lr_scale=0.1))
+    sparse, dense = make_optimizers(model, lr=0.02)
+    lrs = {id(p): group["lr"] for opt in (sparse, dense) for group in opt.param_groups for p in group["params"]}
+    assert lrs[id(model.items.item.weight)] == pytest.approx(0.002)
+    assert lrs[id(model.items.feature.weight)] == pytest.approx(0.002)
+    assert lrs[id(model.gru_active.weight_hh)] == lrs[id(model.psi)] == 0.02
+    with pytest.raises(ValueError, match="item_lr_scale"):
+        TwoTimeScaleOptions(item_lr_scale=0.1)  # only with items="finetune"
+
+
+def test_phi_scale_runs_the_active_gru_inside_its_range_and_starts_as_phi():
+    s1 = stage1()
+    with torch.no_grad():
+        s1.phi.weight.mul_(40)  # entries far beyond the GRU's (-1, 1)
+    model = TwoTimeScaleModel.from_stage1(s1, TwoTimeScaleOptions(phi_scale=True))
+    known = s1.phi.weight[s1.known_users]
+    assert model.state_scale == pytest.approx(float(known.detach().abs().max()))
+    users, active = torch.tensor([0, 1]), torch.tensor([True, False])
+    state = model.init_state(users, active)
+    assert state[0][0].abs().max() <= 1 + 1e-6
+    assert torch.allclose(model.user_vector(state)[0], s1.phi.weight[0], atol=1e-5)
+    assert torch.equal(model.user_vector(state)[1], model.psi)  # inactive users are not scaled
+    stepped = model.step(state, torch.tensor([3, 3]), active)
+    assert torch.allclose(model.user_vector(stepped)[0], model.state_scale * model.gru_active(
+        model.items(torch.tensor([3])), state[0][:1])[0], atol=1e-5)
+
+
+def test_truncated_backpropagation_keeps_the_loss_and_cuts_the_gradient_at_the_windows():
+    gen = torch.Generator().manual_seed(5)
+    batch = random_stage2_batch(gen, 12, 9, 0.5)
+    full = TwoTimeScaleModel.from_stage1(stage1())
+    with torch.no_grad():
+        full.psi.normal_(generator=gen)
+    cut = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(bptt_window=3))
+    cut.load_state_dict(full.state_dict())
+    whole = TwoTimeScaleModel.from_stage1(stage1(), TwoTimeScaleOptions(bptt_window=9))
+    whole.load_state_dict(full.state_dict())
+    losses = [m(batch) for m in (full, cut, whole)]
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-6)  # the same forward values
+    grads = []
+    for model, loss in zip((full, cut, whole), losses):
+        loss.backward()
+        grads.append(model.gru_inactive.weight_hh.grad.clone())
+    assert torch.allclose(grads[2], grads[0], atol=1e-6)  # a window as long as the rows cuts nothing
+    assert not torch.allclose(grads[1], grads[0], atol=1e-4)
+    # psi starts the inactive rows: with the cut, only the losses up to the first window's last state reach it (the
+    # start scores position 0, the window's 3 states positions 1-3).
+    first = {k: (v[:, :4] if k in ("item_ids", "neg_item_ids") else v) for k, v in batch.items()}
+    only_first = TwoTimeScaleModel.from_stage1(stage1())
+    only_first.load_state_dict(full.state_dict())
+    n_first, n_all = int((first["item_ids"] >= 0).sum()), int((batch["item_ids"] >= 0).sum())
+    (only_first(first) * n_first / n_all).backward()
+    assert torch.allclose(cut.psi.grad, only_first.psi.grad, atol=1e-6)

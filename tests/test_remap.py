@@ -11,7 +11,7 @@ import torch
 
 from twots.evaluation.remap import RemappedModel
 from twots.evaluation.replay import Events, Warmup, replay
-from twots.models.two_time_scale import TwoTimeScaleModel
+from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
 
 N_USERS, N_ITEMS = 7, 12
 ACTIVE = np.array([True, False, True, False, True, False, False])  # users 5 and 6 are new in WARMUP
@@ -20,7 +20,8 @@ ACTIVE = np.array([True, False, True, False, True, False, False])  # users 5 and
 @pytest.fixture(scope="module")
 def model() -> TwoTimeScaleModel:
     torch.manual_seed(5)
-    model = TwoTimeScaleModel(N_USERS, N_ITEMS, n_features=4, max_features=2, item_dim=6, feature_dim=2, plus=True)
+    model = TwoTimeScaleModel(N_USERS, N_ITEMS, n_features=4, max_features=2, item_dim=6, feature_dim=2,
+                              options=TwoTimeScaleOptions(plus=True))
     model.items.set_item_features(torch.randint(-1, 4, (N_ITEMS, 2)).sort(dim=1, descending=True).values)
     with torch.no_grad():
         for parameter in model.parameters():

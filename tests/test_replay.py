@@ -6,12 +6,10 @@ import twots.evaluation.replay
 from twots.evaluation.metrics import ranks_from_scores, summarize
 from twots.evaluation.remap import RemappedModel
 from twots.evaluation.replay import Events, History, Warmup, full_batch_for, replay
-from twots.models.two_time_scale import (
-    SequentialRecommender,
-    Stage1Model,
-    TwoTimeScaleModel,
-    split_parameters,
-)
+from twots.models.protocol import SequentialRecommender
+from twots.models.stage1 import Stage1Model
+from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
+from twots.training.trainer import split_parameters
 
 
 class SeenItems(SequentialRecommender):
@@ -64,6 +62,13 @@ def test_each_event_is_scored_before_its_item_is_fed_in_time_order():
     assert got.is_active.tolist() == [True, True, True, False, True, False]
     records = got.change_records(got.is_active)
     assert records["step"].tolist() == [4, 3, 2, 1] and records["change"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    # Place in the rollout from init_state: user 0 warmed up on 2 items, user 2 on 1, user 1 on none.
+    assert got.steps.tolist() == [6, 5, 4, 1, 3, 2]
+    assert np.isnan(got.gate).all()  # no GRU
+    # ||user vector|| = sqrt(items seen): 0 at the start; sqrt(2) for user 0 after its warm-up, 1 for user 2.
+    assert got.norms["active"] == {"start": 0.0, "warmed": pytest.approx(2 ** 0.5)}
+    assert got.norms["inactive"] == {"start": 0.0, "warmed": 1.0}
+    assert got.norms["new"] == {"start": 0.0, "warmed": 0.0}
 
 
 def start_state(model, warm: Warmup, user: int):
@@ -98,7 +103,7 @@ def naive_replay(model, warm: Warmup, evs: Events):
 def random_2ts(n_users: int, n_items: int, plus: bool, seed: int) -> tuple[TwoTimeScaleModel, Warmup]:
     """A 2TS model with random weights, and warm-up items for active, inactive and (users 5-7) new users."""
     torch.manual_seed(seed)
-    model = TwoTimeScaleModel(n_users, n_items, item_dim=6, feature_dim=2, plus=plus)
+    model = TwoTimeScaleModel(n_users, n_items, item_dim=6, feature_dim=2, options=TwoTimeScaleOptions(plus=plus))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -126,6 +131,19 @@ def test_batched_rounds_match_a_naive_per_user_loop(plus, monkeypatch):
     assert np.allclose(got.change, change, atol=1e-6)
     assert np.array_equal(got.step, step)
     assert got.is_new.tolist() == [u in (5, 6, 7) for u in evs.user_id]
+    # The update gate of the GRU that fed each event (Theta_2 for active users), recomputed by hand.
+    size = model.items.dim
+    with torch.no_grad():
+        for user in np.unique(evs.user_id):
+            state, active = start_state(model, warm, user)
+            cell = model.gru_active if active.item() else model.gru_inactive
+            mine = np.flatnonzero(evs.user_id == user)
+            for e in mine[np.lexsort((evs.event_id[mine], evs.ts[mine]))]:
+                x, h = model.items(torch.tensor([evs.item_id[e]])), state[0]
+                z = torch.sigmoid(x @ cell.weight_ih[size:2 * size].T + cell.bias_ih[size:2 * size]
+                                  + h @ cell.weight_hh[size:2 * size].T + cell.bias_hh[size:2 * size])
+                assert got.gate[e] == pytest.approx(z.mean().item(), abs=1e-6)
+                state = model.step(state, torch.tensor([evs.item_id[e]]), active)
 
 
 @torch.no_grad()
@@ -268,7 +286,7 @@ def test_trained_2ts_ranks_far_above_random_for_every_user_group():
     item_ids = torch.tensor(warm.item_ids)
     batch = {"user_id": torch.tensor(warm.user_id), "is_active": is_active, "item_ids": item_ids,
              "prev_item_id": torch.tensor([train[u][-last_k - 1] if a else -1 for u, a in zip(train, is_active)])}
-    model = TwoTimeScaleModel.from_stage1(stage1, plus=True)
+    model = TwoTimeScaleModel.from_stage1(stage1, TwoTimeScaleOptions(plus=True))
     optimizer = torch.optim.Adam(split_parameters(model)[1], lr=0.02)
     for _ in range(150):
         batch["neg_item_ids"] = negs(item_ids.clamp(min=0).reshape(-1).numpy()).reshape(*item_ids.shape, -1)

@@ -20,7 +20,7 @@ from twots.mlops.registry import use_registry
 from twots.mlops.scan import QUANTISE_BLOCK, ItemScan, block_topk
 from twots.mlops.server import local_server
 from twots.models.two_time_scale import TwoTimeScaleModel
-from twots.training.train import write_side_data
+from twots.training.launch import write_side_data
 
 pytestmark = pytest.mark.mlflow
 

@@ -11,12 +11,13 @@ from conftest import run_job_here
 from twots.config import ConfigError, resolve
 from twots.models.kinds import load_model
 from twots.models.two_time_scale import TwoTimeScaleModel
-from twots.training.train import TrainConfig, train
+from twots.training.config import TrainConfig
+from twots.training.train import train
 
 
 def config(data, run_dir, **overrides) -> TrainConfig:
-    values = dict(data=str(data), run_dir=str(run_dir), num_processes=2, stage1_epochs=2, stage2_epochs=2,
-                  stage1_batch_size=512, stage2_batch_size=32, log_every_s=1000, seed=3)
+    values = dict(data=str(data), run_dir=str(run_dir), num_processes=2, stage1={"epochs": 2, "batch_size": 512},
+                  stage2={"epochs": 2, "batch_size": 32}, log_every_s=1000, seed=3)
     values.update(overrides)
     return resolve(TrainConfig, "train", values)
 
@@ -40,7 +41,7 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, small_moviele
     assert stage1["history"][0]["interactions"] == stage1["steps_per_epoch"] * 512 * 2
 
     model = load_model(result.model_path)
-    assert isinstance(model, TwoTimeScaleModel) and model.hparams["plus"]
+    assert isinstance(model, TwoTimeScaleModel) and model.options.plus
     phi_stage1 = load_model(tmp_path / "a" / "stage1.pt").phi.weight
     assert torch.equal(model.phi.weight, phi_stage1), "stage 2 must not change the frozen stage-1 embeddings"
 
@@ -52,7 +53,7 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, small_moviele
     client = mlflow.MlflowClient()
     assert mlflow.get_tracking_uri() == f"sqlite:///{small_movielens.resolve()}/mlflow.db"
     run = client.get_run(result.run_id)
-    assert run.data.params["model"] == "2ts-plus" and run.data.params["stage1_epochs"] == "2"
+    assert run.data.params["model"] == "2ts-plus" and run.data.params["stage1.epochs"] == "2"
     assert run.data.params["data.stage1_offers.version"] == "0"
     assert run.data.metrics["test/mrr"] == pytest.approx(test["overall"]["mrr"])
     losses = [m.value for m in client.get_metric_history(result.run_id, "stage1_loss")]
@@ -95,7 +96,7 @@ def test_two_stage_training_tracking_determinism_and_resume(spark, small_moviele
 @pytest.mark.distributed
 @pytest.mark.mlflow
 def test_stage2_on_a_given_stage1_model(spark, small_movielens, tmp_path):
-    base = config(small_movielens, tmp_path / "s1", model="2ts", stage1_epochs=1, stage2_epochs=1,
+    base = config(small_movielens, tmp_path / "s1", model="2ts", stage1={"epochs": 1}, stage2={"epochs": 1},
                   loader="parquet", evaluate=False)
     first = train(base, spark)
     stage1 = tmp_path / "s1" / "stage1.pt"
@@ -103,7 +104,7 @@ def test_stage2_on_a_given_stage1_model(spark, small_movielens, tmp_path):
                                          "stage1_model": str(stage1)}), spark)
     assert [s["stage"] for s in plus.stages] == ["stage2"]
     model = load_model(plus.model_path)
-    assert model.hparams["plus"] and not load_model(first.model_path).hparams["plus"]
+    assert model.options.plus and not load_model(first.model_path).options.plus
     assert torch.equal(model.phi.weight, load_model(stage1).phi.weight)
     assert not (tmp_path / "plus" / "stage1.pt").exists()
 
@@ -114,8 +115,8 @@ def test_bad_config_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="train.model"):  # a kind not trained by gradient (Spark counts)
         config(tmp_path, tmp_path, model="popularity")
     assert config(tmp_path, tmp_path, model="gru4rec").model == "gru4rec"  # every trainable kind
-    with pytest.raises(ConfigError, match="train.stage1_epochs"):
-        config(tmp_path, tmp_path, stage1_epochs=0)
+    with pytest.raises(ConfigError, match="train.stage1.epochs"):
+        config(tmp_path, tmp_path, stage1={"epochs": 0})
 
 
 def test_missing_inputs_fail_before_training(spark, small_movielens, tmp_path):

@@ -5,8 +5,8 @@ import copy
 
 import torch
 
-from twots.models.two_time_scale import Stage1Model, split_parameters
-from twots.training.trainer import add_row_l2, make_optimizers
+from twots.models.stage1 import Stage1Model
+from twots.training.trainer import add_row_l2, make_optimizers, split_parameters
 
 N_USERS, N_ITEMS, N_FEATURES, MAX_FEATURES = 10, 40, 6, 2
 L2 = 0.3  # large, so that a wrong or missing term shows far above float noise

@@ -2,7 +2,9 @@
 
 Each job has a pydantic model (one section of `conf/default.yaml`). Values are layered, later wins:
 the model's defaults, `conf/default.yaml[section]`, `conf/<source>.yaml[section]`, `--config FILE` (same layout),
-then `--some-key value` flags generated from the model's fields. The source is `--source` (or the section's
+then `--some-key value` flags generated from the model's fields. A field that is itself a section (the training
+stages: `train.stage1`, `train.stage2`) is a nested mapping in the files, merged key by key across the layers, and
+its keys are flags with a dot (`--stage1.lr 0.003`). The source is `--source` (or the section's
 `source` key) or, for a job that reads prepared tables (`data`), the source recorded in `<data>/manifest.json`:
 the same data gets the same settings whichever way it is named. Any bad value fails before Spark or torch starts,
 with a message naming the key, the value given, where it came from and the accepted form.
@@ -17,15 +19,16 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -43,19 +46,76 @@ class Section(BaseModel):
     """Base of every job's config: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    _config_file: str | None = PrivateAttr(None)   # the job's --config, set by `load`
+
+    def sibling(self, model: type[M], section: str) -> M:
+        """The keys of `model` in another section of the config files this one came from (conf/default.yaml, the
+        data source's file, the job's --config), without command-line flags: training's evaluation takes the
+        replay settings of the `evaluate:` section so (the section's other keys are its own job's)."""
+        layers = layered(model, section, {"config": self._config_file}, data=getattr(self, "data", None))
+        return build(model, section, {k: v for k, v in layers.values.items() if k in model.model_fields},
+                     layers.origin)
+
+
+LOG_LEVEL_ENV = "TWOTS_SPARK_LOG_LEVEL"   # read by twots.spark.get_spark and by the log4j2 file of `make setup`
+LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
+
+
+class SparkSettings(Section):
+    """The `spark` section of the config files: what every job's Spark session gets."""
+
+    log_level: Literal[LOG_LEVELS] = Field("WARN", description="Spark's log level (a job's --verbose: INFO)")
+
+
+def set_log_level(level: str) -> None:
+    """The level of the Spark sessions (and JVMs) this process starts from now on."""
+    os.environ[LOG_LEVEL_ENV] = level
+
+
+def subsections(model: type[Section]) -> dict[str, type[Section]]:
+    """The fields of `model` that are sections themselves (nested mappings, flags `--field.key`)."""
+    return {name: field.annotation for name, field in model.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, Section)}
+
+
+def field_of(model: type[Section], key: str) -> FieldInfo | None:
+    """The field a dotted key names (`stage1.lr`), or None."""
+    head, _, rest = key.partition(".")
+    if rest:
+        inner = subsections(model).get(head)
+        return inner.model_fields.get(rest) if inner else None
+    return model.model_fields.get(head)
+
+
+def flat(cfg: Section) -> dict[str, Any]:
+    """The config's values (JSON types) with its nested sections' keys dotted (`stage1.lr`): MLflow params."""
+    out = {}
+    for key, value in cfg.model_dump(mode="json").items():
+        if key in subsections(type(cfg)):
+            out.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 class Layers:
-    """The values of one section, where each came from, and the files applied, in order."""
+    """The values of one section, where each came from (by key; `stage1.lr` for a nested one), and the files applied,
+    in order. A nested section's mapping is merged key by key: a later layer sets only the keys it names."""
 
-    def __init__(self) -> None:
+    def __init__(self, nested: tuple[str, ...] = ()) -> None:
+        self.nested = nested
         self.values: dict[str, Any] = {}
         self.origin: dict[str, str] = {}
         self.applied: list[str] = []
 
     def update(self, values: dict[str, Any], origin: str) -> None:
-        self.values.update(values)
-        self.origin.update(dict.fromkeys(values, origin))
+        for key, value in values.items():
+            if key in self.nested and isinstance(value, dict) and isinstance(self.values.get(key), dict):
+                self.values[key] = {**self.values[key], **value}
+            else:
+                self.values[key] = value
+            keys = [f"{key}.{inner}" for inner in value] if key in self.nested and isinstance(value, dict) else [key]
+            self.origin.update(dict.fromkeys(keys, origin))
 
     def apply(self, path: Path, section: str, why: str = "") -> None:
         values = _read_yaml(path, section)
@@ -198,19 +258,28 @@ def _format_error(model: type[Section], section: str, err: ValidationError, orig
     lines, unions = [], set()
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
-        if loc and _is_union(model.model_fields.get(loc[0])):  # one line, not one per alternative of the union
-            if loc[0] in unions:
+        # A key of a nested section (train.stage1.lr) is named, looked up and explained within that section.
+        owner, owner_name, depth = model, section, 0
+        if len(loc) > 1 and loc[0] in subsections(model):
+            owner, owner_name, depth = subsections(model)[loc[0]], f"{section}.{loc[0]}", 1
+        top = loc[depth] if len(loc) > depth else None
+        if top is not None and _is_union(owner.model_fields.get(top)):  # one line, not one per alternative
+            if (owner_name, top) in unions:
                 continue
-            unions.add(loc[0])
-            loc, e = loc[:1], {**e, "msg": "not any of the accepted forms"}
+            unions.add((owner_name, top))
+            loc, e = loc[:depth + 1], {**e, "msg": "not any of the accepted forms"}
         key = ".".join([section, *loc])
-        top = loc[0] if loc else None
-        field = model.model_fields.get(top) if top else None
-        source = origin.get(top, "default") if top else None
+        field = owner.model_fields.get(top) if top else None
+        source = origin.get(".".join(loc[:depth + 1]), origin.get(loc[0], "default")) if top else None
         if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(top, model.model_fields, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(model.model_fields)}"
-            lines.append(f"  {key} = {e.get('input')!r} (from {source}): not a key of '{section}'{hint}")
+            # A nested key written flat (stage1_epochs) is matched as stage1.epochs.
+            known = {**{k: k for k in owner.model_fields},
+                     **{f"{name}_{inner}": f"{name}.{inner}" for name, sub in subsections(owner).items()
+                        for inner in sub.model_fields}}
+            close = difflib.get_close_matches(top, known, n=1)
+            hint = (f"; did you mean '{known[close[0]]}'?" if close
+                    else f"; known keys: {', '.join(owner.model_fields)}")
+            lines.append(f"  {key} = {e.get('input')!r} (from {source}): not a key of '{owner_name}'{hint}")
             continue
         message = e["msg"].removeprefix("Value error, ")
         if not loc:  # a check across keys
@@ -231,22 +300,31 @@ def build(model: type[M], section: str, values: dict[str, Any], origin: dict[str
 
 
 def parser_for(model: type[Section], description: str) -> argparse.ArgumentParser:
-    """An argparse parser with one `--kebab-case` flag per config field (all optional)."""
+    """An argparse parser with one `--kebab-case` flag per config field (all optional); a nested section's keys are
+    `--section.key` flags."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="extra YAML file, same layout as conf/default.yaml")
     parser.add_argument("--verbose", action="store_true", default=None, help="Spark's INFO log (default: WARN)")
+    nested = subsections(model)
     for name, field in model.model_fields.items():
-        help_text = f"{field.description + '; ' if field.description else ''}{accepted_form(field)}"
-        parser.add_argument(_flag(name), dest=name, default=None, help=help_text.replace("%", "%%"))
+        if name in nested:
+            group = parser.add_argument_group(f"{name}", nested[name].__doc__)
+            for inner, inner_field in nested[name].model_fields.items():
+                _add_flag(group, f"{name}.{inner}", inner_field)
+        else:
+            _add_flag(parser, name, field)
     return parser
+
+
+def _add_flag(parser, key: str, field: FieldInfo) -> None:
+    help_text = f"{field.description + '; ' if field.description else ''}{accepted_form(field)}"
+    parser.add_argument(_flag(key), dest=key, default=None, help=help_text.replace("%", "%%"))
 
 
 def load(model: type[M], section: str, argv: list[str] | None = None, *, description: str = "",
          conf_dir: Path = CONF_DIR) -> M:
     """Parse argv and the YAML layers into a validated config, or exit(2) naming the bad key. Says which config
     files it applied and sets the Spark log level (`--verbose`, `spark.log_level`) for the session to come."""
-    from twots.spark import SparkSettings, set_log_level
-
     parser = parser_for(model, description or model.__doc__ or section)
     cli = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
     try:
@@ -256,7 +334,9 @@ def load(model: type[M], section: str, argv: list[str] | None = None, *, descrip
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
     set_log_level("INFO" if cli.get("verbose") else spark.log_level)
-    flags = " ".join(_flag(k) for k in model.model_fields if layers.origin.get(k) == "command line")
+    cfg._config_file = cli.get("config")
+    keys = [f"{name}.{inner}" for name, inner_model in subsections(model).items() for inner in inner_model.model_fields]
+    flags = " ".join(_flag(k) for k in [*model.model_fields, *keys] if layers.origin.get(k) == "command line")
     print(f"[config] {section}: " + (", ".join(layers.applied) or "defaults") + (f" + flags {flags}" if flags else ""),
           flush=True)
     return cfg
@@ -270,18 +350,22 @@ def _spark_layers(cli: dict[str, Any], conf_dir: Path) -> Layers:
     return layers
 
 
-def resolve(model: type[M], section: str, cli: dict[str, Any], *, conf_dir: Path = CONF_DIR) -> M:
-    """Layer defaults < default.yaml < <source>.yaml < --config < CLI values, then validate."""
-    layers = layered(model, section, cli, conf_dir=conf_dir)
+def resolve(model: type[M], section: str, cli: dict[str, Any], *, conf_dir: Path = CONF_DIR,
+            data: str | None = None) -> M:
+    """Layer defaults < default.yaml < <source>.yaml < --config < CLI values, then validate. `data`: a prepared
+    folder whose recorded source applies, for a section without a `data` key of its own."""
+    layers = layered(model, section, cli, conf_dir=conf_dir, data=data)
     return build(model, section, layers.values, layers.origin)
 
 
-def layered(model: type[Section], section: str, cli: dict[str, Any], *, conf_dir: Path = CONF_DIR) -> Layers:
-    """The section's values from every layer, not yet validated; CLI strings parsed by their field's type."""
-    layers = Layers()
+def layered(model: type[Section], section: str, cli: dict[str, Any], *, conf_dir: Path = CONF_DIR,
+            data: str | None = None) -> Layers:
+    """The section's values from every layer, not yet validated; CLI strings parsed by their field's type, dotted
+    keys (`stage1.lr`) into their nested section."""
+    layers = Layers(tuple(subsections(model)))
     layers.apply(conf_dir / "default.yaml", section)
     overrides = {k: v for k, v in cli.items() if k not in JOB_FLAGS and v is not None}
-    source, recorded_in = _source(overrides, layers.values)
+    source, recorded_in = _source(overrides, layers.values, data)
     if source is not None:
         layers.apply(conf_dir / f"{source}.yaml", section, f" (source of {recorded_in})" if recorded_in else "")
     extra = cli.get("config")
@@ -290,18 +374,25 @@ def layered(model: type[Section], section: str, cli: dict[str, Any], *, conf_dir
         if not path.exists():
             raise ConfigError(f"--config {extra}: no such file")
         layers.apply(path, section)
-    fields = model.model_fields
-    parsed = {name: _parse_cli_value(_flag(name), raw, fields[name]) if isinstance(raw, str) and name in fields
-              else raw for name, raw in overrides.items()}
+    parsed: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        field = field_of(model, key)
+        value = _parse_cli_value(_flag(key), raw, field) if isinstance(raw, str) and field is not None else raw
+        head, _, inner = key.partition(".")
+        if inner and head in layers.nested:
+            parsed.setdefault(head, {})[inner] = value
+        else:
+            parsed[key] = value
     layers.update(parsed, "command line")
     return layers
 
 
-def _source(overrides: dict[str, Any], values: dict[str, Any]) -> tuple[str | None, Path | None]:
+def _source(overrides: dict[str, Any], values: dict[str, Any], data: str | None = None
+            ) -> tuple[str | None, Path | None]:
     """The data source whose conf/<source>.yaml applies: given, or recorded in <data>/manifest.json (then also
     that manifest)."""
     given = overrides.get("source", values.get("source"))
-    data = overrides.get("data", values.get("data"))
+    data = overrides.get("data", values.get("data", data))
     manifest = Path(data) / "manifest.json" if isinstance(data, str) else None
     if manifest is None or not manifest.is_file():
         return given, None

@@ -18,11 +18,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
 
-from pydantic import Field
-
-from twots.config import Section
+from twots.config import LOG_LEVEL_ENV
 
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
 
@@ -42,9 +39,6 @@ LOCAL_CONF = {
 }
 
 
-LOG_LEVEL_ENV = "TWOTS_SPARK_LOG_LEVEL"
-LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
-
 # Spark's conf/log4j2.properties.template with the root level from the environment, and the warnings every run of
 # ours prints silenced: no native Hadoop, a loopback address, "no metadata directory" (a stack trace per globbed
 # input path), "no partition defined for window" (prepare's global orders are deliberate), long plan strings, and
@@ -61,17 +55,6 @@ appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
 """ + "".join(f"logger.quiet{i}.name = {name}\nlogger.quiet{i}.level = error\n" for i, name in enumerate(QUIET))
-
-
-class SparkSettings(Section):
-    """The `spark` section of the config files: what every job's Spark session gets."""
-
-    log_level: Literal[LOG_LEVELS] = Field("WARN", description="Spark's log level (a job's --verbose: INFO)")
-
-
-def set_log_level(level: str) -> None:
-    """The level of the Spark sessions (and JVMs) this process starts from now on."""
-    os.environ[LOG_LEVEL_ENV] = level
 
 
 def on_databricks() -> bool:

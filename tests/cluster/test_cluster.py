@@ -20,7 +20,8 @@ from pyspark import cloudpickle
 from twots.config import resolve
 from twots.mlops.registry import CHALLENGER, STATUS, RegistryConfig, connect, register, validate
 from twots.training import distributed, loaders
-from twots.training.train import TrainConfig, train
+from twots.training.config import TrainConfig
+from twots.training.train import train
 
 # The train functions below live in this test module, which the ranks cannot import: ship them by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -132,8 +133,8 @@ def test_prepare_train_on_executors_evaluate_register_validate(spark, small_movi
     run_dir = small_movielens / "runs" / "cluster-2ts"
     cfg = resolve(TrainConfig, "train", {
         "data": str(small_movielens), "run_dir": str(run_dir), "model": "2ts", "num_processes": 2,
-        "local_mode": False, "stage1_epochs": 1, "stage2_epochs": 1, "stage1_batch_size": 512,
-        "stage2_batch_size": 32, "log_every_s": 1000, "seed": 3})
+        "local_mode": False, "stage1": {"epochs": 1, "batch_size": 512},
+        "stage2": {"epochs": 1, "batch_size": 32}, "log_every_s": 1000, "seed": 3})
     result = train(cfg, spark)
     assert [s["stage"] for s in result.stages] == ["stage1", "stage2"]
     assert all(s["world"] == 2 for s in result.stages)

@@ -17,7 +17,6 @@ full_ndcg@10 and full_count in each group's metrics.
 from __future__ import annotations
 
 import functools
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from pydantic import Field, field_validator
 
 from twots.config import Section
-from twots.data.snapshot import read_delta, read_snapshot  # noqa: F401 (read_delta: callers import it from here)
+from twots.data.snapshot import read_snapshot
 from twots.data.tables import EVAL_CANDIDATES, INTERACTIONS, SEQUENCES, USER_ACTIVITY
 from twots.evaluation import metrics
 from twots.evaluation.replay import Events, History, Warmup, full_batch_for, model_device, replay
@@ -57,15 +56,29 @@ class FullRankingConfig(Section):
         return splits
 
 
-class EvaluateConfig(FullRankingConfig):
+class ReplaySettings(FullRankingConfig):
+    """How a trained model is replayed on val/test: the `evaluate:` section, for jobs/evaluate.py and for the
+    evaluation at the end of training."""
+
+    splits: list[str] = Field(list(SPLITS), min_length=1, description="splits replayed, in this order of time")
+    batch_users: int = Field(1024, ge=1, description="users scored per call")
+    threads: int = Field(1, ge=1, description="torch threads of the replay")
+
+    @field_validator("splits")
+    @classmethod
+    def _known(cls, splits: list[str]) -> list[str]:
+        unknown = sorted(set(splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"unknown splits {unknown}; evaluation replays {SPLITS}")
+        return splits
+
+
+class EvaluateConfig(ReplaySettings):
     """Evaluate a model logged to MLflow on the val/test rows of the prepared tables, and log the metrics."""
 
     data: str = Field(description="folder of the prepared Delta tables (prepare's --output)")
     run_id: str = Field(description="MLflow run holding the model")
     model_name: str = Field("model", description="the model's name inside the run")
-    splits: list[str] = Field(list(SPLITS), min_length=1, description="splits replayed, in this order of time")
-    batch_users: int = Field(1024, ge=1, description="users scored per call")
-    threads: int = Field(1, ge=1, description="torch threads of the replay")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<data>/mlflow.db")
 
 
@@ -169,13 +182,14 @@ def full_ranked(events: Events, split: np.ndarray, full: FullRankingConfig, on_g
     return in_splits & np.isin(events.user_id, users)
 
 
-def evaluate(model, data_dir: str | Path, spark, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1,
-             full: FullRankingConfig | None = None) -> dict:
-    """Replay `splits` of the prepared folder `data_dir` in time order through `model` (see evaluate_loaded)."""
-    full = FullRankingConfig() if full is None else full
-    return evaluate_loaded(model, load_arrays(data_dir, spark, splits), tuple(splits), batch_users=batch_users,
-                           threads=threads, full=full,
-                           history=load_history(data_dir, spark) if full.exclude_seen else None)
+def evaluate(model, data_dir: str | Path, spark, settings: ReplaySettings | None = None) -> dict:
+    """Replay the splits of the prepared folder `data_dir` in time order through `model` (see evaluate_loaded), as
+    `settings` say (default ReplaySettings())."""
+    settings = ReplaySettings() if settings is None else settings
+    splits = tuple(settings.splits)
+    return evaluate_loaded(model, load_arrays(data_dir, spark, splits), splits, batch_users=settings.batch_users,
+                           threads=settings.threads, full=settings,
+                           history=load_history(data_dir, spark) if settings.exclude_seen else None)
 
 
 def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 1024, threads: int = 1,
@@ -216,28 +230,15 @@ def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 
         mask = split == name
         summaries[name] = metrics.summarize(result.rank[mask], n_train[mask], is_active[mask], result.is_new[mask],
                                             full_ranks=result.full_rank[mask],
-                                            is_repeat=None if data.is_repeat is None else data.is_repeat[mask])
+                                            is_repeat=None if data.is_repeat is None else data.is_repeat[mask],
+                                            steps=result.steps[mask], gate=result.gate[mask])
     last = split == splits[-1]
     overall = summaries[splits[-1]]["overall"]
     print(f"[evaluate] {len(events):,} events in {seconds:.1f}s ({len(events) / seconds:,.0f} events/s, full "
           f"ranking {result.full_seconds:.1f}s); {splits[-1]} MRR {overall['mrr']:.4f}"
           + (f", full-ranking MRR {overall['full_mrr']:.4f}" if overall["full_count"] else ""), flush=True)
-    return {"metrics": summaries, "changes": result.change_records(last), "events": len(events),
+    return {"metrics": summaries, "changes": result.change_records(last), "state_norms": result.norms,
+            "events": len(events),
             "seconds": seconds, "events_per_s": len(events) / seconds,
             "full": {"users": len(np.unique(events.user_id[ranked])), "events": int(ranked.sum()),
                      "seconds": result.full_seconds, "exclude_seen": full.exclude_seen, "n_items": n_items}}
-
-
-def evaluate_logged(cfg: EvaluateConfig, spark) -> dict:
-    """Evaluate the model logged in MLflow run `cfg.run_id` and log the metrics and Fig. 4 to that run."""
-    import mlflow
-
-    from twots.mlops.tracking import default_tracking_uri, log_evaluation
-
-    mlflow.set_tracking_uri(cfg.tracking_uri or default_tracking_uri(cfg.data))
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{cfg.run_id}/{cfg.model_name}")
-    report = evaluate(pyfunc.unwrap_python_model().model, cfg.data, spark, tuple(cfg.splits),
-                      batch_users=cfg.batch_users, threads=cfg.threads, full=cfg)
-    with mlflow.start_run(run_id=cfg.run_id), tempfile.TemporaryDirectory() as tmp:
-        log_evaluation(report, Path(tmp))
-    return report

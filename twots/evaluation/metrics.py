@@ -21,6 +21,9 @@ GROUPS = ("active", "inactive", "new", "repeat", "first_click")  # summarize's g
 # (label, lowest n_train, highest n_train) of the paper's Fig. 3; new users (n_train 0) fall in "<51".
 BUCKETS = (("<51", 0, 50), ("51-100", 51, 100), ("101-200", 101, 200), ("201-300", 201, 300),
            (">300", 301, math.inf))
+# (label, lowest, highest) place of an event in its user's rollout from the start state (replay.ReplayResult.steps):
+# how far the state had run from phi, psi or h0 when it scored the event.
+STEP_BUCKETS = (("1-10", 1, 10), ("11-20", 11, 20), ("21-50", 21, 50), (">50", 51, math.inf))
 
 
 def ranks_from_scores(pos_score, neg_scores):
@@ -78,7 +81,8 @@ def rank_metrics(ranks: np.ndarray, prefix: str = "") -> dict:
     }
 
 
-def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None, is_repeat=None) -> dict:
+def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None, is_repeat=None, steps=None,
+              gate=None) -> dict:
     """Metrics of one set of evaluated interactions, all arrays aligned per interaction.
 
     n_train: the user's training interactions; is_active: from user_activity (n_train > t*), not recomputed here;
@@ -87,6 +91,8 @@ def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None, is_repeat
     "active", "inactive", "new": rank_metrics, "buckets": {label: rank_metrics}}; "inactive" excludes new users.
     With full_ranks each group's metrics also hold full_count, full_mrr, ... over its fully ranked interactions.
     With is_repeat (the user clicked the item before) also "repeat" and "first_click", its complement.
+    With steps (each interaction's place in its user's rollout) also "by_steps": {group: {STEP_BUCKETS label:
+    rank_metrics}} for overall, active, inactive and new; with gate (NaN where none) "gate": {group: mean or None}.
     """
     ranks = np.asarray(ranks, dtype=np.float64)
     n_train = np.asarray(n_train)
@@ -94,7 +100,9 @@ def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None, is_repeat
     is_new = n_train == 0 if is_new is None else np.asarray(is_new, dtype=bool)
     full = None if full_ranks is None else np.asarray(full_ranks, dtype=np.float64)
     repeat = None if is_repeat is None else np.asarray(is_repeat, dtype=bool)
-    optional = [a.shape for a in (full, repeat) if a is not None]
+    steps = None if steps is None else np.asarray(steps)
+    gate = None if gate is None else np.asarray(gate, dtype=np.float64)
+    optional = [a.shape for a in (full, repeat, steps, gate) if a is not None]
     if not (ranks.shape == n_train.shape == is_active.shape == is_new.shape) or ranks.ndim != 1 \
             or any(shape != ranks.shape for shape in optional):
         raise ValueError(f"summarize: ranks, n_train, is_active, is_new (and full_ranks, is_repeat) must be 1-d of "
@@ -123,6 +131,14 @@ def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None, is_repeat
     }
     if repeat is not None:
         summary.update(repeat=group(repeat), first_click=group(~repeat))
+    masks = {"overall": np.ones_like(is_active), "active": is_active, "inactive": ~is_active & ~is_new,
+             "new": is_new}
+    if steps is not None:
+        summary["by_steps"] = {name: {label: rank_metrics(ranks[mask & (steps >= lo) & (steps <= hi)])
+                                      for label, lo, hi in STEP_BUCKETS} for name, mask in masks.items()}
+    if gate is not None:
+        summary["gate"] = {name: float(np.nanmean(gate[mask])) if (mask & ~np.isnan(gate)).any() else None
+                           for name, mask in masks.items()}
     return summary
 
 
@@ -133,7 +149,16 @@ def flatten(summary: dict, prefix: str = "test") -> dict[str, float]:
     """
     groups = {"": summary["overall"], **{f"{g}/": summary[g] for g in GROUPS if g in summary}}
     for label, metrics in summary["buckets"].items():
-        safe = label.replace("<", "lt").replace(">", "gt")
-        groups[f"bucket_{safe}/"] = metrics
-    return {f"{prefix}/{group}{name.replace('@', '_at_')}": value for group, metrics in groups.items()
+        groups[f"bucket_{_safe(label)}/"] = metrics
+    for name, by_label in summary.get("by_steps", {}).items():
+        for label, metrics in by_label.items():
+            groups[f"steps_{_safe(label)}/{name}/"] = metrics
+    flat = {f"{prefix}/{group}{name.replace('@', '_at_')}": value for group, metrics in groups.items()
             if metrics["count"] for name, value in metrics.items() if value is not None}
+    flat.update({f"{prefix}/gate/{name}": value for name, value in summary.get("gate", {}).items()
+                 if value is not None})
+    return flat
+
+
+def _safe(label: str) -> str:
+    return label.replace("<", "lt").replace(">", "gt")

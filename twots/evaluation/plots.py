@@ -152,3 +152,29 @@ def plot_threshold_sweep(curve: Mapping[int, float], chosen: int, path: str | Pa
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_mrr_by_steps(steps_mrr: Mapping[str, Mapping[str, Mapping[str, float | None]]], path: str | Path,
+                      title: str = "MRR by place in the rollout from the start state") -> Path:
+    """One panel per user group (active, inactive, new): test MRR (y) per bucket of the events' place in their
+    user's rollout from phi, psi or h0 (x: metrics.STEP_BUCKETS labels), one line per model.
+
+    `steps_mrr` maps model -> group -> bucket label -> MRR (None or missing: no such events)."""
+    if not steps_mrr:
+        raise ValueError("plot_mrr_by_steps: no models to plot")
+    groups = ("active", "inactive", "new")
+    labels = list(next(iter(steps_mrr.values()))["overall"])
+    fig = Figure(figsize=(13.0, 3.8))
+    axes = fig.subplots(1, len(groups), sharey=True)
+    x = np.arange(len(labels))
+    for ax, group in zip(axes, groups):
+        for model, per_group in steps_mrr.items():
+            values = [np.nan if per_group.get(group, {}).get(b) is None else per_group[group][b] for b in labels]
+            ax.plot(x, values, marker="o", label=model)
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("place in the rollout")
+        ax.set_title(group)
+    axes[0].set_ylabel("MRR")
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title)
+    return _save(fig, path)

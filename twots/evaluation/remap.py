@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twots.models.two_time_scale import SequentialRecommender, State
+from twots.models.protocol import SequentialRecommender, State
 
 
 class RemappedModel(SequentialRecommender):

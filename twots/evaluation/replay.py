@@ -5,6 +5,11 @@ user's current state, rank the positive (metrics.ranks_from_scores), then feed t
 adaptation) and record the 2-norm of the user-vector change (the paper's Fig. 4). Users start from `init_state`
 followed by `step` over their warm-up (training) items; users without warm-up items are new.
 
+Diagnostics (docs/model.md): each event's `steps`, its place in its user's rollout from init_state (warm-up items +
+its replay step: the n-th click predicted since the state was phi, psi or h0); the
+mean update gate of the user's GRU at the event, for models that have one (`update_gate`); and per user group the
+mean norm of the user vectors at the start (phi, psi, ...) and after the warm-up.
+
 Users are ordered by their number of events, most first, so the users of round r are a prefix of the state and a
 round is a few slices, not a gather. Candidate scoring runs in chunks of `batch_users` rows to bound memory.
 
@@ -24,7 +29,8 @@ import numpy as np
 import torch
 
 from twots.evaluation.metrics import catalogue_ranks, ranks_from_scores
-from twots.models.two_time_scale import SequentialRecommender, pad_lists
+from twots.models.items import pad_lists
+from twots.models.protocol import SequentialRecommender
 
 # Users per init_state / warm-up step call: these touch no candidates, so far more rows fit than in scoring.
 STATE_CHUNK = 65536
@@ -124,7 +130,10 @@ def full_batch_for(n_items: int, memory_mb: float) -> int:
 class ReplayResult:
     """Per event, aligned to the input events: rank of the positive among its candidates, its rank among the whole
     catalogue (full_rank, NaN where not asked), step (1 = the user's first replayed event), change = ||user vector
-    after feeding the event - before||_2, and the user's group; full_seconds: time spent in full ranking."""
+    after feeding the event - before||_2, the user's group, steps (the event's place in the rollout from init_state:
+    the user's warm-up items + step) and gate (the mean update gate of the step that fed the event,
+    NaN for models without one); full_seconds: time spent in full ranking. norms: per group ("active", "inactive",
+    "new") the mean ||user vector|| at init_state ("start") and after the warm-up ("warmed")."""
 
     rank: np.ndarray
     full_rank: np.ndarray
@@ -132,6 +141,9 @@ class ReplayResult:
     change: np.ndarray
     is_active: np.ndarray
     is_new: np.ndarray
+    steps: np.ndarray
+    gate: np.ndarray
+    norms: dict
     full_seconds: float = 0.0
 
     def change_records(self, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -235,6 +247,7 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
     active_t = torch.from_numpy(is_active).to(device)
     state = tuple(torch.cat(parts) for parts in zip(*(
         model.init_state(user_t[a:b], active_t[a:b]) for a, b in _chunks(len(users), STATE_CHUNK))))
+    start_norm = _norms(model, state)
 
     # Warm-up: at column t only users with more than t items step, again a prefix once sorted by length.
     warm_users = np.flatnonzero(found)
@@ -250,12 +263,19 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
             new = model.step(tuple(s[idx] for s in state), items, active_t[idx])
             for s, n in zip(state, new):
                 s[idx] = n
+    warmed = np.zeros(len(users), dtype=np.int64)
+    warmed[warm_users] = warm_len
+    groups = {"active": is_active, "inactive": ~is_active & ~is_new, "new": is_new}
+    warm_norm = _norms(model, state)
+    norms = {name: {"start": float(start_norm[rows].mean()) if rows.any() else None,
+                    "warmed": float(warm_norm[rows].mean()) if rows.any() else None} for name, rows in groups.items()}
 
     ranker = _FullRanker(model, device, users, events.item_id[order], first, full_batch, exclude) if full.any() \
         else None
     rank = np.empty(n_events, dtype=np.float64)
     full_rank = np.full(n_events, np.nan)
     change = np.empty(n_events, dtype=np.float64)
+    gate = np.full(n_events, np.nan)
     step = np.empty(n_events, dtype=np.int64)
     user_row = np.empty(n_events, dtype=np.int64)
     started, last_log, done = time.monotonic(), time.monotonic(), 0
@@ -275,6 +295,9 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
                 idx = torch.from_numpy(chosen).to(device)
                 full_rank[ev[chosen]] = ranker.ranks(tuple(s[idx] for s in sub), pos_items[idx], a + chosen, r)
             before = model.user_vector(sub)
+            gates = model.update_gate(sub, pos_items, active_t[a:b])
+            if gates is not None:
+                gate[ev] = gates.cpu().numpy()
             new = model.step(sub, pos_items, active_t[a:b])
             change[ev] = torch.linalg.vector_norm(model.user_vector(new) - before, dim=1).cpu().numpy()
             step[ev] = r + 1
@@ -291,4 +314,12 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
     model.train(was_training)
 
     return ReplayResult(rank=rank, full_rank=full_rank, step=step, change=change, is_active=is_active[user_row],
-                        is_new=is_new[user_row], full_seconds=ranker.seconds if ranker else 0.0)
+                        is_new=is_new[user_row], steps=warmed[user_row] + step, gate=gate, norms=norms,
+                        full_seconds=ranker.seconds if ranker else 0.0)
+
+
+def _norms(model: SequentialRecommender, state) -> np.ndarray:
+    """||user vector|| of every row of `state`, in chunks."""
+    rows = len(state[0])
+    return np.concatenate([torch.linalg.vector_norm(model.user_vector(tuple(s[a:b] for s in state)), dim=1)
+                           .cpu().numpy() for a, b in _chunks(rows, STATE_CHUNK)]) if rows else np.zeros(0)

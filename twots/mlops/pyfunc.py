@@ -2,7 +2,7 @@
 
 A request row is `user_id` (optional raw id), `recent_items` (raw item ids, oldest first; may be empty or absent),
 `k` and optionally `exclude_clicked`. Any model kind of twots.models.kinds serves through it, by the protocol of
-twots.models.two_time_scale.SequentialRecommender alone. A user of the users table starts as the replay starts
+twots.models.protocol.SequentialRecommender alone. A user of the users table starts as the replay starts
 them (their dense id and activity flag: 2TS from phi when active, else psi; CCF from their own phi when they
 have training clicks, else the mean phi); a user missing from it, or no user_id, starts as the model's new users
 (id -1). `start` is "phi" when the model started the user from their own embedding, else "psi" (a start shared
@@ -28,8 +28,8 @@ from pydantic import Field
 
 from twots.config import Section
 from twots.mlops.scan import ItemScan, ScanKind, block_topk
+from twots.models.items import pad_lists
 from twots.models.kinds import load_model
-from twots.models.two_time_scale import pad_lists
 
 # A batch of requests is scored in chunks of at most this many (request, item) scores: 128 MiB of float32,
 # so a batch job's Arrow batch over a 4M-item catalogue still fits in memory (8 requests per chunk).

@@ -10,10 +10,16 @@ pyfunc of twots.mlops.pyfunc). Tracking and registry default to `sqlite:///<data
 from __future__ import annotations
 
 import json
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+
+from twots.config import flat
+from twots.evaluation.evaluate import EvaluateConfig, evaluate
+from twots.evaluation.metrics import flatten
+from twots.evaluation.plots import plot_embedding_change
 
 
 def default_tracking_uri(data_dir: str | Path) -> str:
@@ -67,12 +73,20 @@ class Tracker:
         log_model(load_model(model_path), data_dir, kind=kind, spark=spark)
 
 
+def evaluate_run(cfg: EvaluateConfig, spark) -> dict:
+    """Evaluate the model logged in MLflow run `cfg.run_id` (jobs/evaluate.py) and log the metrics and Fig. 4 to that
+    run."""
+    mlflow.set_tracking_uri(cfg.tracking_uri or default_tracking_uri(cfg.data))
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{cfg.run_id}/{cfg.model_name}")
+    report = evaluate(pyfunc.unwrap_python_model().model, cfg.data, spark, cfg)
+    with mlflow.start_run(run_id=cfg.run_id), tempfile.TemporaryDirectory() as tmp:
+        log_evaluation(report, Path(tmp))
+    return report
+
+
 def log_evaluation(report: dict, out_dir: Path) -> None:
     """Metrics of twots.evaluation.evaluate.evaluate (flat names per split), its JSON and the Fig. 4 plot, to the
     active run."""
-    from twots.evaluation.metrics import flatten
-    from twots.evaluation.plots import plot_embedding_change
-
     for split, summary in report["metrics"].items():
         mlflow.log_metrics(flatten(summary, prefix=split))
     mlflow.log_metric("evaluate_events_per_s", report["events_per_s"])
@@ -95,7 +109,7 @@ def pipeline_run(cfg, run_dir: Path, manifest: dict, spark):
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=cfg.model) as run:
         if run_id is None:
             marker.write_text(json.dumps({"run_id": run.info.run_id}))
-            mlflow.log_params(cfg.model_dump())
+            mlflow.log_params(flat(cfg))
             mlflow.log_dict(manifest, "data/manifest.json")
             versions = table_versions(spark, cfg.data, manifest.get("tables", {}))
             mlflow.log_params({f"data.{t}.version": v for t, v in versions.items()})

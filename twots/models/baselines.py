@@ -5,7 +5,7 @@ SumPooling  user = a dense layer over the mean of the items seen so far (and a l
 GRU4Rec     one GRU for every user over the whole training sequence, from one learned start state
 SASRec      2-layer causal self-attention over the last `window` items, behind a learned start token
 
-Items are `twots.models.two_time_scale.ItemEncoder` vectors [x_i, g(f_i)], trained from scratch by each model (no
+Items are `twots.models.items.ItemEncoder` vectors [x_i, g(f_i)], trained from scratch by each model (no
 stage 1), and every trainable model's loss is the same offer-set softmax of `twots.models.losses` on rows of the
 `sequences` schema (pipelines.histories builds the full-history version they train on).
 """
@@ -15,15 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from twots.models.items import DEFAULT_FEATURE_DIM, DEFAULT_ITEM_DIM, INIT_STD, ItemEncoder
 from twots.models.losses import offer_softmax_loss
-from twots.models.two_time_scale import (
-    DEFAULT_FEATURE_DIM,
-    DEFAULT_ITEM_DIM,
-    INIT_STD,
-    ItemEncoder,
-    SequentialRecommender,
-    State,
-)
+from twots.models.protocol import SequentialRecommender, State, gru_update_gate
 
 
 def _sequence_loss(users: torch.Tensor, items: ItemEncoder, item_ids: torch.Tensor,
@@ -136,6 +130,11 @@ class GRU4Rec(_ItemModel):
         x = self.items(item_ids.clamp(min=0)).unsqueeze(1)
         _, h_next = self.gru(x, h.unsqueeze(0).contiguous())
         return (torch.where((item_ids >= 0).unsqueeze(-1), h_next[0], h),)
+
+    def update_gate(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> torch.Tensor:
+        g = self.gru
+        return gru_update_gate(g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0,
+                               self.items(item_ids.clamp(min=0)), state[0])
 
     def user_vector(self, state: State) -> torch.Tensor:
         return state[0]

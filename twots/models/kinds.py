@@ -5,17 +5,22 @@ serving read it. A kind is either not trained by gradient (Popularity: Spark cou
 then one stage on the saved stage-1 model (2TS, 2TS-Plus, 2-GRU and our two variants), or one stage from scratch on
 full histories (the sequence baselines and 2TS-SingleStage). Every kind that starts with `STAGE1` can share one
 trained stage 1 (twots.training.runs builds such runs). Every kind serves through the same pyfunc
-(twots.mlops.pyfunc): the protocol of twots.models.two_time_scale.SequentialRecommender is all serving uses.
+(twots.mlops.pyfunc): the protocol of twots.models.protocol.SequentialRecommender is all serving uses.
 
-Three variants beyond the paper (issue 10), each a 2TS kind on the same stage 1:
-- `2ts-plus-gw`: 2TS-Plus with one W per user group (TwoTimeScaleModel group_mix): active users' state lives near
-  phi, inactive and new users' near psi, and one shared W has to serve both.
+Variants beyond the paper, each a 2TS kind on the same stage 1 (TwoTimeScaleOptions says what each is):
+- `2ts-plus-gw`: 2TS-Plus with one W per user group (mix "per_group"): active users' state lives near phi,
+  inactive and new users' near psi, and one shared W has to serve both.
 - `2ts-coldstart-all`: 2TS whose cold-start side (psi and the inactive GRU Theta_1, which new users run) trains on
   the inactive users' sequences plus the first t* training items of every active user, as each active user was once
   an inactive one; the active users' rows are unchanged. Its stage 2 reads COLDSTART_SEQUENCES, a table of a view
   (pipelines.views.coldstart_view).
-- `2ts-tuned-items`: 2TS whose stage 2 also trains the item encoder (TwoTimeScaleModel train_items) while phi stays
-  frozen: of stage 1's two frozen parts, it frees the items only (2-GRU drops phi only).
+- `2ts-tuned-items`: 2TS whose stage 2 also trains the item encoder (items "finetune") while phi stays frozen: of
+  stage 1's two frozen parts, it frees the items only (2-GRU drops phi only).
+- `2ts-singlestage-k`: 2TS-SingleStage on 2TS's own rows (`sequences`: active users' last K items) instead of full
+  histories, so that the paper's single-stage ablation compares training schemes on the same data.
+
+`BuildInputs.two_time_scale` overrides options of every 2TS-family kind of a run (the `train.two_time_scale`
+section: the ablations of docs/results.md).
 
 A stage's builder is called on every rank as `build(inputs, previous_model_path)` and returns the nn.Module to
 train (`forward(batch) -> loss`). Saved models are tagged with their class name (`save_model` / `load_model`), not
@@ -26,7 +31,7 @@ Torch and numpy only: the rank side imports this module without Spark, pydantic 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -35,7 +40,9 @@ import torch
 
 from twots.data.tables import COLDSTART_SEQUENCES, FULL_HISTORIES, SEQUENCES, STAGE1_OFFERS, TABLES
 from twots.models.baselines import GRU4Rec, Popularity, SASRec, SumPooling
-from twots.models.two_time_scale import SequentialRecommender, Stage1Model, TwoTimeScaleModel
+from twots.models.protocol import SequentialRecommender
+from twots.models.stage1 import Stage1Model
+from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
 
 
 @dataclass(frozen=True)
@@ -62,14 +69,16 @@ class ModelDims:
 @dataclass(frozen=True)
 class BuildInputs:
     """What a stage builder needs besides the previous stage's model: the dimensions, the side-data file (item
-    features, known users; twots.training.train.write_side_data), per-kind extra constructor arguments
-    (e.g. {"sasrec": {"window": 50}}) and `item_bias` (train.item_bias: stage 1 and 2TS-SingleStage learn a b_i;
-    the kinds built on a stage-1 model take it from that model)."""
+    features, known users; twots.training.launch.write_side_data), per-kind extra constructor arguments
+    (e.g. {"sasrec": {"window": 50}}), `item_bias` (train.item_bias: stage 1 and 2TS-SingleStage learn a b_i;
+    the kinds built on a stage-1 model take it from that model) and `two_time_scale`, TwoTimeScaleOptions fields that
+    override every 2TS-family kind's own."""
 
     dims: ModelDims
     side_data: str
     extra: dict[str, dict] = field(default_factory=dict)
     item_bias: bool = False
+    two_time_scale: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,19 +109,16 @@ def build_stage1(inputs: BuildInputs, previous: str | None):
     return model
 
 
-def build_two_time_scale(inputs: BuildInputs, previous: str | None, plus: bool = False, use_phi: bool = True,
-                         group_mix: bool = False, train_items: bool = False):
-    """Stage 2: 2TS (2TS-Plus with `plus`, one W per user group with `group_mix`, 2-GRU without `use_phi`) on the
-    frozen embeddings (and item biases, if it has them) of the stage-1 model saved at `previous`; `train_items`
-    trains the items (and biases) from there, phi stays frozen."""
-    return TwoTimeScaleModel.from_stage1(load_model(previous), plus=plus, use_phi=use_phi, group_mix=group_mix,
-                                         train_items=train_items)
+def build_two_time_scale(inputs: BuildInputs, previous: str | None, options: TwoTimeScaleOptions):
+    """Stage 2 of a 2TS kind (`options`, with the run's overrides: Kind.options_with checks them at start) on the
+    embeddings (and item biases, if it has them) of the stage-1 model saved at `previous`."""
+    return TwoTimeScaleModel.from_stage1(load_model(previous), replace(options, **inputs.two_time_scale))
 
 
-def build_single_stage(inputs: BuildInputs, previous: str | None):
+def build_single_stage(inputs: BuildInputs, previous: str | None, options: TwoTimeScaleOptions):
     """2TS-SingleStage: the 2TS architecture with every parameter trained jointly from scratch."""
-    return _with_item_features(TwoTimeScaleModel(**asdict(inputs.dims), freeze_stage1=False,
-                                                 item_bias=inputs.item_bias), inputs)
+    return _with_item_features(TwoTimeScaleModel(**asdict(inputs.dims), item_bias=inputs.item_bias,
+                                                 options=replace(options, **inputs.two_time_scale)), inputs)
 
 
 def build_baseline(inputs: BuildInputs, previous: str | None, kind: str):
@@ -124,12 +130,8 @@ def build_baseline(inputs: BuildInputs, previous: str | None, kind: str):
 STAGE1 = StagePlan("stage1", STAGE1_OFFERS, build_stage1)
 
 
-def _on_stage1(table: str = SEQUENCES, **kwargs) -> tuple[StagePlan, ...]:
-    return STAGE1, StagePlan("stage2", table, partial(build_two_time_scale, **kwargs))
-
-
-def _one_stage(build) -> tuple[StagePlan, ...]:
-    return (StagePlan("train", FULL_HISTORIES, build),)
+def _one_stage(build, table: str = FULL_HISTORIES) -> tuple[StagePlan, ...]:
+    return (StagePlan("train", table, build),)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,16 @@ class Kind:
     name: str
     model_class: type[SequentialRecommender]
     stages: tuple[StagePlan, ...]
+    options: TwoTimeScaleOptions | None = None   # what a kind of the 2TS family is
+
+    def options_with(self, overrides: dict) -> TwoTimeScaleOptions | None:
+        """Its options with a run's overrides (BuildInputs.two_time_scale), checked: ValueError names the kind."""
+        if self.options is None:
+            return None
+        try:
+            return replace(self.options, **overrides)
+        except ValueError as err:
+            raise ValueError(f"model {self.name}: {err}") from None
 
     @property
     def on_stage1(self) -> bool:
@@ -165,6 +177,15 @@ def _kinds(*kinds: Kind) -> dict[str, Kind]:
     return {k.name: k for k in kinds}
 
 
+def _two_time_scale(name: str, table: str = SEQUENCES, **options) -> Kind:
+    """A kind of the 2TS family: stage 2 on stage 1 reading `table`, or with single_stage one stage from scratch."""
+    opts = TwoTimeScaleOptions(**options)
+    if opts.single_stage:
+        return Kind(name, TwoTimeScaleModel, _one_stage(partial(build_single_stage, options=opts), table), opts)
+    return Kind(name, TwoTimeScaleModel, (STAGE1, StagePlan("stage2", table,
+                                                            partial(build_two_time_scale, options=opts))), opts)
+
+
 # In the order of the paper's tables (the comparison reports them so).
 KINDS: dict[str, Kind] = _kinds(
     Kind("popularity", Popularity, ()),
@@ -172,13 +193,14 @@ KINDS: dict[str, Kind] = _kinds(
     Kind("sumpooling", SumPooling, _one_stage(partial(build_baseline, kind="sumpooling"))),
     Kind("gru4rec", GRU4Rec, _one_stage(partial(build_baseline, kind="gru4rec"))),
     Kind("sasrec", SASRec, _one_stage(partial(build_baseline, kind="sasrec"))),
-    Kind("2gru", TwoTimeScaleModel, _on_stage1(use_phi=False)),
-    Kind("2ts-singlestage", TwoTimeScaleModel, _one_stage(build_single_stage)),
-    Kind("2ts", TwoTimeScaleModel, _on_stage1()),
-    Kind("2ts-plus", TwoTimeScaleModel, _on_stage1(plus=True)),
-    Kind("2ts-plus-gw", TwoTimeScaleModel, _on_stage1(plus=True, group_mix=True)),
-    Kind("2ts-coldstart-all", TwoTimeScaleModel, _on_stage1(COLDSTART_SEQUENCES)),
-    Kind("2ts-tuned-items", TwoTimeScaleModel, _on_stage1(train_items=True)),
+    _two_time_scale("2gru", start="learned"),
+    _two_time_scale("2ts-singlestage", FULL_HISTORIES, single_stage=True),
+    _two_time_scale("2ts"),
+    _two_time_scale("2ts-plus", plus=True),
+    _two_time_scale("2ts-plus-gw", plus=True, mix="per_group"),
+    _two_time_scale("2ts-coldstart-all", COLDSTART_SEQUENCES),
+    _two_time_scale("2ts-tuned-items", items="finetune"),
+    _two_time_scale("2ts-singlestage-k", single_stage=True),
 )
 TRAINABLE = tuple(name for name, kind in KINDS.items() if kind.stages)
 
@@ -214,6 +236,19 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
     cls = _CLASSES.get(name)
     if cls is None:
         raise ValueError(f"{path}: unknown model class {name!r} (known: {sorted(_CLASSES)})")
-    model = cls(**saved["hparams"])
+    model = cls(**_current_hparams(name, saved["hparams"]))
     model.load_state_dict(saved["state_dict"])
     return model.to(map_location).eval()
+
+
+def _current_hparams(name: str, hparams: dict) -> dict:
+    """Files saved before TwoTimeScaleModel took one options record carry its five flags instead."""
+    flags = ("plus", "use_phi", "freeze_stage1", "group_mix", "train_items")
+    if name != "TwoTimeScaleModel" or "options" in hparams:
+        return hparams
+    old = {k: hparams[k] for k in flags if k in hparams}
+    options = {"plus": old.get("plus", False), "start": "phi" if old.get("use_phi", True) else "learned",
+               "single_stage": not old.get("freeze_stage1", True),
+               "mix": "per_group" if old.get("group_mix", False) else "shared",
+               "items": "finetune" if old.get("train_items", False) else "frozen"}
+    return {**{k: v for k, v in hparams.items() if k not in flags}, "options": options}

@@ -13,12 +13,12 @@ from functools import partial
 from pathlib import Path
 
 from twots.models.kinds import KINDS, STAGE1, BuildInputs, StagePlan
-from twots.training.trainer import StageJob
 
 
 @dataclass(frozen=True)
 class StageSettings:
-    """How one stage trains: TrainConfig's stage1_* settings for offer rows, stage2_* for sequence rows."""
+    """How one stage trains: the `train.stage1` section for offer rows, `train.stage2` for sequence rows
+    (StagePlan.settings)."""
 
     epochs: int
     lr: float
@@ -34,7 +34,24 @@ class RunOptions:
     use_gpu: bool = False
     resume: bool = False
     log_every_s: float = 10.0
-    threads: int = 0
+    threads: int = 0     # torch intra-op threads per rank; 0 keeps torchrun's setting
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """Everything one rank needs to train one stage; pickled into the train function."""
+
+    name: str                      # "stage1", "stage2", ...
+    build: Callable                # (previous stage's model path or None) -> nn.Module
+    source: object                 # a twots.training.loaders Source
+    previous_model: str | None     # the model file of the stage before, if any
+    model_path: str                # where rank 0 saves the trained model (twots.models.kinds.save_model)
+    checkpoint_dir: str
+    settings: StageSettings        # epochs, lr, batch size, L2 (twots.training.trainer)
+    options: RunOptions            # seed, device, resume, progress lines, threads
+    validate: Callable | None = None  # model -> score (higher is better), called on rank 0 after every epoch
+    patience: int = 1              # with validate: stop after this many epochs without a better score
+    result_path: str | None = None  # rank 0 writes the stage's result here (JSON) once the stage is complete
 
 
 def model_path(run_dir: Path, name: str) -> Path:
@@ -52,10 +69,7 @@ def stage_job(plan: StagePlan, inputs: BuildInputs, source, settings: StageSetti
     name = name or plan.name
     return StageJob(name=name, build=partial(plan.build, inputs), source=source, previous_model=previous,
                     model_path=str(model_path(run_dir, name)), checkpoint_dir=str(checkpoint_dir(run_dir)),
-                    epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size, l2=settings.l2,
-                    seed=options.seed,
-                    use_gpu=options.use_gpu, resume=options.resume, log_every_s=options.log_every_s,
-                    threads=options.threads)
+                    settings=settings, options=options)
 
 
 def run_jobs(models: list[str], inputs: BuildInputs, sources: Mapping[str, object],

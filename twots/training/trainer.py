@@ -9,7 +9,7 @@ the model after every epoch (val MRR in tuning, twots.evaluation.evaluate.ValMRR
 Embedding tables (sparse gradients) are trained with SparseAdam, the other parameters with Adam; see
 twots.training.distributed for how gradients are synced.
 
-L2 (`StageJob.l2`, one value for the whole model): every step minimises loss + l2/2 * ||w||^2 over the parameters
+L2 (`StageSettings.l2`, one value for the whole model): every step minimises loss + l2/2 * ||w||^2 over the parameters
 the step trains. SparseAdam has no weight decay, so `add_row_l2` adds l2 * w to the synced sparse gradient of the
 rows the batch touched (on every rank the same rows: the union over ranks); untouched rows are neither penalised
 nor moved. Dense parameters get the same coupled L2 through Adam's `weight_decay` (the gradient l2 * w, not AdamW's
@@ -24,8 +24,6 @@ import json
 import os
 import resource
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,44 +31,37 @@ from torch import nn
 
 from twots.files import write_json
 from twots.models.kinds import save_model
-from twots.models.two_time_scale import split_parameters
 from twots.training import distributed
 from twots.training.loaders import epoch_seed
+from twots.training.runs import StageJob
 
 
-@dataclass(frozen=True)
-class StageJob:
-    """Everything one rank needs to train one stage; pickled into the train function."""
-
-    name: str                      # "stage1", "stage2", ...
-    build: Callable                # (previous stage's model path or None) -> nn.Module
-    source: object                 # a twots.training.loaders Source
-    previous_model: str | None     # the model file of the stage before, if any
-    model_path: str                # where rank 0 saves the trained model (twots.models.two_time_scale.save_model)
-    checkpoint_dir: str
-    epochs: int
-    lr: float
-    batch_size: int
-    seed: int
-    l2: float = 0.0                # L2 on the rows a step touches and on the dense parameters (module doc)
-    use_gpu: bool = False
-    resume: bool = False
-    log_every_s: float = 10.0      # seconds between progress lines (rank 0), and one at the end of each epoch
-    threads: int = 0               # torch intra-op threads per rank; 0 keeps torchrun's setting
-    validate: Callable | None = None  # model -> score (higher is better), called on rank 0 after every epoch
-    patience: int = 1              # with validate: stop after this many epochs without a better score
-    result_path: str | None = None  # rank 0 writes the stage's result here (JSON) once the stage is complete
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Trainable parameters of sparse embedding tables (for SparseAdam) and all other trainable ones (for Adam)."""
+    sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in trainable if id(p) in sparse_ids], [p for p in trainable if id(p) not in sparse_ids]
 
 
 def make_optimizers(model: nn.Module, lr: float, l2: float = 0.0) -> list[torch.optim.Optimizer]:
     """SparseAdam for the sparse embedding tables (their L2 is `add_row_l2`), Adam with weight_decay=l2 (coupled
-    L2) for the rest."""
+    L2) for the rest. A model's `lr_scale(name)` (SequentialRecommender) gives a parameter its own learning rate,
+    lr x scale, in a group of its own."""
     sparse, dense = split_parameters(model)
+    scale_of = getattr(model, "lr_scale", lambda name: 1.0)
+    scales = {id(p): scale_of(name) for name, p in model.named_parameters()}
+
+    def groups(params):
+        by_scale: dict[float, list] = {}
+        for p in params:
+            by_scale.setdefault(scales[id(p)], []).append(p)
+        return [{"params": ps, "lr": lr * scale} for scale, ps in sorted(by_scale.items())]
+
     optimizers = []
     if sparse:
-        optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+        optimizers.append(torch.optim.SparseAdam(groups(sparse), lr=lr))
     if dense:
-        optimizers.append(torch.optim.Adam(dense, lr=lr, weight_decay=l2))
+        optimizers.append(torch.optim.Adam(groups(dense), lr=lr, weight_decay=l2))
     if not optimizers:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     return optimizers
@@ -114,10 +105,10 @@ def latest_checkpoint(job: StageJob) -> Path | None:
 def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=print) -> dict:
     """Train `model` on this rank's batches; every rank returns the same history (means over ranks)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizers = make_optimizers(model, job.lr, job.l2)
+    optimizers = make_optimizers(model, job.settings.lr, job.settings.l2)
     history: list[dict] = []
     start = 0
-    ckpt = latest_checkpoint(job) if job.resume else None
+    ckpt = latest_checkpoint(job) if job.options.resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, map_location=ctx.device)
         model.load_state_dict(state["model"])
@@ -125,12 +116,12 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
             opt.load_state_dict(opt_state)
         history, start = state["history"], state["epoch"] + 1
         if ctx.is_main:
-            log(f"[{job.name}] resumed from {ckpt.name}: {start}/{job.epochs} epochs done")
+            log(f"[{job.name}] resumed from {ckpt.name}: {start}/{job.settings.epochs} epochs done")
     else:
         distributed.broadcast_parameters(ctx, model)
     steps = loader.steps_per_epoch
-    for epoch in range(start, job.epochs):
-        torch.manual_seed(epoch_seed(job.seed, epoch, ctx.rank))
+    for epoch in range(start, job.settings.epochs):
+        torch.manual_seed(epoch_seed(job.options.seed, epoch, ctx.rank))
         model.train()
         loss_sum, clicks, t0 = 0.0, 0, time.perf_counter()
         last_log = t0
@@ -141,17 +132,17 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
             loss = model(batch)
             loss.backward()
             distributed.sync_gradients(ctx, params)
-            add_row_l2(params, job.l2)
+            add_row_l2(params, job.settings.l2)
             for opt in optimizers:
                 opt.step()
             loss_sum += float(loss.detach())
             clicks += batch_interactions(batch)
             now = time.perf_counter()
-            if ctx.is_main and (now - last_log >= job.log_every_s or step == steps):
+            if ctx.is_main and (now - last_log >= job.options.log_every_s or step == steps):
                 last_log = now
                 left = (now - t0) / step * (steps - step)
-                log(f"[{job.name}] epoch {epoch + 1}/{job.epochs} step {step}/{steps} loss {loss_sum / step:.4f} "
-                    f"{clicks * ctx.world / (now - t0):,.0f} interactions/s, "
+                log(f"[{job.name}] epoch {epoch + 1}/{job.settings.epochs} step {step}/{steps} "
+                    f"loss {loss_sum / step:.4f} {clicks * ctx.world / (now - t0):,.0f} interactions/s, "
                     + (f"{left:.0f} s left in the epoch" if step < steps else f"epoch done in {now - t0:.1f} s"))
         seconds = distributed.all_max(ctx, time.perf_counter() - t0)  # the slowest rank's: the same on every rank
         mean_loss = distributed.all_mean(ctx, [loss_sum / steps])[0]
@@ -203,7 +194,7 @@ def run_stages(jobs: list[StageJob]) -> dict:
 
     Returns {"stages": [one result per stage], "ranks_finished"}; every rank returns the same numbers.
     """
-    ctx = distributed.setup(jobs[0].use_gpu)
+    ctx = distributed.setup(jobs[0].options.use_gpu)
     results = [train_stage(ctx, job) for job in jobs]
     # The final collective comes after rank 0 saved the last model: a finished run always has it on disk.
     return {"stages": results, "ranks_finished": distributed.finish(ctx)}
@@ -242,11 +233,11 @@ def train_stage(ctx: distributed.Context, job: StageJob) -> dict:
     reset_peak_rss()
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    torch.manual_seed(job.seed)
+    if job.options.threads:
+        torch.set_num_threads(job.options.threads)
+    torch.manual_seed(job.options.seed)
     model = job.build(job.previous_model).to(ctx.device)
-    loader = job.source.open(ctx.rank, ctx.world, job.batch_size, job.seed)
+    loader = job.source.open(ctx.rank, ctx.world, job.settings.batch_size, job.options.seed)
     try:
         result = fit(ctx, model, loader, job)
     finally:

@@ -1,6 +1,7 @@
-"""The 2ts-coldstart-all kind's training rows: a view of a prepared folder (the real Taobao sample) that adds each
-active user's first t* training items as an inactive user's row, checked against pandas; then trained through
-TorchDistributor and replayed like any 2TS model."""
+"""Views of a prepared folder (the real Taobao sample), checked against pandas: the 2ts-coldstart-all kind's rows
+(each active user's first t* training items added as an inactive user's row; then trained through TorchDistributor
+and replayed like any 2TS model), sequences cut at another K, and stage 1's rows without what stage 2 trains on
+(the out-of-sample phi of train.two_time_scale.held_out)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipelines import PrepareConfig, prepare
-from pipelines.views import coldstart_view, stage_view
+from pipelines.views import coldstart_view, held_out_view, sequences_view, stage_view, training_folders
 from twots.data.tables import COLDSTART_SEQUENCES, INTERACTIONS, SEQUENCES, STAGE1_OFFERS, TRAIN, USER_ACTIVITY
 from twots.evaluation.evaluate import load_arrays
 from twots.models.kinds import KINDS, load_model
@@ -74,6 +75,55 @@ def test_inactive_rows_are_inactive_users_plus_each_active_users_first_t_star_tr
     assert len(rows) == len(base) + len(active_users)
 
 
+def last_training_events(spark, folder, k: int) -> pd.DataFrame:
+    """Each active user's last k training events (interactions), in time order."""
+    events = frame(spark, folder, INTERACTIONS)
+    events = events[events["split"] == TRAIN].sort_values("event_id")
+    active = frame(spark, folder, USER_ACTIVITY).query("is_active")["user_id"]
+    return events[events["user_id"].isin(active)].groupby("user_id").tail(k)
+
+
+def test_held_out_stage1_rows_lack_exactly_what_stage2_trains_on(spark, prepared, tmp_path):
+    """Out-of-sample phi: the held-out view's stage1_offers are the prepared ones without each active user's last K
+    training events, and those events' items are the user's stage-2 row (`sequences`, K = 10), in order."""
+    view = held_out_view(spark, prepared, tmp_path / "held", last_k=10)
+    offers, held = frame(spark, prepared, STAGE1_OFFERS), frame(spark, view, STAGE1_OFFERS)
+    last = last_training_events(spark, prepared, 10)
+    assert set(offers["event_id"]) - set(held["event_id"]) == set(last["event_id"])
+    assert set(held["event_id"]) < set(offers["event_id"]) and len(last) >= 5 * 10
+    kept = offers[~offers["event_id"].isin(last["event_id"])].sort_values("event_id")
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), held.sort_values("event_id").reset_index(drop=True),
+                                  check_like=True)
+    rows = frame(spark, view, SEQUENCES).set_index("user_id")
+    for user, events in last.groupby("user_id"):
+        assert list(rows.loc[user, "item_ids"]) == list(events["item_id"])
+
+
+def test_sequences_view_cuts_active_users_at_k_even_above_t_star(spark, prepared, tmp_path):
+    view = sequences_view(spark, prepared, tmp_path / "k60", T_STAR, 60)
+    rows = frame(spark, view, SEQUENCES).set_index("user_id")
+    activity = frame(spark, view, USER_ACTIVITY).set_index("user_id")
+    for user, events in last_training_events(spark, view, 60).groupby("user_id"):
+        assert list(rows.loc[user, "item_ids"]) == list(events["item_id"])
+        assert len(events) == min(60, activity.loc[user, "n_train"])
+    assert any(len(events) > T_STAR for _, events in last_training_events(spark, view, 60).groupby("user_id"))
+    base = frame(spark, prepared, SEQUENCES).set_index("user_id")
+    inactive = activity.index[~activity["is_active"] & (activity["n_train"] > 0)]
+    assert all(list(rows.loc[u, "item_ids"]) == list(base.loc[u, "item_ids"]) for u in inactive)
+
+
+def test_training_folders_are_the_prepared_folder_unless_a_setting_differs(spark, prepared, tmp_path):
+    folder, folders = training_folders(spark, prepared, tmp_path / "views", {STAGE1_OFFERS, SEQUENCES},
+                                       t_star=T_STAR, last_k=10, held_out_phi=False, max_len=50)
+    assert folder == prepared and folders == {STAGE1_OFFERS: prepared, SEQUENCES: prepared}
+    folder, folders = training_folders(spark, prepared, tmp_path / "views", {STAGE1_OFFERS, SEQUENCES},
+                                       t_star=T_STAR, last_k=20, held_out_phi=True, max_len=50)
+    assert folder == folders[SEQUENCES] == tmp_path / "views" / f"t{T_STAR}-k20"
+    assert folders[STAGE1_OFFERS] == tmp_path / "views" / f"t{T_STAR}-k20-held-out"
+    assert frame(spark, folders[STAGE1_OFFERS], STAGE1_OFFERS)["event_id"].nunique() == len(
+        frame(spark, prepared, STAGE1_OFFERS)) - len(last_training_events(spark, prepared, 20))
+
+
 def test_the_view_replays_like_its_base_and_refuses_another_t_star(spark, prepared, view):
     # `sequences` is the base's: the replay warms users up as on the prepared folder (one row per user).
     on_view, on_base = load_arrays(view, spark), load_arrays(prepared, spark)
@@ -92,12 +142,14 @@ def test_the_view_replays_like_its_base_and_refuses_another_t_star(spark, prepar
 @pytest.mark.slow
 def test_coldstart_all_trains_on_the_view_and_replays(spark, prepared, view, tmp_path):
     from twots.config import resolve
-    from twots.training.train import TrainConfig, train
+    from twots.training.config import TrainConfig
+    from twots.training.train import train
 
     assert KINDS["2ts-coldstart-all"].on_view and KINDS["2ts-coldstart-all"].stages[-1].table == COLDSTART_SEQUENCES
     cfg = resolve(TrainConfig, "train", dict(
-        data=str(view), run_dir=str(tmp_path / "run"), model="2ts-coldstart-all", num_processes=2, stage1_epochs=1,
-        stage2_epochs=1, stage1_batch_size=256, stage2_batch_size=8, item_dim=8, feature_dim=4, loader="parquet",
+        data=str(view), run_dir=str(tmp_path / "run"), model="2ts-coldstart-all", num_processes=2,
+        stage1={"epochs": 1, "batch_size": 256}, stage2={"epochs": 1, "batch_size": 8}, item_dim=8, feature_dim=4,
+        loader="parquet",
         log_every_s=1000, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
     result = train(cfg, spark)
     stage2 = result.stages[1]
@@ -105,5 +157,5 @@ def test_coldstart_all_trains_on_the_view_and_replays(spark, prepared, view, tmp
     n_rows = len(frame(spark, view, COLDSTART_SEQUENCES))
     assert stage2["steps_per_epoch"] == -(-n_rows // (8 * 2))
     model = load_model(result.model_path)
-    assert isinstance(model, TwoTimeScaleModel) and not model.hparams["plus"]
+    assert isinstance(model, TwoTimeScaleModel) and not model.options.plus
     assert result.metrics["test"]["overall"]["count"] > 0 and 0 < result.metrics["test"]["overall"]["mrr"] < 1
