@@ -39,10 +39,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments.config import MODEL_NAMES, PAPER_MODELS, CompareConfig
+from experiments.config import ALL_MODELS, MODEL_NAMES, PAPER_MODELS, CompareConfig
 from experiments.reporting import results_table
 
-__all__ = ["MODEL_NAMES", "PAPER_MODELS", "CompareConfig", "compare", "results_table"]
+__all__ = ["ALL_MODELS", "MODEL_NAMES", "PAPER_MODELS", "CompareConfig", "compare", "results_table"]
 
 
 def prepared_data(cfg: CompareConfig, spark, out: Path, log=print) -> Path:
@@ -81,7 +81,7 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     from experiments.figures import figures
     from experiments.reporting import log_model_run, log_threshold, write_results
     from experiments.threshold import choose_threshold
-    from experiments.tuning import Runner, fit, load_epoch, own_stage_trials
+    from experiments.tuning import Runner, TrialSpec, fit, load_epoch, own_stage_trials
     from pipelines.views import training_folders
     from twots.config import resolve
     from twots.data.snapshot import read_delta
@@ -115,7 +115,17 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
             save_model(path, load_epoch(best, best.best_epoch))
             return best, trials, path
 
-        # The t* sweep needs a stage 1 before t* is known (so not one held out by t*'s active users: config check).
+        def held_out_stage1(folder: Path, last_k: int) -> tuple:
+            """Stage 1 at CCF's chosen setting on a held-out view (`folder`): an out-of-sample phi."""
+            chosen = stage1[0]
+            spec = TrialSpec("ccf", STAGE1, folder, chosen.lr, chosen.l2, chosen.best_epoch + 1, cfg.patience, None,
+                             f"stage1-held-out-k{last_k}/lr{chosen.lr:g}-l2{chosen.l2:g}")
+            best, trials = runner.tune({"ccf": [spec]})["ccf"]
+            path = str(out / "models" / f"stage1-held-out-k{last_k}.pt")
+            save_model(path, load_epoch(best, best.best_epoch))
+            return best, trials, path
+
+        # The t* sweep needs a stage 1 before t* is known (a held-out one is fit once t* is chosen).
         stage1 = tune_stage1(base) if cfg.threshold == "auto" else None
         threshold = {"t_star": prepared_t, "source": "prepared"}
         if cfg.threshold == "auto":
@@ -124,24 +134,34 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
         elif cfg.threshold is not None:
             threshold = {"t_star": cfg.threshold, "source": "config"}
         t_star = threshold["t_star"]
-        # K: the 2TS settings' last_k, else the prepared one (K <= t*: an active user has more than t* items).
-        last_k = settings.last_k or (prepared_k if t_star == prepared_t else min(prepared_k, t_star))
-        tables = {plan.table for kind in trained for plan in kind.stages}
-        view, views = training_folders(spark, base, out / "views", tables, t_star=t_star, last_k=last_k,
-                                       held_out_phi=settings.held_out, max_len=cfg.max_len)
-        if stage1 is None and STAGE1_OFFERS in tables:
-            stage1 = tune_stage1(views[STAGE1_OFFERS])
-        log(f"[compare] t* = {t_star} ({threshold['source']}), K = {last_k}"
-            + (", stage 1 without active users' last K events" if settings.held_out else "")
-            + f"; models: {', '.join(cfg.models)}")
+        # Each model's rows: K from the 2TS settings or its kind, else the prepared one (K <= t*: an active user has
+        # more than t* items); models whose stage 2 trains on held-out rows get a stage 1 of their own.
+        default_k = prepared_k if t_star == prepared_t else min(prepared_k, t_star)
+        rows = {name: KINDS[name].rows_with(settings.last_k, settings.held_out) for name in cfg.models}
+        keys = {name: (r.last_k or default_k, r.held_out) for name, r in rows.items()}
+        tables = {plan.table for kind in trained for plan in kind.stages} | {STAGE1_OFFERS}
+        folders = {key: training_folders(spark, base, out / "views", tables, t_star=t_star, last_k=key[0],
+                                         held_out_phi=key[1], max_len=cfg.max_len)
+                   for key in sorted({(default_k, False), *keys.values()})}
+        view, plain = folders[(default_k, False)]
+        if stage1 is None and any(kind.stages and kind.stages[0] == STAGE1 for kind in trained):
+            stage1 = tune_stage1(plain[STAGE1_OFFERS])
+        stage1_of = {key: held_out_stage1(views[STAGE1_OFFERS], key[0]) if key[1] else stage1
+                     for key, (_, views) in folders.items() if stage1 is not None}
+        log(f"[compare] t* = {t_star} ({threshold['source']}), K = {default_k}; models: {', '.join(cfg.models)}"
+            + "".join(f"; {name}: K = {key[0]}" + (", stage 1 without active users' last K" if key[1] else "")
+                      for name, key in keys.items() if key != (default_k, False)))
+        views_of = {name: folders[key][1] for name, key in keys.items()}
         tuned = {}
         if cfg.launch == "all":
-            specs = {name: own_stage_trials(name, cfg, runner, views, stage1) for name in cfg.models}
+            specs = {name: own_stage_trials(name, cfg, runner, views_of[name], stage1_of.get(keys[name]))
+                     for name in cfg.models}
             tuned = runner.tune({name: group for name, group in specs.items() if group})
 
         for name in cfg.models:
             with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as run:
-                model, model_view, row = fit(name, cfg, runner, view, views, stage1, tuned.get(name))
+                model, model_view, row = fit(name, cfg, runner, view, views_of[name], stage1_of.get(keys[name]),
+                                             tuned.get(name))
                 report = runner.evaluate(model, model_view, ("val", "test"))
                 val_mrr[name], run_ids[name] = report["metrics"]["val"]["overall"]["mrr"], run.info.run_id
                 if cfg.register_models != "none":

@@ -304,6 +304,7 @@ def fit(name: str, cfg: CompareConfig, runner: Runner, view: Path, views: dict[s
     return load_epoch(best, best.best_epoch), views[plan.table], {
         **setting(best), "epochs_trained": len(best.val_mrr),
         "train_seconds": sum(t.seconds for t in used),      # the chosen setting's training (stage 1 included)
+        "stage1_seconds": stage1[0].seconds if on else None,
         "tuning_seconds": sum(t.seconds for t in trials),   # the whole grid of this model's own stage
         "peak_memory_mb": max(t.peak_rss for t in used) / 2**20,
         "grid": cfg.grid("ccf" if plan == STAGE1 else name).as_dict(), "stage1": setting(stage1[0]) if on else None,

@@ -111,12 +111,13 @@ def training_folders(spark, base: str | Path, views: str | Path, tables, *, t_st
 
 
 def run_folders(spark, data: str | Path, model: str, settings, max_len: int) -> tuple[Path, dict[str, Path]]:
-    """training_folders of one training run of kind `model` on the prepared folder `data` with the run's
-    `train.two_time_scale` settings: (the folder its evaluation replays, {table: folder} of its stages)."""
+    """training_folders of one training run of kind `model` on the prepared folder `data` with its rows (Kind.rows and
+    the run's `train.two_time_scale` settings): (the folder its evaluation replays, {table: folder} of its stages)."""
     kind = KINDS[model]
     config = json.loads((Path(data) / MANIFEST).read_text())["config"]
+    rows = kind.rows_with(settings.last_k, settings.held_out)
     view, folders = training_folders(spark, data, Path(data) / "views", {plan.table for plan in kind.stages},
-                                     t_star=config["threshold"], last_k=settings.last_k or config["last_k"],
-                                     held_out_phi=settings.held_out, max_len=max_len)
+                                     t_star=config["threshold"], last_k=rows.last_k or config["last_k"],
+                                     held_out_phi=rows.held_out, max_len=max_len)
     last = kind.stages[-1].table
     return (view if last == STAGE1_OFFERS else folders[last]), folders

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import prepared_once
 
-from experiments.compare import MODEL_NAMES, PAPER_MODELS, CompareConfig, compare, results_table
+from experiments.compare import ALL_MODELS, MODEL_NAMES, CompareConfig, compare, results_table
 from twots.config import ConfigError, resolve
 from twots.evaluation.evaluate import ReplaySettings, evaluate
 from twots.models.baselines import SASRec
@@ -72,10 +72,10 @@ def test_config_errors_name_the_key():
         resolve(CompareConfig, "compare", {"data": "x", "l2s": "[-1e-6]"})
     assert resolve(CompareConfig, "compare", {"data": "x", "models": "2ts,ccf"}).models == ["ccf", "2ts"]
     assert resolve(CompareConfig, "compare", {"data": "x", "threshold": "auto"}).threshold == "auto"
-    # The default budget is one grid for every model (conf/default.yaml): lr x l2, up to max_epochs, patience 1.
+    # The default budget is one grid for every model (conf/default.yaml): lr x l2, up to max_epochs, patience 2.
     cfg = resolve(CompareConfig, "compare", {"data": "x", "overrides": '{"sasrec": {"max_epochs": 2}}'})
     grids = {m: cfg.grid(m).as_dict() for m in MODEL_NAMES[1:] if m != "sasrec"}
-    assert all(g == {"lrs": [0.001, 0.003, 0.01], "l2s": [0.0, 1e-6], "max_epochs": 5, "patience": 1}
+    assert all(g == {"lrs": [0.001, 0.003, 0.01], "l2s": [0.0, 1e-6], "max_epochs": 20, "patience": 2}
                for g in grids.values())
     assert cfg.grid("sasrec").max_epochs == 2 and cfg.grid("sasrec").lrs == (0.001, 0.003, 0.01)
     assert len(cfg.grid("ccf").points()) == 6
@@ -106,10 +106,12 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
     results = compare(cfg, spark)
 
     launches = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[compare] training in one")]
-    assert [line.count(" (up to ") for line in launches] == [1, 2, 7], launches
+    # CCF's grid, the t* sweep, the out-of-sample stage 1 of 2ts-oos (at CCF's setting), then every model's grid.
+    assert [line.count(" (up to ") for line in launches] == [1, 2, 1, 8], launches
     assert "ccf/lr0.03-l20 (up to" in launches[0] and all(f"sweep/t{t} (up to" in launches[1] for t in (10, 20))
-    assert all(f"{name}/lr0.03-l20 (up to" in launches[2] for name in PAPER_MODELS[2:])
-    assert list(results) == list(PAPER_MODELS)
+    assert "stage1-held-out-k40/lr0.03-l20 (up to" in launches[2]
+    assert all(f"{name}/lr0.03-l20 (up to" in launches[3] for name in ALL_MODELS[2:])
+    assert list(results) == list(ALL_MODELS)
     floor = results["popularity"]["test"]["overall"]["mrr"]
     for name, row in results.items():
         assert row["test"]["overall"]["count"] == results["popularity"]["test"]["overall"]["count"]
@@ -129,9 +131,9 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
     saved = json.loads((out / "results.json").read_text())
     assert saved["2ts-plus"]["test"]["overall"]["mrr"] == pytest.approx(results["2ts-plus"]["test"]["overall"]["mrr"])
     table, diagnostics = (out / "results.md").read_text().split("Diagnostics:")
-    assert table.count("\n| ") == len(PAPER_MODELS) + 1 and "| 2ts-plus |" in table
+    assert table.count("\n| ") == len(ALL_MODELS) + 1 and "| 2ts-plus |" in table
     # The replay's diagnostics, one row per model: GRUs have an update gate, popularity and CCF none.
-    assert diagnostics.count("\n| ") == len(PAPER_MODELS) + 1
+    assert diagnostics.count("\n| ") == len(ALL_MODELS) + 1
     gate = {line.split(" | ")[0].strip("| "): line.split(" | ")[9] for line in diagnostics.splitlines()[4:]}
     assert gate["popularity"] == gate["ccf"] == "-" and 0 < float(gate["2ts"]) < 1 and 0 < float(gate["gru4rec"]) < 1
     steps = saved["2ts"]["test"]["by_steps"]
@@ -153,7 +155,7 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
     runs = mlflow.search_runs(experiment_names=["twots-compare"])
     parent = runs[runs["tags.mlflow.runName"] == "compare"]
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
-    assert sorted(children["tags.mlflow.runName"]) == sorted(PAPER_MODELS)
+    assert sorted(children["tags.mlflow.runName"]) == sorted(ALL_MODELS)
     child = children[children["tags.mlflow.runName"] == "2ts"].iloc[0]
     assert child["metrics.test/mrr"] == pytest.approx(results["2ts"]["test"]["overall"]["mrr"])
     sweep = mlflow.MlflowClient().get_metric_history(parent["run_id"].iloc[0], "sweep_val_mrr")
@@ -308,3 +310,35 @@ def test_results_table_marks_missing_groups():
                            "2ts": {**two, "options": [bias, negs]}})
     assert f"Not the paper's recipe, ccf, 2ts: {bias}; {negs}." in table
     assert f"Not the paper's recipe, gru4rec: {negs}." in table
+
+
+@pytest.mark.distributed
+@pytest.mark.mlflow
+@pytest.mark.slow
+def test_ablation_rows_share_stage1_and_pass_their_settings(spark, prepared_clusters, tmp_path, capsys):
+    """Two rows of the ablation: the second keeps the first's stage 1 (one folder, resume), trains 2TS with its
+    setting, and the table compares it with the paper's 2TS; a setting that does not fit a kind fails at start."""
+    from experiments.ablation import AblationConfig, run, table
+
+    out = tmp_path / "ablation"
+    cfg = resolve(AblationConfig, "compare", {
+        "data": str(prepared_clusters), "output": str(out), "rows": "2ts,finetune", "lrs": "[0.03]", "l2s": "[0]",
+        "max_epochs": "2", "threshold": "10",
+        "train": '{"item_dim": 16, "feature_dim": 4, "stage1": {"batch_size": 256}, "stage2": {"batch_size": 16}, '
+                 '"loader": "parquet"}'})
+    results = run(cfg, spark)
+    lines = capsys.readouterr().out.splitlines()
+    assert [r["key"] for r in results] == ["2ts", "finetune"]
+    assert any("ccf/lr0.03-l20 (finished before, kept)" in line for line in lines), lines
+    # The last row's 2TS (its trial folder is the first row's, trained again under another key) fine-tuned its items.
+    assert load_model(str(out / "runs" / "runs" / "2ts" / "lr0.03-l20" / "2ts.pt")).options.items == "finetune"
+    saved = json.loads((out / "ablation.json").read_text())
+    assert [r["settings"] for r in saved] == [{}, {"items": "finetune"}]
+    md = (out / "ablation.md").read_text().splitlines()
+    assert len(md) == 4 and md[2].startswith("| 2ts | - | 2ts |") and "| +0.0% |" in md[2]
+    change = saved[1]["result"]["test"]["overall"]["mrr"] / saved[0]["result"]["test"]["overall"]["mrr"] - 1
+    assert f"| {change:+.1%} |" in md[3]
+    assert table(saved) == (out / "ablation.md").read_text()
+    with pytest.raises(ConfigError, match="model 2ts: TwoTimeScaleOptions: mix='residual' is 2TS-Plus's W"):
+        resolve(AblationConfig, "compare", {"data": "x", "models": "2ts",
+                                            "train": '{"two_time_scale": {"mix": "residual"}}'})

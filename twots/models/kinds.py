@@ -18,6 +18,9 @@ Variants beyond the paper, each a 2TS kind on the same stage 1 (TwoTimeScaleOpti
   stage 1's two frozen parts, it frees the items only (2-GRU drops phi only).
 - `2ts-singlestage-k`: 2TS-SingleStage on 2TS's own rows (`sequences`: active users' last K items) instead of full
   histories, so that the paper's single-stage ablation compares training schemes on the same data.
+- `2ts-oos`: 2TS on an out-of-sample phi. Stage 1 is fit without each active user's last 40 training events, stage 2
+  trains the two GRUs on exactly those 40 steps from phi (and on the inactive users' whole sequences) and fine-tunes
+  stage 1's item vectors with them (docs/model.md has why each part is there).
 
 `BuildInputs.two_time_scale` overrides options of every 2TS-family kind of a run (the `train.two_time_scale`
 section: the ablations of docs/results.md).
@@ -82,6 +85,16 @@ class BuildInputs:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """What a 2TS kind's stage 2 trains on beyond the prepared tables: each active user's last `last_k` training items
+    (None: the prepared sequences' K) and, with `held_out`, from a stage 1 that never saw them (an out-of-sample
+    phi: pipelines.views.held_out_view). The replay warms active users up on the same last K items."""
+
+    last_k: int | None = None
+    held_out: bool = False
+
+
+@dataclass(frozen=True)
 class StagePlan:
     """One training stage of a model kind: its name, the rows it trains on, and how to build its model."""
 
@@ -143,6 +156,13 @@ class Kind:
     model_class: type[SequentialRecommender]
     stages: tuple[StagePlan, ...]
     options: TwoTimeScaleOptions | None = None   # what a kind of the 2TS family is
+    rows: Rows = Rows()
+
+    def rows_with(self, last_k: int | None, held_out: bool) -> Rows:
+        """Its rows with a run's settings (train.two_time_scale): a K given wins, held_out adds to the kind's."""
+        if self.options is None:
+            return Rows()
+        return Rows(last_k or self.rows.last_k, held_out or self.rows.held_out)
 
     def options_with(self, overrides: dict) -> TwoTimeScaleOptions | None:
         """Its options with a run's overrides (BuildInputs.two_time_scale), checked: ValueError names the kind."""
@@ -177,13 +197,15 @@ def _kinds(*kinds: Kind) -> dict[str, Kind]:
     return {k.name: k for k in kinds}
 
 
-def _two_time_scale(name: str, table: str = SEQUENCES, **options) -> Kind:
+def _two_time_scale(name: str, table: str = SEQUENCES, rows: Rows = Rows(), **options) -> Kind:
     """A kind of the 2TS family: stage 2 on stage 1 reading `table`, or with single_stage one stage from scratch."""
     opts = TwoTimeScaleOptions(**options)
     if opts.single_stage:
-        return Kind(name, TwoTimeScaleModel, _one_stage(partial(build_single_stage, options=opts), table), opts)
+        return Kind(name, TwoTimeScaleModel, _one_stage(partial(build_single_stage, options=opts), table), opts,
+                    rows)
     return Kind(name, TwoTimeScaleModel, (STAGE1, StagePlan("stage2", table,
-                                                            partial(build_two_time_scale, options=opts))), opts)
+                                                            partial(build_two_time_scale, options=opts))), opts,
+                rows)
 
 
 # In the order of the paper's tables (the comparison reports them so).
@@ -201,6 +223,7 @@ KINDS: dict[str, Kind] = _kinds(
     _two_time_scale("2ts-coldstart-all", COLDSTART_SEQUENCES),
     _two_time_scale("2ts-tuned-items", items="finetune"),
     _two_time_scale("2ts-singlestage-k", single_stage=True),
+    _two_time_scale("2ts-oos", rows=Rows(last_k=40, held_out=True), items="finetune"),
 )
 TRAINABLE = tuple(name for name, kind in KINDS.items() if kind.stages)
 
