@@ -12,6 +12,9 @@ on the same offer sets, and is replayed online on the same val/test candidates (
                     (our variant; a view adds those rows, pipelines.views.coldstart_view)
   2ts-tuned-items   2TS whose stage 2 also trains the item vectors, phi frozen (our variant)
   2ts-singlestage   the 2TS architecture, every parameter trained jointly from scratch on full histories (ablation)
+  2ts-singlestage-k the same on 2TS's own rows (active users' last K items), not full histories (our variant)
+  2ts-oos           2TS on an out-of-sample phi: stage 1 without each active user's last 40 training events, stage 2
+                    on exactly those from phi, stage 1's items fine-tuned (ours: the combined kind, in 'all')
   sumpooling, gru4rec, sasrec   full histories (twots.models.baselines)
 
 "Full histories" are each user's last `max_len` training items (pipelines.histories); models trained on them
@@ -37,6 +40,7 @@ results.json and MLflow.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.config import ALL_MODELS, MODEL_NAMES, PAPER_MODELS, CompareConfig
@@ -64,7 +68,8 @@ def n_params(model) -> int:
 
 
 def options_of(kind, tcfg, manifest: dict) -> list[str]:
-    """What a kind was trained with beyond the paper's recipe (issue 10's stage-1 study): the results table says it."""
+    """What a kind was trained with beyond the paper's recipe (the item bias, popularity-drawn negatives): the results
+    table says it."""
     prepared = manifest["config"]
     options = []
     if tcfg.item_bias and kind.takes_item_bias:
@@ -79,15 +84,13 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     import mlflow
 
     from experiments.figures import figures
-    from experiments.reporting import log_model_run, log_threshold, write_results
-    from experiments.threshold import choose_threshold
-    from experiments.tuning import Runner, TrialSpec, fit, load_epoch, own_stage_trials
-    from pipelines.views import training_folders
+    from experiments.reporting import log_model_run, write_results
+    from experiments.tuning import Runner, fit, own_stage_trials
     from twots.config import resolve
     from twots.data.snapshot import read_delta
-    from twots.data.tables import STAGE1_OFFERS, USER_ACTIVITY
+    from twots.data.tables import USER_ACTIVITY
     from twots.mlops import tracking
-    from twots.models.kinds import KINDS, STAGE1, save_model
+    from twots.models.kinds import KINDS
     from twots.training.config import TrainConfig
 
     train_overrides = {k: v for k, v in cfg.train.items() if k != "data"}
@@ -96,8 +99,6 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     base = prepared_data(cfg, spark, out, log)
     runner = Runner(spark, resolve(TrainConfig, "train", {**train_overrides, "data": str(base)}), out, log,
                     extra={"sasrec": {"window": cfg.sasrec_window}}, resume=cfg.resume)
-    prepared_t, prepared_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
-    settings = runner.tcfg.two_time_scale
     experiment_id = tracking.use_tracking(cfg.tracking_uri or tracking.default_tracking_uri(out), out, cfg.experiment)
 
     results, changes, val_mrr, run_ids = {}, {}, {}, {}
@@ -106,61 +107,17 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                               for k, v in cfg.model_dump().items()}, "data_dir": str(base)})
         mlflow.log_dict(runner.manifest, "data/manifest.json")
 
-        trained = [KINDS[m] for m in cfg.models if KINDS[m].stages]
-
-        def tune_stage1(folder: Path) -> tuple:
-            """Stage 1 tuned as CCF on `folder`'s stage1_offers: (best trial, trials, saved model path)."""
-            best, trials = runner.tune({"ccf": runner.grid("ccf", STAGE1, folder, cfg.grid("ccf"))})["ccf"]
-            path = str(out / "models" / "stage1.pt")
-            save_model(path, load_epoch(best, best.best_epoch))
-            return best, trials, path
-
-        def held_out_stage1(folder: Path, last_k: int) -> tuple:
-            """Stage 1 at CCF's chosen setting on a held-out view (`folder`): an out-of-sample phi."""
-            chosen = stage1[0]
-            spec = TrialSpec("ccf", STAGE1, folder, chosen.lr, chosen.l2, chosen.best_epoch + 1, cfg.patience, None,
-                             f"stage1-held-out-k{last_k}/lr{chosen.lr:g}-l2{chosen.l2:g}")
-            best, trials = runner.tune({"ccf": [spec]})["ccf"]
-            path = str(out / "models" / f"stage1-held-out-k{last_k}.pt")
-            save_model(path, load_epoch(best, best.best_epoch))
-            return best, trials, path
-
-        # The t* sweep needs a stage 1 before t* is known (a held-out one is fit once t* is chosen).
-        stage1 = tune_stage1(base) if cfg.threshold == "auto" else None
-        threshold = {"t_star": prepared_t, "source": "prepared"}
-        if cfg.threshold == "auto":
-            threshold = {**choose_threshold(cfg, runner, base, stage1[2], out, log), "source": "auto"}
-            log_threshold(threshold, out)
-        elif cfg.threshold is not None:
-            threshold = {"t_star": cfg.threshold, "source": "config"}
-        t_star = threshold["t_star"]
-        # Each model's rows: K from the 2TS settings or its kind, else the prepared one (K <= t*: an active user has
-        # more than t* items); models whose stage 2 trains on held-out rows get a stage 1 of their own.
-        default_k = prepared_k if t_star == prepared_t else min(prepared_k, t_star)
-        rows = {name: KINDS[name].rows_with(settings.last_k, settings.held_out) for name in cfg.models}
-        keys = {name: (r.last_k or default_k, r.held_out) for name, r in rows.items()}
-        tables = {plan.table for kind in trained for plan in kind.stages} | {STAGE1_OFFERS}
-        folders = {key: training_folders(spark, base, out / "views", tables, t_star=t_star, last_k=key[0],
-                                         held_out_phi=key[1], max_len=cfg.max_len)
-                   for key in sorted({(default_k, False), *keys.values()})}
-        view, plain = folders[(default_k, False)]
-        if stage1 is None and any(kind.stages and kind.stages[0] == STAGE1 for kind in trained):
-            stage1 = tune_stage1(plain[STAGE1_OFFERS])
-        stage1_of = {key: held_out_stage1(views[STAGE1_OFFERS], key[0]) if key[1] else stage1
-                     for key, (_, views) in folders.items() if stage1 is not None}
-        log(f"[compare] t* = {t_star} ({threshold['source']}), K = {default_k}; models: {', '.join(cfg.models)}"
-            + "".join(f"; {name}: K = {key[0]}" + (", stage 1 without active users' last K" if key[1] else "")
-                      for name, key in keys.items() if key != (default_k, False)))
-        views_of = {name: folders[key][1] for name, key in keys.items()}
+        setup = training_setup(cfg, runner, spark, base, out, log)
+        view, views_of, stage1_of = setup.view, setup.views, setup.stage1
         tuned = {}
         if cfg.launch == "all":
-            specs = {name: own_stage_trials(name, cfg, runner, views_of[name], stage1_of.get(keys[name]))
+            specs = {name: own_stage_trials(name, cfg, runner, views_of[name], stage1_of[name])
                      for name in cfg.models}
             tuned = runner.tune({name: group for name, group in specs.items() if group})
 
         for name in cfg.models:
             with mlflow.start_run(run_name=name, nested=True, experiment_id=experiment_id) as run:
-                model, model_view, row = fit(name, cfg, runner, view, views_of[name], stage1_of.get(keys[name]),
+                model, model_view, row = fit(name, cfg, runner, view, views_of[name], stage1_of[name],
                                              tuned.get(name))
                 report = runner.evaluate(model, model_view, ("val", "test"))
                 val_mrr[name], run_ids[name] = report["metrics"]["val"]["overall"]["mrr"], run.info.run_id
@@ -183,15 +140,92 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
             from experiments.registering import register_results
 
             versions = register_results(mlflow.MlflowClient(), cfg.model_name, cfg.register_models, run_ids, results,
-                                        val_mrr, t_star, cfg, runner.tcfg, log)
+                                        val_mrr, setup.threshold["t_star"], cfg, runner.tcfg, log)
             mlflow.log_dict(versions, "registered.json")
             log(f"[compare] gate them against @champion: jobs/validate.py --data {base} --model-name "
                 f"{cfg.model_name} --tracking-uri {mlflow.get_tracking_uri()} --split val --version <v>, "
                 "then jobs/promote.py with the same flags")
         n_train = read_delta(spark, view, USER_ACTIVITY).select("n_train").toPandas()["n_train"].to_numpy()
-        written = figures(results, changes, n_train, t_star, out)
-        write_results(results, threshold, out)
+        written = figures(results, changes, n_train, setup.threshold["t_star"], out)
+        write_results(results, setup.threshold, out)
         for path in written + [out / "results.md", out / "results.json"]:
             mlflow.log_artifact(str(path), "results")
         log(f"[compare] results under {out} (MLflow run {parent.info.run_id})")
     return results
+
+
+@dataclass
+class Setup:
+    """What the models of a comparison train on: t* (`threshold`: how it was chosen), the folder of the default rows
+    (`view`), and per model the folder of each table it reads (`views`) and the stage 1 it builds on (`stage1`:
+    (best trial, trials, saved model path) or None)."""
+
+    threshold: dict
+    view: Path
+    views: dict[str, dict[str, Path]]
+    stage1: dict[str, tuple | None]
+
+
+def training_setup(cfg: CompareConfig, runner, spark, base: Path, out: Path, log=print) -> Setup:
+    """t* (prepared, given, or swept on val), each model's rows (K from the 2TS settings or its kind, else the
+    prepared one, at most t*; views of `base` where they differ), stage 1 tuned as CCF, and for models whose stage 2
+    trains on held-out rows a stage 1 of their own at CCF's setting."""
+    from experiments.reporting import log_threshold
+    from experiments.threshold import choose_threshold
+    from pipelines.views import training_folders
+    from twots.data.tables import STAGE1_OFFERS
+    from twots.models.kinds import KINDS
+
+    prepared_t, prepared_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
+    settings = runner.tcfg.two_time_scale
+    trained = [KINDS[m] for m in cfg.models if KINDS[m].stages]
+    # The t* sweep needs a stage 1 before t* is known (a held-out one is fit once t* is chosen).
+    stage1 = tune_stage1(cfg, runner, base, out) if cfg.threshold == "auto" else None
+    threshold = {"t_star": prepared_t, "source": "prepared"}
+    if cfg.threshold == "auto":
+        threshold = {**choose_threshold(cfg, runner, base, stage1[2], out, log), "source": "auto"}
+        log_threshold(threshold, out)
+    elif cfg.threshold is not None:
+        threshold = {"t_star": cfg.threshold, "source": "config"}
+    t_star = threshold["t_star"]
+    default_k = prepared_k if t_star == prepared_t else min(prepared_k, t_star)  # an active user has > t* items
+    rows = {name: KINDS[name].rows_with(settings.last_k, settings.held_out) for name in cfg.models}
+    keys = {name: (r.last_k or default_k, r.held_out) for name, r in rows.items()}
+    tables = {plan.table for kind in trained for plan in kind.stages} | {STAGE1_OFFERS}
+    folders = {key: training_folders(spark, base, out / "views", tables, t_star=t_star, last_k=key[0],
+                                     held_out_phi=key[1], max_len=cfg.max_len)
+               for key in sorted({(default_k, False), *keys.values()})}
+    view, plain = folders[(default_k, False)]
+    if stage1 is None and any(kind.on_stage1 for kind in trained):
+        stage1 = tune_stage1(cfg, runner, plain[STAGE1_OFFERS], out)
+    stage1_of = {key: held_out_stage1(cfg, runner, stage1[0], views[STAGE1_OFFERS], key[0], out) if key[1] else stage1
+                 for key, (_, views) in folders.items() if stage1 is not None}
+    log(f"[compare] t* = {t_star} ({threshold['source']}), K = {default_k}; models: {', '.join(cfg.models)}"
+        + "".join(f"; {name}: K = {key[0]}" + (", stage 1 without active users' last K" if key[1] else "")
+                  for name, key in keys.items() if key != (default_k, False)))
+    return Setup(threshold, view, {name: folders[key][1] for name, key in keys.items()},
+                 {name: stage1_of.get(key) for name, key in keys.items()})
+
+
+def tune_stage1(cfg: CompareConfig, runner, folder: Path, out: Path) -> tuple:
+    """Stage 1 tuned as CCF on `folder`'s stage1_offers: (best trial, trials, saved model path)."""
+    from experiments.tuning import load_epoch
+    from twots.models.kinds import STAGE1, save_model
+
+    best, trials = runner.tune({"ccf": runner.grid("ccf", STAGE1, folder, cfg.grid("ccf"))})["ccf"]
+    path = str(out / "models" / "stage1.pt")
+    save_model(path, load_epoch(best, best.best_epoch))
+    return best, trials, path
+
+
+def held_out_stage1(cfg: CompareConfig, runner, chosen, folder: Path, last_k: int, out: Path) -> tuple:
+    """Stage 1 at CCF's chosen setting (`chosen`, its best trial) on a held-out view: an out-of-sample phi."""
+    from experiments.tuning import TrialSpec, load_epoch
+    from twots.models.kinds import STAGE1, save_model
+
+    spec = TrialSpec("ccf", STAGE1, folder, chosen.lr, chosen.l2, chosen.best_epoch + 1, cfg.patience, None,
+                     f"stage1-held-out-k{last_k}/lr{chosen.lr:g}-l2{chosen.l2:g}")
+    best, trials = runner.tune({"ccf": [spec]})["ccf"]
+    path = str(out / "models" / f"stage1-held-out-k{last_k}.pt")
+    save_model(path, load_epoch(best, best.best_epoch))
+    return best, trials, path

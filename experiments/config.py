@@ -97,7 +97,8 @@ class CompareConfig(Section):
         from twots.training.config import TrainConfig
 
         try:
-            TrainConfig(**{**value, "data": "."})
+            # compare ignores train.model; each model of the run is checked against the 2TS settings below.
+            TrainConfig(**{**value, "model": "ccf", "data": "."})
         except ValidationError as err:
             raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}"
                                        for e in err.errors())) from None

@@ -139,16 +139,8 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     run = _Run(output, spark)
 
     with run.step("validate"):
-        parsed = _parse_once(spark, cfg)
-        # Accepted rows are also counted per hour of ts here: interactions' global order needs those counts.
-        tally = parsed.groupBy("reason", F.when(F.col("reason").isNull(), _order_bucket()).alias("bucket")).count()
-        tally = tally.localCheckpoint()
-        counts = {r["reason"]: r["count"] for r in tally.groupBy("reason").agg(F.sum("count").alias("count")).collect()}
-        accepted = counts.pop(None, 0)
-        rejected = dict(sorted(counts.items()))
+        parsed, tally, accepted, rejected = _validate(spark, cfg)
         input_rows = accepted + sum(rejected.values())
-        print(f"[prepare] input rows {input_rows}: accepted {accepted}, rejected {sum(rejected.values())} "
-              f"{rejected}", flush=True)
         good = parsed.where(F.col("reason").isNull())
         raw_items = _raw_items(good)
         n_items = raw_items.count()
@@ -199,12 +191,7 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
         interactions, activity = table(INTERACTIONS), table(USER_ACTIVITY)
         offers = table(STAGE1_OFFERS) if cfg.sampler != "uniform" else None
         with run.step(SEQUENCES):
-            if offers is None:  # uniform draws are expressions: redraw the kept steps' instead of copying arrays
-                train = interactions.where(F.col("split") == "train").select("event_id", "user_id", "item_id")
-                draw = partial(offer_negatives, n_items=n_items, p=cfg.negatives, seed=cfg.seed)
-                run.write(spark, SEQUENCES, sequences(train, activity, cfg.last_k, draw))
-            else:  # popularity draws take a join: the kept steps copy stage1_offers' arrays
-                run.write(spark, SEQUENCES, sequences(offers, activity, cfg.last_k))
+            run.write(spark, SEQUENCES, _sequences(cfg, interactions, activity, offers, n_items))
 
     steps = {ITEMS: write_items, USERS: write_users, INTERACTIONS: write_interactions, USER_ACTIVITY: write_activity,
              SEQUENCES: write_sequences, EVAL_CANDIDATES: write_candidates, STAGE1_OFFERS: write_offers,
@@ -222,6 +209,31 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     print(f"[prepare] wrote {len(run.tables)} tables and manifest.json under {output} in {manifest['wall_s']:.1f}s",
           flush=True)
     return manifest
+
+
+def _sequences(cfg: PrepareConfig, interactions: DataFrame, activity: DataFrame, offers: DataFrame | None,
+               n_items: int) -> DataFrame:
+    """The `sequences` rows: with uniform negatives (offers None) each kept step's are drawn again, being
+    expressions, instead of copying arrays; popularity draws take a join, so the kept steps copy stage1_offers'."""
+    if offers is None:
+        train = interactions.where(F.col("split") == "train").select("event_id", "user_id", "item_id")
+        draw = partial(offer_negatives, n_items=n_items, p=cfg.negatives, seed=cfg.seed)
+        return sequences(train, activity, cfg.last_k, draw)
+    return sequences(offers, activity, cfg.last_k)
+
+
+def _validate(spark: SparkSession, cfg: PrepareConfig):
+    """Parse and check every input row once: (the parsed rows with their reject reason, the accepted rows per hour
+    of ts (interactions' global order needs those counts), accepted rows, rejected rows per reason)."""
+    parsed = _parse_once(spark, cfg)
+    tally = parsed.groupBy("reason", F.when(F.col("reason").isNull(), _order_bucket()).alias("bucket")).count()
+    tally = tally.localCheckpoint()
+    counts = {r["reason"]: r["count"] for r in tally.groupBy("reason").agg(F.sum("count").alias("count")).collect()}
+    accepted = counts.pop(None, 0)
+    rejected = dict(sorted(counts.items()))
+    print(f"[prepare] input rows {accepted + sum(rejected.values())}: accepted {accepted}, rejected "
+          f"{sum(rejected.values())} {rejected}", flush=True)
+    return parsed, tally, accepted, rejected
 
 
 def concurrently(steps: dict[str, Callable]) -> dict:

@@ -199,8 +199,8 @@ def evaluate_loaded(model, data: EvalData, splits=SPLITS, *, batch_users: int = 
     against the whole catalogue and how long it took}. `full`: default FullRankingConfig(); with its exclude_seen,
     `history` is load_history's.
 
-    `threads`: torch threads during the replay. Its rounds are many small ops; on a shared CPU more than one
-    thread spins in OpenMP barriers (measured 30x slower with 2 threads than 1 on the 2-core box under load).
+    `threads`: torch threads during the replay. Its rounds are many small ops; on a busy CPU more than one thread
+    spins in OpenMP barriers, so 1 is the default.
     """
     full = FullRankingConfig() if full is None else full
     if full.exclude_seen and history is None:

@@ -231,42 +231,16 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
     by_count = np.argsort(-counts, kind="stable")
     users, first, counts = users[by_count], first[by_count], counts[by_count]
 
-    # Each replayed user's warm-up row (-1 = new user).
-    warm_row = np.full(len(users), -1, dtype=np.int64)
-    if len(warmup.user_id):
-        warm_sorted = np.argsort(warmup.user_id)
-        pos = np.minimum(np.searchsorted(warmup.user_id[warm_sorted], users), len(warm_sorted) - 1)
-        hit = warmup.user_id[warm_sorted[pos]] == users
-        warm_row[hit] = warm_sorted[pos[hit]]
-    found = warm_row >= 0
+    warm_row = _warmup_rows(warmup, users)
+    is_new = warm_row < 0
     is_active = np.zeros(len(users), dtype=bool)
-    is_active[found] = warmup.is_active[warm_row[found]]
-    is_new = ~found
-
-    user_t = torch.from_numpy(users).to(device)
+    is_active[~is_new] = warmup.is_active[warm_row[~is_new]]
     active_t = torch.from_numpy(is_active).to(device)
-    state = tuple(torch.cat(parts) for parts in zip(*(
-        model.init_state(user_t[a:b], active_t[a:b]) for a, b in _chunks(len(users), STATE_CHUNK))))
+    state = _start_states(model, torch.from_numpy(users).to(device), active_t)
     start_norm = _norms(model, state)
-
-    # Warm-up: at column t only users with more than t items step, again a prefix once sorted by length.
-    warm_users = np.flatnonzero(found)
-    warm_len = (warmup.item_ids[warm_row[warm_users]] >= 0).sum(1)
-    by_len = np.argsort(-warm_len, kind="stable")
-    warm_users, warm_len = warm_users[by_len], warm_len[by_len]
-    for t in range(int(warm_len.max(initial=0))):
-        stepping = warm_users[:np.searchsorted(-warm_len, -t, side="left")]
-        for a, b in _chunks(len(stepping), STATE_CHUNK):
-            rows = stepping[a:b]
-            idx = torch.from_numpy(rows).to(device)
-            items = torch.from_numpy(warmup.item_ids[warm_row[rows], t]).to(device)
-            new = model.step(tuple(s[idx] for s in state), items, active_t[idx])
-            for s, n in zip(state, new):
-                s[idx] = n
-    warmed = np.zeros(len(users), dtype=np.int64)
-    warmed[warm_users] = warm_len
-    groups = {"active": is_active, "inactive": ~is_active & ~is_new, "new": is_new}
+    warmed = _warm_up(model, state, warmup, warm_row, active_t)
     warm_norm = _norms(model, state)
+    groups = {"active": is_active, "inactive": ~is_active & ~is_new, "new": is_new}
     norms = {name: {"start": float(start_norm[rows].mean()) if rows.any() else None,
                     "warmed": float(warm_norm[rows].mean()) if rows.any() else None} for name, rows in groups.items()}
 
@@ -316,6 +290,46 @@ def replay(model: SequentialRecommender, warmup: Warmup, events: Events, *, batc
     return ReplayResult(rank=rank, full_rank=full_rank, step=step, change=change, is_active=is_active[user_row],
                         is_new=is_new[user_row], steps=warmed[user_row] + step, gate=gate, norms=norms,
                         full_seconds=ranker.seconds if ranker else 0.0)
+
+
+def _warmup_rows(warmup: Warmup, users: np.ndarray) -> np.ndarray:
+    """Each replayed user's row of `warmup` (-1: a new user, without one)."""
+    warm_row = np.full(len(users), -1, dtype=np.int64)
+    if len(warmup.user_id):
+        warm_sorted = np.argsort(warmup.user_id)
+        pos = np.minimum(np.searchsorted(warmup.user_id[warm_sorted], users), len(warm_sorted) - 1)
+        hit = warmup.user_id[warm_sorted[pos]] == users
+        warm_row[hit] = warm_sorted[pos[hit]]
+    return warm_row
+
+
+def _start_states(model: SequentialRecommender, users: torch.Tensor, is_active: torch.Tensor) -> tuple:
+    """init_state of every replayed user, in chunks."""
+    return tuple(torch.cat(parts) for parts in zip(*(
+        model.init_state(users[a:b], is_active[a:b]) for a, b in _chunks(len(users), STATE_CHUNK))))
+
+
+def _warm_up(model: SequentialRecommender, state: tuple, warmup: Warmup, warm_row: np.ndarray,
+             is_active: torch.Tensor) -> np.ndarray:
+    """Step every user with a warm-up row over its items, in place; returns each user's warm-up length. At column t
+    only users with more than t items step: a prefix of the users once they are sorted by length."""
+    device = is_active.device
+    warm_users = np.flatnonzero(warm_row >= 0)
+    warm_len = (warmup.item_ids[warm_row[warm_users]] >= 0).sum(1)
+    by_len = np.argsort(-warm_len, kind="stable")
+    warm_users, warm_len = warm_users[by_len], warm_len[by_len]
+    for t in range(int(warm_len.max(initial=0))):
+        stepping = warm_users[:np.searchsorted(-warm_len, -t, side="left")]
+        for a, b in _chunks(len(stepping), STATE_CHUNK):
+            rows = stepping[a:b]
+            idx = torch.from_numpy(rows).to(device)
+            items = torch.from_numpy(warmup.item_ids[warm_row[rows], t]).to(device)
+            new = model.step(tuple(s[idx] for s in state), items, is_active[idx])
+            for s, n in zip(state, new):
+                s[idx] = n
+    warmed = np.zeros(len(warm_row), dtype=np.int64)
+    warmed[warm_users] = warm_len
+    return warmed
 
 
 def _norms(model: SequentialRecommender, state) -> np.ndarray:

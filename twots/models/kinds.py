@@ -23,7 +23,7 @@ Variants beyond the paper, each a 2TS kind on the same stage 1 (TwoTimeScaleOpti
   stage 1's item vectors with them (docs/model.md has why each part is there).
 
 `BuildInputs.two_time_scale` overrides options of every 2TS-family kind of a run (the `train.two_time_scale`
-section: the ablations of docs/results.md).
+section: the ablation of docs/results.md; docs/model.md describes each option).
 
 A stage's builder is called on every rank as `build(inputs, previous_model_path)` and returns the nn.Module to
 train (`forward(batch) -> loss`). Saved models are tagged with their class name (`save_model` / `load_model`), not

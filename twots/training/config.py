@@ -33,7 +33,7 @@ class StageConfig(Section):
 
 
 class TwoTimeScaleSettings(Section):
-    """Settings of the 2TS family beyond the paper, for the ablations of docs/results.md: each key left at null keeps
+    """Settings of the 2TS family beyond the paper (docs/model.md), for the ablation: each key left at null keeps
     every kind's own (TwoTimeScaleOptions); what is set applies to every 2TS kind of the run."""
 
     last_k: int | None = Field(None, ge=1, description="K: active users' stage-2 rows and warm-up are their last K "

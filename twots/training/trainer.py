@@ -106,49 +106,10 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
     """Train `model` on this rank's batches; every rank returns the same history (means over ranks)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizers = make_optimizers(model, job.settings.lr, job.settings.l2)
-    history: list[dict] = []
-    start = 0
-    ckpt = latest_checkpoint(job) if job.options.resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, map_location=ctx.device)
-        model.load_state_dict(state["model"])
-        for opt, opt_state in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(opt_state)
-        history, start = state["history"], state["epoch"] + 1
-        if ctx.is_main:
-            log(f"[{job.name}] resumed from {ckpt.name}: {start}/{job.settings.epochs} epochs done")
-    else:
-        distributed.broadcast_parameters(ctx, model)
-    steps = loader.steps_per_epoch
-    for epoch in range(start, job.settings.epochs):
+    history = resume(ctx, model, optimizers, job, log)
+    for epoch in range(len(history), job.settings.epochs):
         torch.manual_seed(epoch_seed(job.options.seed, epoch, ctx.rank))
-        model.train()
-        loss_sum, clicks, t0 = 0.0, 0, time.perf_counter()
-        last_log = t0
-        for step, batch in enumerate(loader.epoch(epoch), 1):
-            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss = model(batch)
-            loss.backward()
-            distributed.sync_gradients(ctx, params)
-            add_row_l2(params, job.settings.l2)
-            for opt in optimizers:
-                opt.step()
-            loss_sum += float(loss.detach())
-            clicks += batch_interactions(batch)
-            now = time.perf_counter()
-            if ctx.is_main and (now - last_log >= job.options.log_every_s or step == steps):
-                last_log = now
-                left = (now - t0) / step * (steps - step)
-                log(f"[{job.name}] epoch {epoch + 1}/{job.settings.epochs} step {step}/{steps} "
-                    f"loss {loss_sum / step:.4f} {clicks * ctx.world / (now - t0):,.0f} interactions/s, "
-                    + (f"{left:.0f} s left in the epoch" if step < steps else f"epoch done in {now - t0:.1f} s"))
-        seconds = distributed.all_max(ctx, time.perf_counter() - t0)  # the slowest rank's: the same on every rank
-        mean_loss = distributed.all_mean(ctx, [loss_sum / steps])[0]
-        total = distributed.all_sum(ctx, clicks)
-        history.append({"epoch": epoch, "loss": mean_loss, "interactions": total, "seconds": seconds,
-                        "interactions_per_s": total / seconds})
+        history.append(train_epoch(ctx, model, params, optimizers, loader, job, epoch, log))
         if job.validate is not None:
             history[-1].update(validate(ctx, model, job, log))
         if ctx.is_main:
@@ -157,7 +118,56 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
             if ctx.is_main:
                 log(f"[{job.name}] stopped after epoch {epoch + 1}: no better val score in {job.patience} epoch(s)")
             break
-    return {"stage": job.name, "history": history, "steps_per_epoch": steps, "world": ctx.world}
+    return {"stage": job.name, "history": history, "steps_per_epoch": loader.steps_per_epoch, "world": ctx.world}
+
+
+def resume(ctx: distributed.Context, model: nn.Module, optimizers, job: StageJob, log=print) -> list[dict]:
+    """With `resume`, load the stage's last checkpoint (model and optimizers) and return its epochs' history; else
+    give every rank rank 0's initial weights and return an empty history."""
+    ckpt = latest_checkpoint(job) if job.options.resume else None
+    if ckpt is None:
+        distributed.broadcast_parameters(ctx, model)
+        return []
+    state = load_checkpoint(ckpt, map_location=ctx.device)
+    model.load_state_dict(state["model"])
+    for opt, opt_state in zip(optimizers, state["optimizers"]):
+        opt.load_state_dict(opt_state)
+    if ctx.is_main:
+        log(f"[{job.name}] resumed from {ckpt.name}: {state['epoch'] + 1}/{job.settings.epochs} epochs done")
+    return state["history"]
+
+
+def train_epoch(ctx: distributed.Context, model: nn.Module, params, optimizers, loader, job: StageJob, epoch: int,
+                log=print) -> dict:
+    """One epoch of steps (synced gradients, row L2, optimizer steps) with progress lines on rank 0; its history
+    entry, the same on every rank."""
+    model.train()
+    steps = loader.steps_per_epoch
+    loss_sum, clicks, t0 = 0.0, 0, time.perf_counter()
+    last_log = t0
+    for step, batch in enumerate(loader.epoch(epoch), 1):
+        batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss = model(batch)
+        loss.backward()
+        distributed.sync_gradients(ctx, params)
+        add_row_l2(params, job.settings.l2)
+        for opt in optimizers:
+            opt.step()
+        loss_sum += float(loss.detach())
+        clicks += batch_interactions(batch)
+        now = time.perf_counter()
+        if ctx.is_main and (now - last_log >= job.options.log_every_s or step == steps):
+            last_log = now
+            left = (now - t0) / step * (steps - step)
+            log(f"[{job.name}] epoch {epoch + 1}/{job.settings.epochs} step {step}/{steps} "
+                f"loss {loss_sum / step:.4f} {clicks * ctx.world / (now - t0):,.0f} interactions/s, "
+                + (f"{left:.0f} s left in the epoch" if step < steps else f"epoch done in {now - t0:.1f} s"))
+    seconds = distributed.all_max(ctx, time.perf_counter() - t0)  # the slowest rank's: the same on every rank
+    total = distributed.all_sum(ctx, clicks)
+    return {"epoch": epoch, "loss": distributed.all_mean(ctx, [loss_sum / steps])[0], "interactions": total,
+            "seconds": seconds, "interactions_per_s": total / seconds}
 
 
 def validate(ctx: distributed.Context, model: nn.Module, job: StageJob, log=print) -> dict:
