@@ -239,7 +239,8 @@ def compare_outputs(spark_out: Path, duck_out: Path) -> dict[str, str]:
         duck_rows = f"SELECT {columns} FROM read_parquet('{duck_out / table}.parquet')"
         only = [con.execute(f"SELECT count(*) FROM ({a} EXCEPT ALL {b})").fetchall()[0][0]
                 for a, b in ((spark_rows, duck_rows), (duck_rows, spark_rows))]
-        found[table] = "same rows" if only == [0, 0] else f"DIFFERENT: {only[0]} only in Spark, {only[1]} only in DuckDB"
+        found[table] = ("same rows" if only == [0, 0]
+                        else f"DIFFERENT: {only[0]} only in Spark, {only[1]} only in DuckDB")
     return found
 
 

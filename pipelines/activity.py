@@ -19,7 +19,8 @@ def split_column(event_id: Column, n_events: int, train_fraction: float, val_fra
 
 def user_activity(users: DataFrame, interactions: DataFrame, t_star: int) -> DataFrame:
     """Every user with n_train (0 for users seen only in val/test) and is_active = n_train > t*."""
-    n_train = interactions.where(F.col("split") == "train").groupBy("user_id").agg(F.count("*").cast("int").alias("n_train"))
+    n_train = (interactions.where(F.col("split") == "train").groupBy("user_id")
+               .agg(F.count("*").cast("int").alias("n_train")))
     return (users.select("user_id").join(n_train, "user_id", "left")
             .select("user_id", F.coalesce("n_train", F.lit(0)).alias("n_train"))
             .withColumn("is_active", F.col("n_train") > t_star))
