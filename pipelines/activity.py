@@ -57,7 +57,7 @@ def _back(rows: DataFrame) -> DataFrame:
     compared whole rows. Here the rows are sorted within partitions of users by one long ordering like (user,
     newest first), their place numbered, and a user's places counted from the first (a window by user alone,
     whose sort is on the prefix). At 10M rows on 2 cores, alone: 7.8-12.3 s against 10.9-17.3 s; inside
-    prepare, 15 % less task CPU for the step and the same wall (docs/data.md).
+    prepare, 15 % less task CPU for the step and the same wall (docs/benchmarks/2026-12-02-prepare-vs-duckdb.md).
     """
     bounds = rows.agg(F.max("user_id"), F.max("event_id")).first()
     user_max, event_max = (bounds[0] or 0), (bounds[1] or 0)
