@@ -42,5 +42,5 @@ step train-2ts-plus train.py --data "$OUT/data" --model 2ts-plus --local-mode $L
 step register register.py --data "$OUT/data" --tracking-uri "$TRACKING" --run-id "$(run_id train-2ts-plus)"
 step validate validate.py --data "$OUT/data" --tracking-uri "$TRACKING"
 step promote promote.py --data "$OUT/data" --tracking-uri "$TRACKING"
-echo "master $MASTER (local_mode $LOCAL_MODE), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "master $MASTER (local_mode $LOCAL_MODE), system load (1, 5, 15 min) at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%s\n' "${TIMES[@]}" "total $((SECONDS - started))" | column -t

@@ -239,7 +239,8 @@ def compare_outputs(spark_out: Path, duck_out: Path) -> dict[str, str]:
         duck_rows = f"SELECT {columns} FROM read_parquet('{duck_out / table}.parquet')"
         only = [con.execute(f"SELECT count(*) FROM ({a} EXCEPT ALL {b})").fetchall()[0][0]
                 for a, b in ((spark_rows, duck_rows), (duck_rows, spark_rows))]
-        found[table] = "same rows" if only == [0, 0] else f"DIFFERENT: {only[0]} only in Spark, {only[1]} only in DuckDB"
+        found[table] = ("same rows" if only == [0, 0]
+                        else f"DIFFERENT: {only[0]} only in Spark, {only[1]} only in DuckDB")
     return found
 
 
@@ -298,11 +299,11 @@ def main() -> None:
                       flush=True)
             loads.append(os.getloadavg()[0])
             print(f"rows {rows:,} run {run + 1}: Spark / DuckDB = {walls['spark'][-1] / walls['duckdb'][-1]:.2f}x "
-                  f"(load average {loads[-1]:.1f})", flush=True)
+                  f"(1-minute system load {loads[-1]:.1f})", flush=True)
         med = {e: statistics.median(w) for e, w in walls.items()}
         print(f"\nprepare, {rows:,} generated Taobao-format rows, {os.cpu_count()}-core CPU: Spark local[{CORES}] vs "
               f"DuckDB {CORES} threads, {args.runs} run(s) each (median), eval_sample {args.eval_sample}, "
-              f"load average after each run {', '.join(f'{x:.1f}' for x in loads)}")
+              f"1-minute system load after each run {', '.join(f'{x:.1f}' for x in loads)}")
         print("| step | Spark | DuckDB | ratio |\n|---|---|---|---|")
         for s in STEPS:
             a, b = statistics.median(steps["spark"][s]), statistics.median(steps["duckdb"][s])

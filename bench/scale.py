@@ -321,7 +321,8 @@ def write_table(args, records: list[dict]) -> str:
     load = os.getloadavg()
     head = (f"bench/scale.py --rows {args.rows:,} on {os.cpu_count()} CPUs, Spark {args.master}, driver memory "
             f"{args.driver_memory}, eval sample {args.eval_sample}, {args.num_processes} training processes; "
-            f"load average now {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (each step's, at its end, in scale.json)")
+            f"system load (1, 5, 15 min) now {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (each step's, at its end, in "
+            "scale.json)")
     table = head + "\n\n" + markdown(records, args.rows) + "\n"
     (args.workdir / "scale.md").write_text(table)
     (args.workdir / "scale.json").write_text(json.dumps({"rows": args.rows, "steps": records}, indent=2) + "\n")

@@ -156,7 +156,8 @@ def main() -> None:
 
     load = os.getloadavg()[0]
     print(f"\nOnline: mlflow models serve (1 worker), {args.scan} scan, {args.history} recent items, k=10, "
-          f"{args.requests} requests x {args.runs} runs, medians; {os.cpu_count()} CPUs, load average {load:.1f}")
+          f"{args.requests} requests x {args.runs} runs, medians; {os.cpu_count()} CPUs, 1-minute system load "
+          f"{load:.1f}")
     print(f"{'items':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/s (1 client)':>17} {f'req/s ({args.clients} clients)':>17}")
     for n_items, r in online:
         print(f"{n_items:>10,} {r['p50']:>8.1f} {r['p99']:>8.1f} {r['rps_1']:>17.1f} {r['rps_n']:>17.1f}")

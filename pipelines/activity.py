@@ -19,7 +19,8 @@ def split_column(event_id: Column, n_events: int, train_fraction: float, val_fra
 
 def user_activity(users: DataFrame, interactions: DataFrame, t_star: int) -> DataFrame:
     """Every user with n_train (0 for users seen only in val/test) and is_active = n_train > t*."""
-    n_train = interactions.where(F.col("split") == "train").groupBy("user_id").agg(F.count("*").cast("int").alias("n_train"))
+    n_train = (interactions.where(F.col("split") == "train").groupBy("user_id")
+               .agg(F.count("*").cast("int").alias("n_train")))
     return (users.select("user_id").join(n_train, "user_id", "left")
             .select("user_id", F.coalesce("n_train", F.lit(0)).alias("n_train"))
             .withColumn("is_active", F.col("n_train") > t_star))
@@ -56,7 +57,7 @@ def _back(rows: DataFrame) -> DataFrame:
     compared whole rows. Here the rows are sorted within partitions of users by one long ordering like (user,
     newest first), their place numbered, and a user's places counted from the first (a window by user alone,
     whose sort is on the prefix). At 10M rows on 2 cores, alone: 7.8-12.3 s against 10.9-17.3 s; inside
-    prepare, 15 % less task CPU for the step and the same wall (docs/data.md).
+    prepare, 15 % less task CPU for the step and the same wall (docs/benchmarks/2026-12-02-prepare-vs-duckdb.md).
     """
     bounds = rows.agg(F.max("user_id"), F.max("event_id")).first()
     user_max, event_max = (bounds[0] or 0), (bounds[1] or 0)

@@ -28,7 +28,8 @@ class PrepareConfig(Section):
     """Raw interaction logs to validated, time-split Delta tables with offer sets."""
 
     source: Literal["taobao", "movielens", "lastfm"] = Field(description="input format")
-    input: str = Field(description="file, folder of part files or glob (movielens: the folder of ratings.csv, movies.csv)")
+    input: str = Field(description="file, folder of part files or glob (movielens: the folder of ratings.csv, "
+                                   "movies.csv)")
     output: str = Field(description="folder of the Delta tables and manifest.json")
     threshold: int = Field(20, ge=0, description="t*: a user with n_train > threshold is active")
     last_k: int = Field(10, ge=1, description="K: active users' sequences keep their last K training items (K <= t*)")
@@ -84,17 +85,21 @@ class GenerateConfig(Section):
                                     "real log's (4.16M items, 9.4k categories)")
     taste_spread: float = Field(0.08, gt=0, le=0.5, description="scale of users' home tastes around the population's "
                                 "(a Cauchy's, circle units)")
-    drift: float = Field(0.02, ge=0, le=0.5, description="sd of a user's taste shift over the whole window (circle units)")
-    late_share: float = Field(0.1, ge=0, le=1, description="share of users who first appear at a uniform time in the window")
+    drift: float = Field(0.02, ge=0, le=0.5, description="sd of a user's taste shift over the whole window "
+                         "(circle units)")
+    late_share: float = Field(0.1, ge=0, le=1, description="share of users who first appear at a uniform time in "
+                              "the window")
     session_rate: float = Field(0.185, gt=0, lt=1, description="mean probability that an event starts a new session")
     gap_median_s: float = Field(58.0, gt=0, lt=1799, description="median gap between events of a session (seconds)")
     gap_sigma: float = Field(1.36, ge=0, description="log-sd of the gaps inside a session")
-    session_focus: float = Field(0.7, ge=0, le=1, description="share of a session's events on its episode's main category")
+    session_focus: float = Field(0.7, ge=0, le=1, description="share of a session's events on its episode's main "
+                                 "category")
     favourites: int = Field(6, ge=1, description="favourite category slots per user")
     favourite_share: float = Field(0.5, ge=0, le=1, description="share of other choices made among the favourites")
     favourite_width: float = Field(30.0, gt=0, description="sd of favourites around the home taste, in categories")
     favourite_life: float = Field(8.0, gt=0, description="sessions a favourite lasts before it is replaced (drift)")
-    explore_width: float = Field(20.0, gt=0, description="sd of explored categories around the current taste, in categories")
+    explore_width: float = Field(20.0, gt=0, description="sd of explored categories around the current taste, in "
+                                 "categories")
     item_skew: float = Field(2.0, ge=1, description="popularity skew of item slots within a category (1 = uniform)")
     item_turnover: int = Field(2, ge=0, description="times a slot's item is replaced by a new one over the window")
     repeat_pv: float = Field(0.17, ge=0, le=1, description="share of pv events that re-view an earlier item")

@@ -147,7 +147,8 @@ def _timeline(user_table: DataFrame, cfg: GenerateConfig) -> DataFrame:
     older = before.rowsBetween(Window.unboundedPreceding, -2)  # never the immediately preceding event
     whole = Window.partitionBy("user")
     fresh = ~F.col("wants_copy") | F.col("_no_source")
-    rows = (rows.withColumn("_no_source", F.coalesce(F.sum((~F.col("wants_copy")).cast("int")).over(older), F.lit(0)) == 0)
+    sources_before = F.coalesce(F.sum((~F.col("wants_copy")).cast("int")).over(older), F.lit(0))
+    rows = (rows.withColumn("_no_source", sources_before == 0)
             .withColumn("fresh", fresh))
     # Time: the user's window minus the time spent inside sessions, split at uniform order statistics.
     in_sessions = F.sum("gap").over(whole)
@@ -195,7 +196,8 @@ def _fresh_choices(rows: DataFrame, cfg: GenerateConfig) -> DataFrame:
                           favourite(slot_of(uniform(seed, 33, user, episode)))).otherwise(
         taste + width(cfg.explore_width) * normal(seed, 34, user, episode))
     event_point = (F.when(uniform(seed, 35, user, k) < cfg.session_focus, episode_main)
-                   .when(uniform(seed, 36, user, k) < cfg.favourite_share, favourite(slot_of(uniform(seed, 37, user, k))))
+                   .when(uniform(seed, 36, user, k) < cfg.favourite_share,
+                         favourite(slot_of(uniform(seed, 37, user, k))))
                    .otherwise(taste + width(cfg.explore_width) * normal(seed, 38, user, k)))
     category = _point_category(event_point, n_cat)
     slot = F.floor(slots * F.pow(uniform(seed, 40, user, k), cfg.item_skew)).cast("long")

@@ -12,8 +12,9 @@ sampling pass (a range partitioner computes its whole input once more to sample 
 Why not a window partitioned by bucket (the rank within the bucket): its sort orders by the bucket first, and
 Spark's sort compares an 8-byte prefix of the first key only, falling back to whole rows on ties, so every
 comparison within an hour compared rows. Sorting within partitions by the caller's order lets the prefix be a key
-with few ties (`packed_key`). At 10M rows on 2 cores, rows in random order, one session: 8.6-10.3 s against
-23.3-25.8 s (ranking only), 19.3-21.5 s against 29.5-37.4 s with the Delta write (docs/data.md).
+with few ties (`packed_key`). At 10M rows on 2 cores, rows in random order, in a warm Spark session: 8.6-10.3 s
+against 23.3-25.8 s (ranking only), 19.3-21.5 s against 29.5-37.4 s with the Delta write
+(docs/benchmarks/2026-12-02-prepare-vs-duckdb.md).
 The cost: one bucket's rows are sorted in one task, so a log whose events mostly fall in one hour ranks them in
 one task (still correct).
 """

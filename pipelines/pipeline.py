@@ -278,7 +278,8 @@ def _raw_items(good: DataFrame) -> DataFrame:
     where collect_list over every row would shuffle them all.
     """
     pairs = good.select("raw_item_id", F.explode("raw_features").alias("_feature")).distinct()
-    return pairs.groupBy("raw_item_id").agg(F.sort_array(F.collect_list("_feature")).alias("raw_features")).localCheckpoint()
+    features = F.sort_array(F.collect_list("_feature")).alias("raw_features")
+    return pairs.groupBy("raw_item_id").agg(features).localCheckpoint()
 
 
 def _items(raw: DataFrame) -> DataFrame:

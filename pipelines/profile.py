@@ -43,7 +43,7 @@ from pipelines.readers import read_source
 from twots.data.delta import read_table
 
 SESSION_GAP_S = 1800
-# The statistics the generator is calibrated to (issue 10's table), in the order the summary prints them.
+# The statistics the generator is calibrated to (docs/data.md, "Calibration"), in the order the summary prints them.
 HEADLINE = ("category_continuity", "repeat_share", "long_gap_share", "median_gap_s", "top1_share",
             "events_per_user.median", "events_per_user.mean")
 _DISTRIBUTIONS = ("events_per_user", "sessions_per_user", "events_per_session", "categories_per_user")

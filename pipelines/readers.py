@@ -35,7 +35,8 @@ def read_lines(spark: SparkSession, path: str) -> DataFrame:
     try:
         df = spark.read.text(path)
     except AnalysisException as err:
-        raise InputError(f"input {path!r} cannot be read: {err.getMessage() if hasattr(err, 'getMessage') else err}") from None
+        reason = err.getMessage() if hasattr(err, "getMessage") else err
+        raise InputError(f"input {path!r} cannot be read: {reason}") from None
     return df.select(
         F.col("value").alias("raw"),  # without a line end: the text source ends lines at \n, \r\n and \r
         F.col("_metadata.file_path").alias("source_file"),

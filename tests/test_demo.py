@@ -1,5 +1,4 @@
-"""experiments.demo: the results table and its failure modes (the full demo is `make demo`, timed in
-docs/training.md)."""
+"""experiments.demo: the results table and its failure modes (the full demo is `make demo`)."""
 
 from __future__ import annotations
 

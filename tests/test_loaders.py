@@ -57,7 +57,7 @@ def test_parquet_backend(offers, tmp_path):
 
 def test_uneven_shares_set_the_step_count(spark, offers, tmp_path):
     """Nine files on two ranks: petastorm shards 5 files to rank 0 and 4 to rank 1; the steps cover rank 0's share
-    (the old rows // (batch x world) steps left over 100 of its rows out of every epoch). The Parquet loader on three
+    (rows // (batch x world) steps would leave over 100 of its rows out of every epoch). The Parquet loader on three
     ranks (334/333/333 rows) trains every row each epoch."""
     source = loaders.petastorm_source(spark, offers.repartition(9), "stage1_offers", tmp_path / "cache", WORLD)
     loader = source.open(0, WORLD, BATCH, seed=5)

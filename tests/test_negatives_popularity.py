@@ -37,8 +37,8 @@ def draws(df) -> dict[int, tuple[int, list[int]]]:
 
 
 def test_uniform_is_the_default_and_draws_what_it_drew_before(spark):
-    """Regression pin: the arrays below are what pipelines.negatives drew at main 7d0431e (before the popularity
-    sampler) for this input and seed."""
+    """Regression pin: the arrays below are the uniform sampler's draws for this input and seed, as they were before
+    the popularity sampler was added: a new sampler option never changes the default's draws."""
     rows = [(e, e % 7, (e * 5) % 23, "train" if e < 40 else "val") for e in range(50)]
     df = spark.createDataFrame(rows, "event_id long, user_id int, item_id int, split string")
     got = draws(stage1_offers(df, 23, 4, 11))
