@@ -145,7 +145,7 @@ def prepare_duckdb(cfg, threads: int = CORES) -> dict:
     window += [f"WHEN ts > {cfg.max_ts} THEN 'out_of_window'"] if cfg.max_ts is not None else []
     kept = ", ".join(f"'{b}'" for b in cfg.behaviors)
     files = f"{cfg.input}/part-*" if Path(cfg.input).is_dir() else cfg.input
-    step("validate", f"""
+    step("parse", f"""
       CREATE TEMP TABLE parsed AS
       WITH lines AS (
         SELECT regexp_replace(raw, '\\r$', '') AS raw, filename AS source_file, row_number() OVER () AS line
@@ -195,7 +195,7 @@ def prepare_duckdb(cfg, threads: int = CORES) -> dict:
               FROM good g JOIN users u USING (raw_user_id) JOIN items it USING (raw_item_id))""",
          write("interactions", "FROM interactions"))
     step("user_activity", f"""CREATE TEMP TABLE activity AS SELECT user_id, coalesce(n, 0)::INT AS n_train,
-            coalesce(n, 0) > {cfg.threshold} AS is_active FROM users LEFT JOIN
+            coalesce(n, 0) > {cfg.t_star} AS is_active FROM users LEFT JOIN
             (SELECT user_id, count(*) AS n FROM interactions WHERE split = 'train' GROUP BY 1) USING (user_id)""",
          write("user_activity", "FROM activity"))
 
@@ -206,7 +206,7 @@ def prepare_duckdb(cfg, threads: int = CORES) -> dict:
     step("stage1_offers", f"""CREATE TEMP TABLE offers AS SELECT event_id, user_id, item_id,
             {negatives(cfg.negatives, 1)} AS neg_item_ids FROM interactions WHERE split = 'train'""",
          write("stage1_offers", "FROM offers"))
-    t_star, k = cfg.threshold, cfg.last_k
+    t_star, k = cfg.t_star, cfg.last_k
     kept_step = f"n <= {t_star} OR back <= {k}"
     step("sequences", write("sequences", f"""
         WITH r AS (SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY event_id DESC) AS back,

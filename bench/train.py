@@ -193,8 +193,9 @@ def export(spark, data: Path, out: Path, max_len: int) -> Path:
     2ts-coldstart-all rows (pipelines.views.coldstart_view's, at the prepared t*) a fourth."""
     from pipelines.activity import coldstart_sequences
     from pipelines.histories import full_sequences
+    from twots.data.tables import read_manifest
     from twots.training.config import TrainConfig
-    from twots.training.launch import read_manifest, write_side_data
+    from twots.training.launch import write_side_data
     from twots.training.loaders import export_parquet
 
     def read(table: str):
@@ -207,7 +208,7 @@ def export(spark, data: Path, out: Path, max_len: int) -> Path:
     tables = {STAGE1_OFFERS: offers, SEQUENCES: read(SEQUENCES),
               FULL_HISTORIES: full_sequences(offers, activity, max_len),
               COLDSTART_SEQUENCES: coldstart_sequences(read(SEQUENCES), offers, activity,
-                                                       manifest["config"]["threshold"])}
+                                                       manifest["config"]["t_star"])}
     layouts = {}
     for table, df in tables.items():
         source = export_parquet(df.coalesce(2), STAGE1_OFFERS if table == STAGE1_OFFERS else SEQUENCES, target / table)
@@ -284,11 +285,12 @@ def _scaling_rank(sizes, steps, batch) -> dict:
 def main(args) -> None:
     from pyspark import cloudpickle
 
+    from twots.data.tables import read_manifest
     from twots.evaluation.evaluate import evaluate
     from twots.models.kinds import load_model
     from twots.spark import get_spark
     from twots.training.config import TrainConfig
-    from twots.training.launch import Launcher, read_manifest
+    from twots.training.launch import Launcher
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ranks cannot import bench/ as a module
     out = Path(args.out)

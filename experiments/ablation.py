@@ -2,7 +2,7 @@
 combined, each a comparison run (experiments.compare) of one model on compare's grid, on the same data, t* and
 stage 1 (CCF's chosen setting: the runs share one output folder with `resume`, so stage 1 is tuned once).
 
-    bin/python jobs/ablation.py --data /data/twots --output ablation --threshold 80
+    bin/python jobs/ablation.py --data /data/twots --output ablation --t-star 80
 
 Each row names the suspect it tests (docs/model.md, "Why 2TS can trail the sequence baselines"); `ablation.md` holds
 the table (test MRR overall and per user group, full-ranking MRR, val MRR, the chosen setting, stage-2 seconds) with
@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 
 from experiments.compare import compare
 from experiments.config import CompareConfig
+from twots.data.tables import read_manifest
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def run(cfg: AblationConfig, spark, log=print) -> list[dict]:
     """Every row's comparison, then the table (rewritten after each row). Rows share `<output>/runs`, so stage 1 is
     tuned once and a run cut off resumes."""
     out = Path(cfg.output)
-    t_star = cfg.threshold if isinstance(cfg.threshold, int) else _prepared_t_star(cfg)
+    t_star = cfg.t_star if isinstance(cfg.t_star, int) else _prepared_t_star(cfg)
     rows = [r for r in ablation_rows(t_star, cfg.max_len, cfg.bptt_window) if cfg.rows == ["all"] or r.key in cfg.rows]
     results = []
     for row in rows:
@@ -97,7 +98,7 @@ def run(cfg: AblationConfig, spark, log=print) -> list[dict]:
 
 def _prepared_t_star(cfg: AblationConfig) -> int:
     data = Path(cfg.data) if cfg.data else Path(cfg.output) / "runs" / "data"
-    return json.loads((data / "manifest.json").read_text())["config"]["threshold"]
+    return read_manifest(data)["config"]["t_star"]
 
 
 def table(results: list[dict]) -> str:

@@ -23,7 +23,7 @@ t*, cold-start rows) live in a *view*: a folder holding the new Delta tables and
 trainer and the evaluation read it like any prepared folder.
 
 Module map: experiments.config (CompareConfig), experiments.tuning (trials, the best (lr, epoch), Popularity),
-experiments.threshold (t** and the t* sweep), experiments.reporting (results table, files, MLflow),
+experiments.t_star (t** and the t* sweep), experiments.reporting (results table, files, MLflow),
 experiments.figures (Fig. 3-5); the views are pipelines.views.
 
 Registering (`--register-models best|all`, experiments.registering): every model is also logged as the served pyfunc;
@@ -44,7 +44,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.config import ALL_MODELS, MODEL_NAMES, PAPER_MODELS, CompareConfig
-from experiments.reporting import results_table
+from experiments.figures import figures
+from experiments.registering import register_results
+from experiments.reporting import log_model_run, log_t_star, results_table, write_results
+from experiments.t_star import choose_t_star
+from experiments.tuning import Runner, TrialSpec, fit, load_epoch, own_stage_trials
+from pipelines import PrepareConfig, prepare
+from pipelines.views import training_folders
+from twots.config import resolve
+from twots.data.snapshot import read_delta
+from twots.data.tables import STAGE1_OFFERS, USER_ACTIVITY
+from twots.mlops import tracking
+from twots.mlops.packaging import log_model
+from twots.models.kinds import KINDS, STAGE1, save_model
+from twots.training.config import TrainConfig
 
 __all__ = ["ALL_MODELS", "MODEL_NAMES", "PAPER_MODELS", "CompareConfig", "compare", "results_table"]
 
@@ -53,8 +66,6 @@ def prepared_data(cfg: CompareConfig, spark, out: Path, log=print) -> Path:
     """--data as given, or --input prepared into <output>/data with the `prepare` section's settings."""
     if cfg.data is not None:
         return Path(cfg.data)
-    from pipelines import PrepareConfig, prepare
-    from twots.config import resolve
 
     target = out / "data"
     log(f"[compare] preparing {cfg.input} ({cfg.source}) into {target}")
@@ -83,15 +94,6 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     """Run the whole comparison; returns {model: result} (also results.json and results.md under --output)."""
     import mlflow
 
-    from experiments.figures import figures
-    from experiments.reporting import log_model_run, write_results
-    from experiments.tuning import Runner, fit, own_stage_trials
-    from twots.config import resolve
-    from twots.data.snapshot import read_delta
-    from twots.data.tables import USER_ACTIVITY
-    from twots.mlops import tracking
-    from twots.models.kinds import KINDS
-    from twots.training.config import TrainConfig
 
     train_overrides = {k: v for k, v in cfg.train.items() if k != "data"}
     out = Path(cfg.output)
@@ -122,7 +124,6 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 report = runner.evaluate(model, model_view, ("val", "test"))
                 val_mrr[name], run_ids[name] = report["metrics"]["val"]["overall"]["mrr"], run.info.run_id
                 if cfg.register_models != "none":
-                    from twots.mlops.packaging import log_model
 
                     log_model(model, str(model_view), kind=name, spark=spark)
                 if name in ("2ts", "2ts-plus"):
@@ -137,17 +138,16 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                     f"trained in {row['train_seconds']:.1f}s")
 
         if cfg.register_models != "none":
-            from experiments.registering import register_results
 
             versions = register_results(mlflow.MlflowClient(), cfg.model_name, cfg.register_models, run_ids, results,
-                                        val_mrr, setup.threshold["t_star"], cfg, runner.tcfg, log)
+                                        val_mrr, setup.t_star["t_star"], cfg, runner.tcfg, log)
             mlflow.log_dict(versions, "registered.json")
             log(f"[compare] gate them against @champion: jobs/validate.py --data {base} --model-name "
                 f"{cfg.model_name} --tracking-uri {mlflow.get_tracking_uri()} --split val --version <v>, "
                 "then jobs/promote.py with the same flags")
         n_train = read_delta(spark, view, USER_ACTIVITY).select("n_train").toPandas()["n_train"].to_numpy()
-        written = figures(results, changes, n_train, setup.threshold["t_star"], out)
-        write_results(results, setup.threshold, out)
+        written = figures(results, changes, n_train, setup.t_star["t_star"], out)
+        write_results(results, setup.t_star, out)
         for path in written + [out / "results.md", out / "results.json"]:
             mlflow.log_artifact(str(path), "results")
         log(f"[compare] results under {out} (MLflow run {parent.info.run_id})")
@@ -156,11 +156,11 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
 
 @dataclass
 class Setup:
-    """What the models of a comparison train on: t* (`threshold`: how it was chosen), the folder of the default rows
-    (`view`), and per model the folder of each table it reads (`views`) and the stage 1 it builds on (`stage1`:
-    (best trial, trials, saved model path) or None)."""
+    """What the models of a comparison train on: t* (`t_star`: its value and how it was chosen), the folder of the
+    default rows (`view`), and per model the folder of each table it reads (`views`) and the stage 1 it builds on
+    (`stage1`: (best trial, trials, saved model path) or None)."""
 
-    threshold: dict
+    t_star: dict
     view: Path
     views: dict[str, dict[str, Path]]
     stage1: dict[str, tuple | None]
@@ -170,24 +170,19 @@ def training_setup(cfg: CompareConfig, runner, spark, base: Path, out: Path, log
     """t* (prepared, given, or swept on val), each model's rows (K from the 2TS settings or its kind, else the
     prepared one, at most t*; views of `base` where they differ), stage 1 tuned as CCF, and for models whose stage 2
     trains on held-out rows a stage 1 of their own at CCF's setting."""
-    from experiments.reporting import log_threshold
-    from experiments.threshold import choose_threshold
-    from pipelines.views import training_folders
-    from twots.data.tables import STAGE1_OFFERS
-    from twots.models.kinds import KINDS
 
-    prepared_t, prepared_k = runner.manifest["config"]["threshold"], runner.manifest["config"]["last_k"]
+    prepared_t, prepared_k = runner.manifest["config"]["t_star"], runner.manifest["config"]["last_k"]
     settings = runner.tcfg.two_time_scale
     trained = [KINDS[m] for m in cfg.models if KINDS[m].stages]
     # The t* sweep needs a stage 1 before t* is known (a held-out one is fit once t* is chosen).
-    stage1 = tune_stage1(cfg, runner, base, out) if cfg.threshold == "auto" else None
-    threshold = {"t_star": prepared_t, "source": "prepared"}
-    if cfg.threshold == "auto":
-        threshold = {**choose_threshold(cfg, runner, base, stage1[2], out, log), "source": "auto"}
-        log_threshold(threshold, out)
-    elif cfg.threshold is not None:
-        threshold = {"t_star": cfg.threshold, "source": "config"}
-    t_star = threshold["t_star"]
+    stage1 = tune_stage1(cfg, runner, base, out) if cfg.t_star == "auto" else None
+    chosen = {"t_star": prepared_t, "source": "prepared"}
+    if cfg.t_star == "auto":
+        chosen = {**choose_t_star(cfg, runner, base, stage1[2], out, log), "source": "auto"}
+        log_t_star(chosen, out)
+    elif cfg.t_star is not None:
+        chosen = {"t_star": cfg.t_star, "source": "config"}
+    t_star = chosen["t_star"]
     default_k = prepared_k if t_star == prepared_t else min(prepared_k, t_star)  # an active user has > t* items
     rows = {name: KINDS[name].rows_with(settings.last_k, settings.held_out) for name in cfg.models}
     keys = {name: (r.last_k or default_k, r.held_out) for name, r in rows.items()}
@@ -200,17 +195,15 @@ def training_setup(cfg: CompareConfig, runner, spark, base: Path, out: Path, log
         stage1 = tune_stage1(cfg, runner, plain[STAGE1_OFFERS], out)
     stage1_of = {key: held_out_stage1(cfg, runner, stage1[0], views[STAGE1_OFFERS], key[0], out) if key[1] else stage1
                  for key, (_, views) in folders.items() if stage1 is not None}
-    log(f"[compare] t* = {t_star} ({threshold['source']}), K = {default_k}; models: {', '.join(cfg.models)}"
+    log(f"[compare] t* = {t_star} ({chosen['source']}), K = {default_k}; models: {', '.join(cfg.models)}"
         + "".join(f"; {name}: K = {key[0]}" + (", stage 1 without active users' last K" if key[1] else "")
                   for name, key in keys.items() if key != (default_k, False)))
-    return Setup(threshold, view, {name: folders[key][1] for name, key in keys.items()},
+    return Setup(chosen, view, {name: folders[key][1] for name, key in keys.items()},
                  {name: stage1_of.get(key) for name, key in keys.items()})
 
 
 def tune_stage1(cfg: CompareConfig, runner, folder: Path, out: Path) -> tuple:
     """Stage 1 tuned as CCF on `folder`'s stage1_offers: (best trial, trials, saved model path)."""
-    from experiments.tuning import load_epoch
-    from twots.models.kinds import STAGE1, save_model
 
     best, trials = runner.tune({"ccf": runner.grid("ccf", STAGE1, folder, cfg.grid("ccf"))})["ccf"]
     path = str(out / "models" / "stage1.pt")
@@ -220,8 +213,6 @@ def tune_stage1(cfg: CompareConfig, runner, folder: Path, out: Path) -> tuple:
 
 def held_out_stage1(cfg: CompareConfig, runner, chosen, folder: Path, last_k: int, out: Path) -> tuple:
     """Stage 1 at CCF's chosen setting (`chosen`, its best trial) on a held-out view: an out-of-sample phi."""
-    from experiments.tuning import TrialSpec, load_epoch
-    from twots.models.kinds import STAGE1, save_model
 
     spec = TrialSpec("ccf", STAGE1, folder, chosen.lr, chosen.l2, chosen.best_epoch + 1, cfg.patience, None,
                      f"stage1-held-out-k{last_k}/lr{chosen.lr:g}-l2{chosen.l2:g}")

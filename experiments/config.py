@@ -9,6 +9,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator, mo
 
 from twots.config import Section
 from twots.models.kinds import KINDS
+from twots.training.config import TrainConfig, TwoTimeScaleSettings
 
 MODEL_NAMES = tuple(KINDS)  # in the order of the paper's tables, then ours
 # The kind beyond the paper that combines what the ablation found to help (docs/results.md).
@@ -53,9 +54,9 @@ class CompareConfig(Section):
                          "the same data, settings and stage 1; train only the others (experiments.tuning)")
     max_len: int = Field(200, ge=1, description="full histories keep each user's last max_len training items")
     sasrec_window: int = Field(50, ge=1, description="SASRec attends over the last N items")
-    threshold: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
+    t_star: Annotated[int, Field(ge=0)] | Literal["auto"] | None = Field(
         None, description="t*: None keeps the prepared one; an int rebuilds activity and sequences; 'auto' sweeps")
-    threshold_candidates: list[int] = Field([5, 10, 20, 40, 80], description="t* values the 'auto' sweep tries")
+    t_star_candidates: list[int] = Field([5, 10, 20, 40, 80], description="t* values the 'auto' sweep tries")
     theory_users: int = Field(256, ge=2, description="active users sampled to estimate t** (Theorem 2.1)")
     theory_max_events: int = Field(128, ge=4, description="training interactions per sampled user for t**")
     theory_l2: float = Field(0.1, gt=0, description="L2 of the per-user fits behind t**")
@@ -94,7 +95,6 @@ class CompareConfig(Section):
         """Checked like the `train` section now, not after prepare."""
         from pydantic import ValidationError
 
-        from twots.training.config import TrainConfig
 
         try:
             # compare ignores train.model; each model of the run is checked against the 2TS settings below.
@@ -110,9 +110,8 @@ class CompareConfig(Section):
             raise ValueError("give exactly one of --data (prepared tables) or --input (raw data, with --source)")
         if self.input is not None and self.source is None:
             raise ValueError("--input needs --source (taobao, movielens or lastfm)")
-        if self.threshold == "auto" and (not self.threshold_candidates or min(self.threshold_candidates) < 1):
-            raise ValueError("threshold_candidates must be a non-empty list of t* >= 1")
-        from twots.training.config import TwoTimeScaleSettings
+        if self.t_star == "auto" and (not self.t_star_candidates or min(self.t_star_candidates) < 1):
+            raise ValueError("t_star_candidates must be a non-empty list of t* >= 1")
 
         settings = TwoTimeScaleSettings(**self.train.get("two_time_scale", {}))
         for model in self.models:  # the train section's 2TS settings fit every model of the run

@@ -18,10 +18,12 @@ from pathlib import Path
 from pydantic import Field
 
 from experiments.reporting import results_table
+from pipelines import PrepareConfig, prepare
 from twots.config import Section, load, resolve
 from twots.data.tables import MANIFEST
 from twots.mlops.registry import RegistryConfig, connect, release, serve_command
 from twots.models.kinds import KINDS, TRAINABLE
+from twots.spark import get_spark
 from twots.training.config import TrainConfig
 from twots.training.train import train
 
@@ -36,7 +38,6 @@ class DemoConfig(Section):
 
 
 def prepare_once(source: str, output: Path, spark) -> Path:
-    from pipelines import PrepareConfig, prepare
 
     if (output / MANIFEST).exists():
         print(f"[demo] reusing the prepared tables in {output}", flush=True)
@@ -46,7 +47,6 @@ def prepare_once(source: str, output: Path, spark) -> Path:
 
 
 def run(cfg: DemoConfig) -> dict[str, dict]:
-    from twots.spark import get_spark
 
     unknown = [m for m in cfg.models if m not in TRAINABLE or KINDS[m].on_view]
     if unknown:

@@ -8,6 +8,7 @@ one. A version's tags say what it is: its kind, the settings that trained it and
 
 from __future__ import annotations
 
+from twots.mlops.registry import register
 from twots.models.kinds import KINDS
 
 TEST_METRICS = ("mrr", "recall@10", "ndcg@10")
@@ -48,7 +49,6 @@ def settings_of(name: str, cfg, tcfg) -> dict:
 def register_results(client, model_name: str, which: str, run_ids: dict[str, str], results: dict[str, dict],
                      val_mrr: dict[str, float], t_star: int, cfg, tcfg, log=print) -> dict[str, str]:
     """Register the chosen models' runs under `model_name`, tagged (version_tags); returns model -> version."""
-    from twots.mlops.registry import register
 
     versions = {}
     for name in chosen(val_mrr, which):

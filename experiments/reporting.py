@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from twots.evaluation.metrics import flatten
+from twots.evaluation.plots import plot_t_star_sweep
+
 METRICS = (("MRR", ("overall", "mrr")), ("Recall@10", ("overall", "recall@10")), ("NDCG@10", ("overall", "ndcg@10")),
            ("MRR active", ("active", "mrr")), ("MRR inactive", ("inactive", "mrr")), ("MRR new", ("new", "mrr")),
            ("MRR repeat", ("repeat", "mrr")), ("MRR first click", ("first_click", "mrr")),
@@ -38,7 +41,7 @@ def tuning_lines(results: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
-def results_table(results: dict[str, dict], threshold: dict | None = None) -> str:
+def results_table(results: dict[str, dict], t_star: dict | None = None) -> str:
     """The Markdown results table of the test split: one row per model ({"test": metrics, ...training fields});
     sampled metrics, then the full-ranking ones (full ..., when evaluated), with a line saying what was fully ranked
     when the rows carry it (`full_ranking`, the comparison's rows)."""
@@ -52,7 +55,7 @@ def results_table(results: dict[str, dict], threshold: dict | None = None) -> st
     training = [c for c in TRAINING if all(c[1] in row for row in results.values())]
     with_stage1 = all("stage1" in row for row in results.values())
     head = ["model", *(c for c, _ in metrics), *(c for c, _, _ in training), *(["stage 1"] if with_stage1 else [])]
-    lines = [f"t* = {threshold['t_star']} ({threshold['source']})", ""] if threshold else []
+    lines = [f"t* = {t_star['t_star']} ({t_star['source']})", ""] if t_star else []
     full = next((row["full_ranking"] for row in results.values() if row.get("full_ranking")), None)
     if full:
         lines += [f"full ranking: the test events of {full['users']:,} users against all {full['n_items']:,} items, "
@@ -92,22 +95,21 @@ def diagnostics_table(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: dict[str, dict], threshold: dict, out: Path) -> None:
+def write_results(results: dict[str, dict], t_star: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "threshold.json").write_text(json.dumps(threshold, indent=2) + "\n")
+    (out / "t_star.json").write_text(json.dumps(t_star, indent=2) + "\n")
     diagnostics = diagnostics_table(results)
-    (out / "results.md").write_text(results_table(results, threshold) + ("\n" + diagnostics if diagnostics else ""))
+    (out / "results.md").write_text(results_table(results, t_star) + ("\n" + diagnostics if diagnostics else ""))
 
 
-def log_threshold(info: dict, out: Path) -> None:
+def log_t_star(info: dict, out: Path) -> None:
     """The sweep curve, t* and t** to the active (parent) MLflow run, and the sweep plot."""
     import mlflow
 
-    from twots.evaluation.plots import plot_threshold_sweep
 
-    png = plot_threshold_sweep(info["curve"], info["t_star"], out / "threshold_sweep.png",
+    png = plot_t_star_sweep(info["curve"], info["t_star"], out / "t_star_sweep.png",
                                theory=info["theory"]["t_star"])
-    mlflow.log_dict(info, "threshold.json")
+    mlflow.log_dict(info, "t_star.json")
     mlflow.log_artifact(str(png), "plots")
     mlflow.log_metrics({"t_star": info["t_star"], "t_star_theory": info["theory"]["t_star"]})
     for t, mrr in info["curve"].items():
@@ -117,7 +119,6 @@ def log_threshold(info: dict, out: Path) -> None:
 def log_model_run(row: dict) -> None:
     import mlflow
 
-    from twots.evaluation.metrics import flatten
 
     stage1 = {f"stage1.{k}": v for k, v in (row["stage1"] or {}).items() if k != "val_mrr"}
     mlflow.log_params({"model": row["model"], "lr": row["lr"], "l2": row["l2"], "epochs": row["epochs"],

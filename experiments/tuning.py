@@ -29,11 +29,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from experiments.config import CompareConfig, Grid
+from pipelines.histories import item_counts
+from twots.data.snapshot import read_delta
+from twots.data.tables import EVAL_CANDIDATES, INTERACTIONS, SEQUENCES, USER_ACTIVITY
+from twots.evaluation.evaluate import SPLITS, ValMRR, evaluate_loaded, load_arrays
 from twots.files import write_json
-from twots.models.kinds import KINDS, STAGE1, StagePlan
+from twots.models.baselines import Popularity
+from twots.models.kinds import KINDS, STAGE1, StagePlan, load_model
 from twots.training.config import TrainConfig
 from twots.training.launch import Launcher
 from twots.training.runs import StageSettings, checkpoint_dir, model_path, stage_job
+from twots.training.trainer import load_checkpoint
 
 # TrainConfig fields that do not change what a trial learns (where it runs and logs, how long ranks wait); its
 # stage1 / stage2 sections come from the spec (lr, l2, epochs) or enter the key as the stage's batch size.
@@ -87,8 +93,6 @@ class Trial:
 
 def load_epoch(trial: Trial, epoch: int):
     """The model of one epoch's checkpoint (the trainer saves the whole state after every epoch)."""
-    from twots.models.kinds import load_model
-    from twots.training.trainer import load_checkpoint
 
     model = load_model(trial.model_path)
     model.load_state_dict(load_checkpoint(trial.checkpoints[epoch])["model"])
@@ -111,7 +115,6 @@ class Runner:
         self._val_checks: dict = {}
 
     def eval_data(self, view: Path):
-        from twots.evaluation.evaluate import SPLITS, load_arrays
 
         # Keyed by the tables the arrays come from, resolved through a view's links: a view that only adds a table
         # (cold-start rows) shares its base's arrays instead of holding a second copy.
@@ -122,13 +125,11 @@ class Runner:
 
     @staticmethod
     def _eval_key(view: Path) -> tuple[str, ...]:
-        from twots.data.tables import EVAL_CANDIDATES, SEQUENCES, USER_ACTIVITY
 
         return tuple(os.path.realpath(Path(view) / table) for table in (SEQUENCES, EVAL_CANDIDATES, USER_ACTIVITY))
 
     def val_check(self, view: Path):
         """The ranks' per-epoch val MRR on `view` (its val events pickled once)."""
-        from twots.evaluation.evaluate import ValMRR
 
         key = self._eval_key(view)
         if key not in self._val_checks:
@@ -156,7 +157,7 @@ class Runner:
             jobs[i] = replace(stage_job(spec.plan, self.launcher.inputs,
                                         self.launcher.source(spec.plan.table, spec.view), settings, run_dir,
                                         spec.previous, self.tcfg.options(), name=spec.name),
-                              validate=self.val_check(spec.view), patience=spec.patience,
+                              val_check=self.val_check(spec.view), patience=spec.patience,
                               result_path=str(run_dir / "stage.json"))
         if jobs:
             todo = [specs[i] for i in jobs]
@@ -209,7 +210,6 @@ class Runner:
         return json.loads(stage.read_text())
 
     def evaluate(self, model, view: Path, splits: tuple[str, ...]) -> dict:
-        from twots.evaluation.evaluate import evaluate_loaded
 
         return evaluate_loaded(model, self.eval_data(view), splits)
 
@@ -249,10 +249,6 @@ def popularity(runner: Runner, view: Path) -> tuple[object, float]:
     """The Popularity model from the training click counts, and the seconds Spark took to count."""
     import torch
 
-    from pipelines.histories import item_counts
-    from twots.data.snapshot import read_delta
-    from twots.data.tables import INTERACTIONS
-    from twots.models.baselines import Popularity
 
     started = time.perf_counter()
     counts = item_counts(read_delta(runner.spark, view, INTERACTIONS)).toPandas()

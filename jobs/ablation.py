@@ -1,7 +1,7 @@
 """The ablation behind the 2TS verdict: 2TS with each setting of train.two_time_scale alone, then combined, each
 tuned on compare's grid on the same data and stage 1 (experiments.ablation).
 
-    bin/python jobs/ablation.py --data /data/twots --output ablation --threshold 80
+    bin/python jobs/ablation.py --data /data/twots --output ablation --t-star 80
     bin/python jobs/ablation.py --data /data/twots --output ablation --rows 2ts,held-out,finetune
 """
 

@@ -2,7 +2,7 @@
 
     bin/spark-submit jobs/compare.py --data /data/twots --models all
     bin/spark-submit jobs/compare.py --source movielens --input ../shared/data/ml-latest-small --output compare-output
-    bin/spark-submit jobs/compare.py --data /data/twots --models ccf,2ts,2ts-plus --threshold auto
+    bin/spark-submit jobs/compare.py --data /data/twots --models ccf,2ts,2ts-plus --t-star auto
     bin/spark-submit jobs/compare.py --data /data/twots --output cmp --resume true   # keep the grid points cmp has
 """
 

@@ -1,7 +1,7 @@
 """Raw interaction logs to validated, time-split Delta tables with offer sets.
 
     bin/spark-submit jobs/prepare.py --source movielens --input ../shared/data/ml-latest-small --output /data/twots \
-        --threshold 20 --last-k 10 --negatives 10 --eval-negatives 499 --seed 7
+        --t-star 20 --last-k 10 --negatives 10 --eval-negatives 499 --seed 7
 """
 
 import sys

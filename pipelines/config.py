@@ -20,7 +20,7 @@ from twots.data.tables import (
 
 BEHAVIORS = ("pv", "buy", "cart", "fav")
 # prepare's steps in order (pipelines.pipeline; independent ones run at the same time), as the manifest lists them.
-STEPS = ("validate", REJECTS, USERS, ITEMS, INTERACTIONS, USER_ACTIVITY, STAGE1_OFFERS, SEQUENCES, EVAL_CANDIDATES,
+STEPS = ("parse", REJECTS, USERS, ITEMS, INTERACTIONS, USER_ACTIVITY, STAGE1_OFFERS, SEQUENCES, EVAL_CANDIDATES,
          "manifest")
 
 
@@ -31,7 +31,7 @@ class PrepareConfig(Section):
     input: str = Field(description="file, folder of part files or glob (movielens: the folder of ratings.csv, "
                                    "movies.csv)")
     output: str = Field(description="folder of the Delta tables and manifest.json")
-    threshold: int = Field(20, ge=0, description="t*: a user with n_train > threshold is active")
+    t_star: int = Field(20, ge=0, description="t*: a user with n_train > t_star is active")
     last_k: int = Field(10, ge=1, description="K: active users' sequences keep their last K training items (K <= t*)")
     negatives: int = Field(10, ge=1, description="p: negatives per training offer set")
     sampler: Literal["uniform", "popularity"] = Field(
@@ -56,9 +56,9 @@ class PrepareConfig(Section):
     @field_validator("last_k")
     @classmethod
     def _k_at_most_t_star(cls, k: int, info):
-        t_star = info.data.get("threshold")
+        t_star = info.data.get("t_star")
         if t_star is not None and k > t_star:
-            raise ValueError(f"last_k (K={k}) must be <= threshold (t*={t_star}); the paper requires K <= t*")
+            raise ValueError(f"last_k (K={k}) must be <= t_star (t*={t_star}); the paper requires K <= t*")
         return k
 
     @model_validator(mode="after")

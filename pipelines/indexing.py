@@ -4,7 +4,7 @@
 sorted window. `with_global_index` ranks every event (10M+ rows), where a window without `partitionBy` sorts
 everything in one task; at 10M+ rows that is the bottleneck. Instead the rank is split at a coarse bucket that
 never decreases along the order (the pipeline's: the hour of ts), and the caller already has the rows per bucket
-(prepare counts them in validate's pass over the parsed rows). The rows are hash-partitioned by bucket and sorted
+(prepare counts them in the parse's pass over the rows). The rows are hash-partitioned by bucket and sorted
 within each partition; a row's rank is its place in its sorted partition plus the rows of earlier buckets minus
 those earlier buckets that share its partition (both sums over the small table of bucket counts). One shuffle, no
 sampling pass (a range partitioner computes its whole input once more to sample bounds), no checkpoint.

@@ -4,7 +4,7 @@ eval_candidates (Delta tables under `output`) and manifest.json beside them. See
 Every check that can fail (unreadable input, nothing accepted, p or eval_negatives too large for the items)
 runs before the first table is written, so a failed run leaves the previous tables as they were.
 
-After validate, every step runs in its own driver thread as soon as the tables it reads are written:
+After the parse, every step runs in its own driver thread as soon as the tables it reads are written:
 much of a step is driver work (planning, Delta's commit and snapshot) and small jobs that another step's tasks can
 overlap. Each step's timing is its own wall from when its inputs were ready; `wall_s` in the manifest is the whole.
 """
@@ -138,8 +138,8 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     output = check_output(cfg.output)
     run = _Run(output, spark)
 
-    with run.step("validate"):
-        parsed, tally, accepted, rejected = _validate(spark, cfg)
+    with run.step("parse"):
+        parsed, tally, accepted, rejected = _parse(spark, cfg)
         input_rows = accepted + sum(rejected.values())
         good = parsed.where(F.col("reason").isNull())
         raw_items = _raw_items(good)
@@ -173,7 +173,7 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     def write_activity(table):
         users, interactions = table(USERS), table(INTERACTIONS)
         with run.step(USER_ACTIVITY):
-            return run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.threshold))
+            return run.write(spark, USER_ACTIVITY, user_activity(users, interactions, cfg.t_star))
 
     def write_offers(table):
         interactions = table(INTERACTIONS)
@@ -222,7 +222,7 @@ def _sequences(cfg: PrepareConfig, interactions: DataFrame, activity: DataFrame,
     return sequences(offers, activity, cfg.last_k)
 
 
-def _validate(spark: SparkSession, cfg: PrepareConfig):
+def _parse(spark: SparkSession, cfg: PrepareConfig):
     """Parse and check every input row once: (the parsed rows with their reject reason, the accepted rows per hour
     of ts (interactions' global order needs those counts), accepted rows, rejected rows per reason)."""
     parsed = _parse_once(spark, cfg)

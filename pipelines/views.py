@@ -5,7 +5,6 @@ jobs/train.py (`training_folders`: the folder each training table of a run is re
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,11 +18,11 @@ from twots.data.tables import (
     COLDSTART_SEQUENCES,
     FULL_HISTORIES,
     INTERACTIONS,
-    MANIFEST,
     SEQUENCES,
     STAGE1_OFFERS,
     USER_ACTIVITY,
     USERS,
+    read_manifest,
 )
 from twots.models.kinds import KINDS
 
@@ -75,7 +74,7 @@ def coldstart_view(spark, base: str | Path, view: str | Path, t_star: int) -> Pa
     wrong = activity.where(F.col("is_active") != (F.col("n_train") > t_star)).count()
     if wrong:
         raise ValueError(f"coldstart_view: {base}/{USER_ACTIVITY} was not built with t* = {t_star} ({wrong} users "
-                         "are active or inactive by another threshold); pass its t*, or make a threshold_view first")
+                         "are active or inactive by another t*); pass its t*, or make a sequences_view first")
     rows = coldstart_sequences(read_delta(spark, base, SEQUENCES), read_delta(spark, base, STAGE1_OFFERS), activity,
                                t_star)
     return make_view(spark, base, view, {COLDSTART_SEQUENCES: rows})
@@ -98,9 +97,9 @@ def training_folders(spark, base: str | Path, views: str | Path, tables, *, t_st
     sequences_view; stage 1's rows from a held_out_view of it with `held_out_phi`; full histories and cold-start rows
     from views of it (stage_view). Views are named by what they hold, under `views`."""
     base, views = Path(base), Path(views)
-    config = json.loads((base / MANIFEST).read_text())["config"]
+    config = read_manifest(base)["config"]
     name = f"t{t_star}-k{last_k}"
-    folder = base if (t_star, last_k) == (config["threshold"], config["last_k"]) else \
+    folder = base if (t_star, last_k) == (config["t_star"], config["last_k"]) else \
         sequences_view(spark, base, views / name, t_star, last_k)
     folders = {table: stage_view(spark, table, folder, views / name, t_star=t_star, max_len=max_len)
                for table in set(tables) - {STAGE1_OFFERS}}
@@ -114,10 +113,10 @@ def run_folders(spark, data: str | Path, model: str, settings, max_len: int) -> 
     """training_folders of one training run of kind `model` on the prepared folder `data` with its rows (Kind.rows and
     the run's `train.two_time_scale` settings): (the folder its evaluation replays, {table: folder} of its stages)."""
     kind = KINDS[model]
-    config = json.loads((Path(data) / MANIFEST).read_text())["config"]
+    config = read_manifest(data)["config"]
     rows = kind.rows_with(settings.last_k, settings.held_out)
     view, folders = training_folders(spark, data, Path(data) / "views", {plan.table for plan in kind.stages},
-                                     t_star=config["threshold"], last_k=rows.last_k or config["last_k"],
+                                     t_star=config["t_star"], last_k=rows.last_k or config["last_k"],
                                      held_out_phi=rows.held_out, max_len=max_len)
     last = kind.stages[-1].table
     return (view if last == STAGE1_OFFERS else folders[last]), folders

@@ -123,7 +123,7 @@ def _prepare_small_movielens(spark, shared_data: Path, folder: Path) -> None:
         small.writelines(line for line in full if int(line.split(",", 1)[0]) <= SMALL_USERS)
     (folder / "raw" / "movies.csv").write_bytes((source / "movies.csv").read_bytes())
     prepare(PrepareConfig(source="movielens", input=str(folder / "raw"), output=str(folder / "prepared"),
-                          threshold=20, last_k=10, negatives=10, eval_negatives=99, seed=7), spark)
+                          t_star=20, last_k=10, negatives=10, eval_negatives=99, seed=7), spark)
 
 
 def pytest_collection_modifyitems(items):

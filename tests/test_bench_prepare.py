@@ -29,7 +29,7 @@ def test_task_metrics_are_summed_per_step_across_a_rolling_event_log(tmp_path, c
     log = tmp_path / "eventlog_v2_local-1"
     log.mkdir()
     files = {  # events_10 comes after events_2: numeric order, not the names' order
-        "events_1_local-1": [job([0, 1], "validate", "prepare: validate"), task(0, 4000, 3_000_000_000, gc_ms=500),
+        "events_1_local-1": [job([0, 1], "parse", "prepare: parse"), task(0, 4000, 3_000_000_000, gc_ms=500),
                              task(1, 2000, 1_500_000_000, shuffle=2_000_000)],
         "events_2_local-1": [job([2], "interactions", "Delta: Compute snapshot"),  # Delta replaced the description
                              task(2, 1000, 800_000_000, spilled=(3_000_000, 1_000_000))],
@@ -41,14 +41,14 @@ def test_task_metrics_are_summed_per_step_across_a_rolling_event_log(tmp_path, c
 
     found = bench.task_time_by_step(log)
 
-    assert set(found) == {"validate", "interactions", "other"}
-    assert found["validate"] == {"stages": 2, "tasks": 3, "run_s": 7.0, "cpu_s": 5.0, "gc_s": 0.5,
+    assert set(found) == {"parse", "interactions", "other"}
+    assert found["parse"] == {"stages": 2, "tasks": 3, "run_s": 7.0, "cpu_s": 5.0, "gc_s": 0.5,
                                  "shuffle_mb": 2.0, "spill_mb": 0.0}
     assert found["interactions"]["tasks"] == 1 and found["interactions"]["spill_mb"] == 4.0
     assert found["other"]["run_s"] == 0.5
 
-    bench.print_task_time({"validate": 10.0, "interactions": 2.0}, found)
+    bench.print_task_time({"parse": 10.0, "interactions": 2.0}, found)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|\n").split("|")]
             for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line}
-    assert rows["validate"][7:9] == ["3.5 s", "6.5 s"]  # 7 task seconds on 2 cores: 3.5 s of the 10 s wall
+    assert rows["parse"][7:9] == ["3.5 s", "6.5 s"]  # 7 task seconds on 2 cores: 3.5 s of the 10 s wall
     assert rows["other"][1] == "-" and rows["other"][8] == "-"

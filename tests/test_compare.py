@@ -42,7 +42,7 @@ def prepare_clusters(spark, root):
 
     write_clustered_log(root / "log.csv")
     prepare(resolve(PrepareConfig, "prepare", {"source": "taobao", "input": str(root / "log.csv"),
-                                               "output": str(root / "data"), "threshold": 20, "last_k": 5,
+                                               "output": str(root / "data"), "t_star": 20, "last_k": 5,
                                                "negatives": 5, "eval_negatives": 40}), spark)
 
 
@@ -71,7 +71,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="compare.l2s"):
         resolve(CompareConfig, "compare", {"data": "x", "l2s": "[-1e-6]"})
     assert resolve(CompareConfig, "compare", {"data": "x", "models": "2ts,ccf"}).models == ["ccf", "2ts"]
-    assert resolve(CompareConfig, "compare", {"data": "x", "threshold": "auto"}).threshold == "auto"
+    assert resolve(CompareConfig, "compare", {"data": "x", "t_star": "auto"}).t_star == "auto"
     # The default budget is one grid for every model (conf/default.yaml): lr x l2, up to max_epochs, patience 2.
     cfg = resolve(CompareConfig, "compare", {"data": "x", "overrides": '{"sasrec": {"max_epochs": 2}}'})
     grids = {m: cfg.grid(m).as_dict() for m in MODEL_NAMES[1:] if m != "sasrec"}
@@ -100,7 +100,7 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
         "data": str(prepared_clusters), "output": str(out), "models": "all", "launch": "all",
         "lrs": "[0.03]", "l2s": "[0]",
         "overrides": '{"ccf": {"max_epochs": 2}}', "max_epochs": "1", "max_len": "60", "sasrec_window": "16",
-        "threshold": "auto", "threshold_candidates": "[10, 20]",
+        "t_star": "auto", "t_star_candidates": "[10, 20]",
         "train": '{"item_dim": 16, "feature_dim": 4, "stage1": {"batch_size": 256}, "stage2": {"batch_size": 16}, '
                  '"loader": "parquet"}'})
     results = compare(cfg, spark)
@@ -140,16 +140,16 @@ def test_every_model_beats_popularity_end_to_end(spark, prepared_clusters, tmp_p
     assert sum(b["count"] for b in steps["overall"].values()) == saved["2ts"]["test"]["overall"]["count"]
     assert saved["2ts"]["state_norms"]["active"]["start"] > 0 and saved["2ts"]["val_gate"]["active"] is not None
     for fig in ("fig3_mrr_by_activity.png", "fig4_embedding_change.png", "fig5_activity_distribution.png",
-                "threshold_sweep.png", "mrr_by_rollout_steps.png"):
+                "t_star_sweep.png", "mrr_by_rollout_steps.png"):
         png_ok(out / fig)
 
     # t*: the sweep tried both candidates on val and kept the better; t** is estimated alongside.
-    threshold = json.loads((out / "threshold.json").read_text())
-    curve = {int(t): mrr for t, mrr in threshold["curve"].items()}
-    assert sorted(curve) == [10, 20] and threshold["t_star"] == max(curve, key=curve.get)
+    sweep = json.loads((out / "t_star.json").read_text())
+    curve = {int(t): mrr for t, mrr in sweep["curve"].items()}
+    assert sorted(curve) == [10, 20] and sweep["t_star"] == max(curve, key=curve.get)
     assert all(0 < mrr < 1 for mrr in curve.values())
-    assert np.isfinite(threshold["theory"]["t_star"]) and threshold["theory"]["q"] > 0
-    assert f"t* = {threshold['t_star']} (auto)" in table
+    assert np.isfinite(sweep["theory"]["t_star"]) and sweep["theory"]["q"] > 0
+    assert f"t* = {sweep['t_star']} (auto)" in table
 
     mlflow.set_tracking_uri(f"sqlite:///{out.resolve() / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["twots-compare"])
@@ -323,7 +323,7 @@ def test_ablation_rows_share_stage1_and_pass_their_settings(spark, prepared_clus
     out = tmp_path / "ablation"
     cfg = resolve(AblationConfig, "compare", {
         "data": str(prepared_clusters), "output": str(out), "rows": "2ts,finetune", "lrs": "[0.03]", "l2s": "[0]",
-        "max_epochs": "2", "threshold": "10",
+        "max_epochs": "2", "t_star": "10",
         "train": '{"item_dim": 16, "feature_dim": 4, "stage1": {"batch_size": 256}, "stage2": {"batch_size": 16}, '
                  '"loader": "parquet"}'})
     results = run(cfg, spark)

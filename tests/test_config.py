@@ -12,22 +12,22 @@ from twots.config import CONF_DIR, ConfigError, Section, flat, load, resolve
 
 class Demo(Section):
     source: Literal["a", "b"] = "a"
-    threshold: int = Field(20, ge=1)
+    t_star: int = Field(20, ge=1)
     behaviors: list[str] = ["pv", "buy"]
 
 
 def test_layers_and_cli_override(tmp_path):
-    (tmp_path / "default.yaml").write_text("demo:\n  threshold: 30\n")
-    (tmp_path / "b.yaml").write_text("demo:\n  threshold: 40\n")
-    assert resolve(Demo, "demo", {}, conf_dir=tmp_path).threshold == 30
-    assert resolve(Demo, "demo", {"source": "b"}, conf_dir=tmp_path).threshold == 40
-    cfg = resolve(Demo, "demo", {"source": "b", "threshold": "7", "behaviors": "pv,cart"}, conf_dir=tmp_path)
-    assert (cfg.threshold, cfg.behaviors) == (7, ["pv", "cart"])
+    (tmp_path / "default.yaml").write_text("demo:\n  t_star: 30\n")
+    (tmp_path / "b.yaml").write_text("demo:\n  t_star: 40\n")
+    assert resolve(Demo, "demo", {}, conf_dir=tmp_path).t_star == 30
+    assert resolve(Demo, "demo", {"source": "b"}, conf_dir=tmp_path).t_star == 40
+    cfg = resolve(Demo, "demo", {"source": "b", "t_star": "7", "behaviors": "pv,cart"}, conf_dir=tmp_path)
+    assert (cfg.t_star, cfg.behaviors) == (7, ["pv", "cart"])
 
 
 def test_bad_value_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"demo\.threshold"):
-        resolve(Demo, "demo", {"threshold": "0"}, conf_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"demo\.t_star"):
+        resolve(Demo, "demo", {"t_star": "0"}, conf_dir=tmp_path)
     (tmp_path / "default.yaml").write_text("demo:\n  treshold: 3\n")
     with pytest.raises(ConfigError, match=r"demo\.treshold"):
         resolve(Demo, "demo", {}, conf_dir=tmp_path)
@@ -75,7 +75,7 @@ def test_yaml_flow_style_flags_as_in_the_config_files(capsys):
                                  r"valid integer.*\n\s+accepted: an integer >= 1")),
     (["--max-len", "-5"], (r"compare\.max_len = '-5' \(from command line\): Input should be greater than or equal "
                            r"to 1\n\s+accepted: an integer >= 1")),
-    (["--threshold", "-3"], r"compare\.threshold = '-3' .*\n\s+accepted: an integer >= 0 or one of auto or null"),
+    (["--t-star", "-3"], r"compare\.t_star = '-3' .*\n\s+accepted: an integer >= 0 or one of auto or null"),
     (["--models", "ccf,3ts"], (r"compare\.models = \['ccf', '3ts'\] .*unknown models \['3ts'\]; choose 'all' or "
                                r"from popularity, ccf")),
     (["--models", "[]"], r"compare\.models = \[\] .*the list is empty"),
@@ -126,7 +126,7 @@ def test_prepared_data_brings_its_source_config(tmp_path, capsys):
 
     data = tmp_path / "prepared"
     data.mkdir()
-    (data / "manifest.json").write_text(json.dumps({"config": {"source": "movielens", "threshold": 20}}))
+    (data / "manifest.json").write_text(json.dumps({"config": {"source": "movielens", "t_star": 20}}))
     from_data = load(CompareConfig, "compare", ["--data", str(data)])
     from_input = load(CompareConfig, "compare", ["--input", "raw", "--source", "movielens"])
     movielens = yaml.safe_load((CONF_DIR / "movielens.yaml").read_text())["compare"]
@@ -208,3 +208,12 @@ def test_sibling_section_reads_the_same_files(tmp_path):
     replay = cfg.sibling(ReplaySettings, "evaluate")
     assert (replay.full_users, replay.batch_users) == (0, 7)
     assert load(TrainConfig, "train", ["--data", "x"]).sibling(ReplaySettings, "evaluate").full_users == 1000
+
+
+def test_manifests_written_before_t_star_was_named_so_read_the_same(tmp_path):
+    from twots.data.tables import read_manifest
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"source": "taobao", "threshold": 80}}))
+    assert read_manifest(tmp_path)["config"] == {"source": "taobao", "t_star": 80}
+    with pytest.raises(FileNotFoundError, match="run jobs/prepare.py"):
+        read_manifest(tmp_path / "nowhere")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.threshold import fit_user_embeddings
+from experiments.t_star import fit_user_embeddings
 from twots.models.kinds import KINDS, BuildInputs, ModelDims, build_stage1, load_model, save_model
 from twots.models.stage1 import Stage1Model
 from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions

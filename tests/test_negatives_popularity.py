@@ -101,7 +101,7 @@ def taobao_popularity(spark, shared_data, tmp_path_factory):
     """The Taobao sample prepared with popularity negatives."""
     output = tmp_path_factory.mktemp("taobao-popularity")
     prepare(PrepareConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv"),
-                          output=str(output), threshold=60, last_k=10, negatives=5, eval_negatives=50, seed=3,
+                          output=str(output), t_star=60, last_k=10, negatives=5, eval_negatives=50, seed=3,
                           sampler="popularity"), spark)
     return output
 

@@ -20,7 +20,7 @@ BASE = {"source": "taobao", "input": "x", "output": "y"}
 
 
 @pytest.mark.parametrize("values, key", [
-    ({"threshold": "5", "last_k": "6"}, "prepare.last_k"),
+    ({"t_star": "5", "last_k": "6"}, "prepare.last_k"),
     ({"source": "criteo"}, "prepare.source"),
     ({"behaviors": "pv,click"}, "prepare.behaviors"),
     ({"eval_sample": "0"}, "prepare.eval_sample"),
@@ -34,14 +34,14 @@ def test_bad_config_names_the_key(values, key):
 
 def test_k_above_t_star_says_why():
     with pytest.raises(ConfigError, match=r"K <= t\*"):
-        resolve(PrepareConfig, "prepare", {**BASE, "threshold": "5", "last_k": "6"})
+        resolve(PrepareConfig, "prepare", {**BASE, "t_star": "5", "last_k": "6"})
     with pytest.raises(ConfigError, match="train_fraction"):
         resolve(PrepareConfig, "prepare", {**BASE, "train_fraction": "0.8", "val_fraction": "0.2"})
 
 
 def test_source_yaml_sets_the_taobao_window():
-    cfg = load(PrepareConfig, "prepare", ["--source", "taobao", "--input", "x", "--output", "y", "--threshold", "30"])
-    assert (cfg.min_ts, cfg.max_ts, cfg.threshold, cfg.last_k) == (1511539200, 1512316799, 30, 10)
+    cfg = load(PrepareConfig, "prepare", ["--source", "taobao", "--input", "x", "--output", "y", "--t-star", "30"])
+    assert (cfg.min_ts, cfg.max_ts, cfg.t_star, cfg.last_k) == (1511539200, 1512316799, 30, 10)
 
 
 def test_job_fails_before_spark_on_unwritable_output(tmp_path):
@@ -55,10 +55,10 @@ def test_job_fails_before_spark_on_unwritable_output(tmp_path):
 
 @pytest.fixture(scope="module")
 def taobao_twice(spark, shared_data, tmp_path_factory):
-    """Taobao sample prepared twice into the same folder; the threshold is above every user's count."""
+    """Taobao sample prepared twice into the same folder; t* is above every user's count."""
     output = tmp_path_factory.mktemp("taobao")
     cfg = PrepareConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv"),
-                        output=str(output), threshold=500, last_k=10, negatives=5, eval_negatives=50, seed=3,
+                        output=str(output), t_star=500, last_k=10, negatives=5, eval_negatives=50, seed=3,
                         min_ts=1511539200, max_ts=1512316799)
     return cfg, prepare(cfg, spark), prepare(cfg, spark)
 
@@ -141,7 +141,7 @@ def test_scheduler_pools_sort_in_priority_order():
     """Spark's fair scheduler breaks ties between pools by name: the names must sort as PRIORITY lists the steps."""
     names = [pool(step) for step in PRIORITY]
     assert sorted(names) == names
-    assert pool("validate") is None and set(PRIORITY) | {"validate", "manifest"} == set(STEPS)
+    assert pool("parse") is None and set(PRIORITY) | {"parse", "manifest"} == set(STEPS)
 
 
 def test_eval_sample_is_a_reproducible_user_sample(spark, taobao_twice):

@@ -70,7 +70,7 @@ def test_fig5_activity_distribution(tmp_path):
         plots.plot_activity_distribution([0, 0], 20, tmp_path / "empty.png")
 
 
-def test_threshold_sweep_plot(tmp_path):
-    path = plots.plot_threshold_sweep({5: 0.1, 10: 0.14, 20: 0.12}, chosen=10, theory=13.2,
+def test_t_star_sweep_plot(tmp_path):
+    path = plots.plot_t_star_sweep({5: 0.1, 10: 0.14, 20: 0.12}, chosen=10, theory=13.2,
                                       path=tmp_path / "sweep.png")
     assert_drawn(path)

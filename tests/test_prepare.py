@@ -49,7 +49,7 @@ def test_manifest_counts_match_the_data(manifest, frames):
     for name, df in frames.items():
         assert manifest["tables"][name]["rows"] == len(df), name
         assert manifest["tables"][name]["version"] == 0
-    assert set(manifest["timings_s"]) >= {"validate", "interactions", "sequences"}
+    assert set(manifest["timings_s"]) >= {"parse", "interactions", "sequences"}
 
 
 def test_event_ids_are_a_global_time_order(frames):

@@ -85,10 +85,10 @@ def reference(path, cfg):
     offers["neg_item_ids"] = list(negatives(offers.item_id, offers.event_id, n_items, cfg.negatives, cfg.seed, 1))
     activity = users[["user_id"]].assign(
         n_train=users.user_id.map(train.groupby("user_id").size()).fillna(0).astype(int))
-    activity["is_active"] = activity.n_train > cfg.threshold
+    activity["is_active"] = activity.n_train > cfg.t_star
     seqs = []
     for user, rows in offers.sort_values("event_id").groupby("user_id"):
-        active = len(rows) > cfg.threshold
+        active = len(rows) > cfg.t_star
         kept = rows.tail(cfg.last_k) if active else rows
         prev = rows.item_id.iloc[-cfg.last_k - 1] if active and len(rows) > cfg.last_k else -1
         seqs.append((user, active, kept.item_id.tolist(), np.concatenate(kept.neg_item_ids.tolist()).tolist(), prev))
@@ -123,7 +123,7 @@ def _canonical(df: pd.DataFrame) -> list[tuple]:
 def both(spark, shared_data, tmp_path_factory):
     path = shared_data / "taobao-sample" / "UserBehavior.csv"
     cfg = PrepareConfig(source="taobao", input=str(path), output=str(tmp_path_factory.mktemp("content")),
-                        threshold=20, last_k=10, negatives=5, eval_negatives=30, seed=11, eval_sample=0.5,
+                        t_star=20, last_k=10, negatives=5, eval_negatives=30, seed=11, eval_sample=0.5,
                         min_ts=WINDOW[0], max_ts=WINDOW[1])
     prepare(cfg, spark)
     return cfg, reference(path, cfg)

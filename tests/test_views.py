@@ -23,7 +23,7 @@ T_STAR, NEGATIVES = 40, 3
 def prepared(spark, shared_data, tmp_path_factory):
     output = tmp_path_factory.mktemp("coldstart") / "data"
     prepare(PrepareConfig(source="taobao", input=str(shared_data / "taobao-sample" / "UserBehavior.csv"),
-                          output=str(output), threshold=T_STAR, last_k=10, negatives=NEGATIVES, eval_negatives=20,
+                          output=str(output), t_star=T_STAR, last_k=10, negatives=NEGATIVES, eval_negatives=20,
                           seed=3, min_ts=1511539200, max_ts=1512316799), spark)
     return output
 

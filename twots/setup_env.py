@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from twots.spark import DELTA_CONF, DELTA_PACKAGE, LOG4J2
+from twots.spark import DELTA_CONF, DELTA_PACKAGE, LOG4J2, get_spark
 
 
 def write_spark_conf(conf_dir: Path) -> list[Path]:
@@ -37,7 +37,6 @@ def delta_jars_cached() -> bool:
 
 
 def warm_ivy_cache() -> None:
-    from twots.spark import get_spark
 
     spark = get_spark("twots-setup", master="local[1]")
     spark.range(1).count()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from twots.data.tables import PAD_ITEM
+from twots.spark import memory_guard
 
 
 def read_delta(spark, data_dir: str | Path, table: str):
@@ -76,7 +77,6 @@ def read_snapshot(spark, data_dir: str | Path, table: str, columns: tuple[str, .
     reader in the message of a memory error."""
     import pyarrow.dataset as ds
 
-    from twots.spark import memory_guard
 
     files = snapshot_files(spark, data_dir, table)
     dataset = ds.dataset(files, format="parquet")

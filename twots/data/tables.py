@@ -6,6 +6,9 @@ serving and the tests. A column added to a table is added here first.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 INTERACTIONS = "interactions"
 USERS = "users"
 ITEMS = "items"
@@ -40,3 +43,16 @@ PAD_ITEM = -1  # padding at the end of item id lists read as fixed-width arrays 
 
 # Values of interactions.split / eval_candidates.split.
 TRAIN, VAL, TEST = "train", "val", "test"
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    """The prepared folder's manifest.json (prepare's record: config, tables, counts). Folders prepared before t*
+    was called `t_star` in the config record it as `threshold`: read the same."""
+    path = Path(data_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run jobs/prepare.py with --output {data_dir} first")
+    manifest = json.loads(path.read_text())
+    config = manifest.get("config", {})
+    if "threshold" in config and "t_star" not in config:
+        config["t_star"] = config.pop("threshold")
+    return manifest

@@ -106,7 +106,7 @@ class EvalData:
 
 @dataclass(frozen=True)
 class ValMRR:
-    """The trainer's per-epoch check in tuning (twots.training.trainer.StageJob.validate): the overall MRR of the val
+    """The trainer's per-epoch check in tuning (twots.training.runs.StageJob.val_check): the overall MRR of the val
     replay of the EvalData pickled at `path` (written once by `write`, read once per process)."""
 
     path: str

@@ -135,11 +135,11 @@ def plot_activity_distribution(n_train: Iterable[int], t_star: int, path: str | 
     return _save(fig, path)
 
 
-def plot_threshold_sweep(curve: Mapping[int, float], chosen: int, path: str | Path,
+def plot_t_star_sweep(curve: Mapping[int, float], chosen: int, path: str | Path,
                          theory: float | None = None, title: str = "Validation MRR vs t*") -> Path:
-    """The t* sweep: validation MRR per candidate threshold, the chosen t* and the theoretical guide t**."""
+    """The t* sweep: validation MRR per candidate t*, the chosen t* and the theoretical guide t**."""
     if not curve:
-        raise ValueError("plot_threshold_sweep: empty sweep curve")
+        raise ValueError("plot_t_star_sweep: empty sweep curve")
     ts = sorted(curve)
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlflow
 from pydantic import Field
 
+from twots.data.delta import read_table, write_table
 from twots.data.tables import INTERACTIONS, ITEMS, USERS
 from twots.mlops.pyfunc import ServeConfig
 
@@ -49,7 +50,6 @@ def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
     """
     from pyspark.sql import functions as F
 
-    from twots.data.delta import read_table, write_table
 
     read = lambda table: read_table(spark, f"{cfg.data}/{table}")  # noqa: E731
     # The model's own request limits (MLmodel's python_function "config"), so no history exceeds its max_history.

@@ -16,9 +16,11 @@ import pandas as pd
 import torch
 
 from twots.config import resolve
+from twots.data.delta import read_table
 from twots.data.tables import ITEMS, USER_ACTIVITY, USERS
 from twots.mlops.pyfunc import SIGNATURE, RecommenderPyfunc, ServeConfig
 from twots.models.kinds import KINDS, save_model
+from twots.spark import get_spark
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SERVED_MODULE = "twots.mlops.pyfunc"
@@ -64,7 +66,6 @@ def served_code(target: Path) -> Path:
 
 def read_id_maps(spark, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """users (user_id, raw_user_id, is_active) and items (item_id, raw_item_id), dense ids in order."""
-    from twots.data.delta import read_table
 
     read = lambda table: read_table(spark, f"{data_dir}/{table}")  # noqa: E731
     users = (read(USERS).join(read(USER_ACTIVITY).select("user_id", "is_active"), "user_id", "left")
@@ -102,7 +103,6 @@ def log_model(model: torch.nn.Module, data_dir: str, *, kind: str, spark=None, n
         expected = f"a {KINDS[kind].model_class.__name__}" if kind in KINDS else f"one of {list(KINDS)}"
         raise ValueError(f"log_model: kind {kind!r} needs {expected}, got a {type(model).__name__}")
     if spark is None:
-        from twots.spark import get_spark
         spark = get_spark()
     limits = limits or resolve(ServeConfig, "serve", {})
     users, items = read_id_maps(spark, data_dir)

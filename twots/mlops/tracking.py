@@ -20,6 +20,8 @@ from twots.config import flat
 from twots.evaluation.evaluate import EvaluateConfig, evaluate
 from twots.evaluation.metrics import flatten
 from twots.evaluation.plots import plot_embedding_change
+from twots.mlops.packaging import log_model
+from twots.models.kinds import load_model
 
 
 def default_tracking_uri(data_dir: str | Path) -> str:
@@ -67,8 +69,6 @@ class Tracker:
         log_evaluation(report, run_dir)
 
     def log_model(self, model_path: str, kind: str, data_dir: str, spark) -> None:
-        from twots.mlops.packaging import log_model
-        from twots.models.kinds import load_model
 
         log_model(load_model(model_path), data_dir, kind=kind, spark=spark)
 

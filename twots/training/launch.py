@@ -9,25 +9,17 @@ bench/train.py all launch through it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from twots.data.snapshot import read_snapshot
-from twots.data.tables import FULL_HISTORIES, ITEMS, MANIFEST, SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY
+from twots.data.tables import FULL_HISTORIES, ITEMS, SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY, read_manifest
 from twots.training import distributed, loaders
 from twots.training.config import TrainConfig
 from twots.training.runs import StageJob
 from twots.training.trainer import run_stages
-
-
-def read_manifest(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run jobs/prepare.py with --output {data_dir} first")
-    return json.loads(path.read_text())
 
 
 def write_side_data(spark, data_dir: str | Path, manifest: dict, path: Path) -> Path:

@@ -49,8 +49,8 @@ class StageJob:
     checkpoint_dir: str
     settings: StageSettings        # epochs, lr, batch size, L2 (twots.training.trainer)
     options: RunOptions            # seed, device, resume, progress lines, threads
-    validate: Callable | None = None  # model -> score (higher is better), called on rank 0 after every epoch
-    patience: int = 1              # with validate: stop after this many epochs without a better score
+    val_check: Callable | None = None  # model -> score (higher is better), called on rank 0 after every epoch
+    patience: int = 1              # with val_check: stop after this many epochs without a better score
     result_path: str | None = None  # rank 0 writes the stage's result here (JSON) once the stage is complete
 
 

@@ -11,11 +11,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from twots.data.tables import read_manifest
 from twots.evaluation.evaluate import ReplaySettings, evaluate
 from twots.mlops import tracking
 from twots.models.kinds import KINDS, load_model
 from twots.training.config import TrainConfig
-from twots.training.launch import Launcher, read_manifest
+from twots.training.launch import Launcher
 from twots.training.runs import run_jobs
 
 

@@ -2,7 +2,7 @@
 
 `run_stages(jobs)` is the function TorchDistributor (or plain torchrun, see bench/train.py) runs on each rank:
 join the process group, then per stage build the model, train it for the stage's epochs with a checkpoint after
-each and save it (rank 0); end with the all-reduce every rank must reach. With `StageJob.validate`, rank 0 scores
+each and save it (rank 0); end with the all-reduce every rank must reach. With `StageJob.val_check`, rank 0 scores
 the model after every epoch (val MRR in tuning, twots.evaluation.evaluate.ValMRR) and every rank stops once
 `patience` epochs brought no better score: a whole early-stopped run is one launch.
 
@@ -110,11 +110,11 @@ def fit(ctx: distributed.Context, model: nn.Module, loader, job: StageJob, log=p
     for epoch in range(len(history), job.settings.epochs):
         torch.manual_seed(epoch_seed(job.options.seed, epoch, ctx.rank))
         history.append(train_epoch(ctx, model, params, optimizers, loader, job, epoch, log))
-        if job.validate is not None:
-            history[-1].update(validate(ctx, model, job, log))
+        if job.val_check is not None:
+            history[-1].update(check_val(ctx, model, job, log))
         if ctx.is_main:
             _save_checkpoint(checkpoint_path(job, epoch), model, optimizers, history, epoch)
-        if job.validate is not None and should_stop([h["val_score"] for h in history], job.patience):
+        if job.val_check is not None and should_stop([h["val_score"] for h in history], job.patience):
             if ctx.is_main:
                 log(f"[{job.name}] stopped after epoch {epoch + 1}: no better val score in {job.patience} epoch(s)")
             break
@@ -170,13 +170,13 @@ def train_epoch(ctx: distributed.Context, model: nn.Module, params, optimizers, 
             "seconds": seconds, "interactions_per_s": total / seconds}
 
 
-def validate(ctx: distributed.Context, model: nn.Module, job: StageJob, log=print) -> dict:
-    """{"val_score", "val_seconds"} of job.validate on rank 0's model, the same on every rank (the others wait)."""
+def check_val(ctx: distributed.Context, model: nn.Module, job: StageJob, log=print) -> dict:
+    """{"val_score", "val_seconds"} of job.val_check on rank 0's model, the same on every rank (the others wait)."""
     started = time.perf_counter()
     score = 0.0
     if ctx.is_main:
         model.eval()
-        score = float(job.validate(model))
+        score = float(job.val_check(model))
         log(f"[{job.name}] val score {score:.4f} ({time.perf_counter() - started:.1f} s)")
     score = distributed.all_sum(ctx, score)
     return {"val_score": score, "val_seconds": distributed.all_max(ctx, time.perf_counter() - started)}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.threshold import prefix_grid, theory_guide
+from experiments.t_star import prefix_grid, theory_guide
 
 D, N_ITEMS, P = 8, 300, 5
 

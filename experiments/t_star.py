@@ -1,4 +1,4 @@
-"""Choosing the activity threshold t*: the validation sweep and the paper's theoretical guide t** (Theorem 2.1).
+"""Choosing t*, the activity threshold: the validation sweep and the paper's theoretical guide t** (Theorem 2.1).
 
 Theory (paper section 2): with T training interactions a user's estimated embedding phi(z[T]) is off from the
 truth phi* by E||phi(z[T]) - phi*||^2 <= Q / (T + 1), and true embeddings spread around their mean m with
@@ -29,11 +29,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from experiments.config import CompareConfig
+from experiments.tuning import Runner, TrialSpec
+from pipelines.histories import full_sequences
+from pipelines.views import sequences_view
+from twots.data.snapshot import read_delta
+from twots.data.tables import SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY
+from twots.models.kinds import KINDS, load_model
+from twots.training.loaders import arrow_columns, fixed_shape
+
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from experiments.config import CompareConfig
-    from experiments.tuning import Runner
 
 
 @dataclass
@@ -127,10 +134,6 @@ def active_user_sample(spark, data_dir: str, t_star: int, users: int, max_events
     user_id [U], item_ids [U, N] (-1 padded), neg_item_ids [U, N, P], lengths [U]."""
     from pyspark.sql import functions as F
 
-    from pipelines.histories import full_sequences
-    from twots.data.snapshot import read_delta
-    from twots.data.tables import SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY
-    from twots.training.loaders import arrow_columns, fixed_shape
 
     activity = read_delta(spark, data_dir, USER_ACTIVITY).where(F.col("n_train") > t_star)
     sample = activity.orderBy(F.rand(seed)).limit(users)
@@ -149,25 +152,22 @@ def sweep(candidates: list[int], val_mrr, log=print) -> tuple[int, dict[int, flo
     """Score every candidate t* with `val_mrr(t) -> float` (2TS retrained at that t*, its best val MRR); best and
     the curve."""
     if not candidates:
-        raise ValueError("threshold sweep: no candidate thresholds")
+        raise ValueError("t* sweep: no candidates")
     curve = {}
     for t in sorted(set(candidates)):
         curve[t] = float(val_mrr(t))
-        log(f"[threshold] t* = {t}: val MRR {curve[t]:.4f}")
+        log(f"[t_star] t* = {t}: val MRR {curve[t]:.4f}")
     best = max(curve, key=lambda t: (curve[t], -t))  # ties go to the smaller t*: fewer users need phi
     return best, curve
 
 
-def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path: str, out: Path, log=print) -> dict:
+def choose_t_star(cfg: CompareConfig, runner: Runner, base: Path, stage1_path: str, out: Path, log=print) -> dict:
     """The 'auto' t*: the theoretical guide t** and the val sweep over the candidates (stage 1 shared)."""
     import torch
 
-    from experiments.tuning import TrialSpec
-    from pipelines.views import sequences_view
-    from twots.models.kinds import KINDS, load_model
 
     manifest = runner.manifest
-    prepared_t, last_k = manifest["config"]["threshold"], manifest["config"]["last_k"]
+    prepared_t, last_k = manifest["config"]["t_star"], manifest["config"]["last_k"]
     stage1 = load_model(stage1_path)
     sample = active_user_sample(runner.spark, str(base), prepared_t, cfg.theory_users, cfg.theory_max_events,
                                 runner.tcfg.seed)
@@ -177,14 +177,14 @@ def choose_threshold(cfg: CompareConfig, runner: Runner, base: Path, stage1_path
     guide = theory_guide(item_vectors, sample["item_ids"], sample["neg_item_ids"], sample["lengths"],
                          stage1.phi.weight[torch.tensor(sample["user_id"])], l2=cfg.theory_l2,
                          item_bias=item_bias)
-    log(f"[threshold] t** = Q / Var_m - 1 = {guide.q:.4f} / {guide.var_m:.4f} - 1 = {guide.t_star:.1f} "
+    log(f"[t_star] t** = Q / Var_m - 1 = {guide.q:.4f} / {guide.var_m:.4f} - 1 = {guide.t_star:.1f} "
         f"({guide.users} active users)")
     # One point of 2TS's grid for every candidate (the middle learning rate, the first l2), early-stopped like tuning,
     # all candidates in one launch.
     grid = cfg.grid("2ts")
     lr, l2 = grid.lrs[len(grid.lrs) // 2], grid.l2s[0]
     plan = KINDS["2ts"].stages[-1]
-    candidates = sorted(set(cfg.threshold_candidates))
+    candidates = sorted(set(cfg.t_star_candidates))
     # K = min(K, t*): an active user of t* has more than t* training items, so every row holds K of them.
     specs = [TrialSpec("2ts", plan, sequences_view(runner.spark, base, out / "views" / f"sweep-t{t}", t,
                                                    min(last_k, t)), lr, l2,
