@@ -41,11 +41,12 @@ $(STAMP): pyproject.toml
 # file at a time, the files with slow tests first (tests/conftest.py); TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --doctest-modules \
+		tests twots/evaluation/metrics.py
 
 # No Spark session, no training ranks, no MLflow store: the markers of pyproject.toml.
 test-fast: setup
-	$(PY) -m pytest -q tests -m "not spark and not distributed and not mlflow and not slow"
+	$(PY) -m pytest -q --doctest-modules tests twots/evaluation/metrics.py -m "not spark and not distributed and not mlflow and not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .
