@@ -42,6 +42,8 @@ def ablation_rows(t_star: int, max_len: int, window: int) -> tuple[Row, ...]:
         Row("whole-history", f"whole history (K = {max_len}), gradient cut every {window} steps",
             "rollout length, data volume", "2ts", {"last_k": max_len, "bptt_window": window}),
         Row("held-out", "out-of-sample phi (stage 1 without the last K)", "in-sample phi", "2ts", {"held_out": True}),
+        Row("coldstart", "every active user's first t* items as an inactive row (2ts-coldstart-all)", "data volume",
+            "2ts-coldstart-all"),
         Row("finetune", "items fine-tuned", "frozen items", "2ts", {"items": "finetune"}),
         Row("finetune-slow", "items fine-tuned at 0.1 x lr", "frozen items", "2ts",
             {"items": "finetune", "item_lr_scale": 0.1}),

@@ -14,7 +14,8 @@ on the same offer sets, and is replayed online on the same val/test candidates (
   2ts-singlestage   the 2TS architecture, every parameter trained jointly from scratch on full histories (ablation)
   2ts-singlestage-k the same on 2TS's own rows (active users' last K items), not full histories (our variant)
   2ts-oos           2TS on an out-of-sample phi: stage 1 without each active user's last 40 training events, stage 2
-                    on exactly those from phi, stage 1's items fine-tuned (ours: the combined kind, in 'all')
+                    on exactly those from phi and on the cold-start rows, stage 1's items fine-tuned (ours: the
+                    combined kind, in 'all')
   sumpooling, gru4rec, sasrec   full histories (twots.models.baselines)
 
 "Full histories" are each user's last `max_len` training items (pipelines.histories); models trained on them

@@ -18,9 +18,10 @@ Variants beyond the paper, each a 2TS kind on the same stage 1 (TwoTimeScaleOpti
   stage 1's two frozen parts, it frees the items only (2-GRU drops phi only).
 - `2ts-singlestage-k`: 2TS-SingleStage on 2TS's own rows (`sequences`: active users' last K items) instead of full
   histories, so that the paper's single-stage ablation compares training schemes on the same data.
-- `2ts-oos`: 2TS on an out-of-sample phi. Stage 1 is fit without each active user's last 40 training events, stage 2
-  trains the two GRUs on exactly those 40 steps from phi (and on the inactive users' whole sequences) and fine-tunes
-  stage 1's item vectors with them (docs/model.md has why each part is there).
+- `2ts-oos`: 2TS on an out-of-sample phi. Stage 1 is fit without each active user's last 40 training events; stage 2
+  trains the active GRU on exactly those 40 steps from phi, the inactive GRU from psi on the inactive users'
+  sequences and on every active user's first t* items (as 2ts-coldstart-all), and fine-tunes stage 1's item vectors
+  with both (docs/model.md has why each part is there).
 
 `BuildInputs.two_time_scale` overrides options of every 2TS-family kind of a run (the `train.two_time_scale`
 section: the ablation of docs/results.md; docs/model.md describes each option).
@@ -223,7 +224,7 @@ KINDS: dict[str, Kind] = _kinds(
     _two_time_scale("2ts-coldstart-all", COLDSTART_SEQUENCES),
     _two_time_scale("2ts-tuned-items", items="finetune"),
     _two_time_scale("2ts-singlestage-k", single_stage=True),
-    _two_time_scale("2ts-oos", rows=Rows(last_k=40, held_out=True), items="finetune"),
+    _two_time_scale("2ts-oos", COLDSTART_SEQUENCES, rows=Rows(last_k=40, held_out=True), items="finetune"),
 )
 TRAINABLE = tuple(name for name, kind in KINDS.items() if kind.stages)
 
