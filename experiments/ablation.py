@@ -56,7 +56,11 @@ def ablation_rows(t_star: int, max_len: int, window: int) -> tuple[Row, ...]:
             {"mix": "residual_per_group"}),
         Row("singlestage", "2ts-singlestage (full histories)", "confounded ablation", "2ts-singlestage"),
         Row("singlestage-k", "2ts-singlestage-k (2TS's rows)", "confounded ablation", "2ts-singlestage-k"),
-        Row("combined", "combined: 2ts-oos", "what helped, together", "2ts-oos"),
+        Row("oos-k40", "out-of-sample phi, K = 40", "in-sample phi and rollout length", "2ts",
+            {"held_out": True, "last_k": 40}),
+        Row("oos-k40-finetune", "out-of-sample phi, K = 40, items fine-tuned", "the three together", "2ts",
+            {"held_out": True, "last_k": 40, "items": "finetune"}),
+        Row("combined", "2ts-oos: the row above with the cold-start rows", "all that helped, together", "2ts-oos"),
     )
 
 
