@@ -10,10 +10,17 @@ import pandas as pd
 import pytest
 
 from pipelines import PrepareConfig, prepare
-from pipelines.views import coldstart_view, held_out_view, sequences_view, stage_view, training_folders
+from pipelines.views import (
+    coldstart_view,
+    held_out_view,
+    run_folders,
+    sequences_view,
+    stage_view,
+    training_folders,
+)
 from twots.data.tables import COLDSTART_SEQUENCES, INTERACTIONS, SEQUENCES, STAGE1_OFFERS, TRAIN, USER_ACTIVITY
 from twots.evaluation.evaluate import load_arrays
-from twots.models.kinds import KINDS, load_model
+from twots.models.kinds import load_model
 from twots.models.two_time_scale import TwoTimeScaleModel
 
 T_STAR, NEGATIVES = 40, 3
@@ -140,22 +147,32 @@ def test_the_view_replays_like_its_base_and_refuses_another_t_star(spark, prepar
 @pytest.mark.distributed
 @pytest.mark.mlflow
 @pytest.mark.slow
-def test_coldstart_all_trains_on_the_view_and_replays(spark, prepared, view, tmp_path):
+def test_2ts_oos_trains_on_its_views_as_jobs_train_builds_them(spark, prepared, tmp_path):
+    """2ts-oos the way jobs/train.py runs it (pipelines.views.run_folders): stage 1 on the held-out view (without each
+    active user's last 40 training events), stage 2 on the cold-start rows of the K = 40 view, the replay on that
+    view's sequences."""
     from twots.config import resolve
     from twots.training.config import TrainConfig
     from twots.training.train import train
 
-    assert KINDS["2ts-coldstart-all"].on_view and KINDS["2ts-coldstart-all"].stages[-1].table == COLDSTART_SEQUENCES
     cfg = resolve(TrainConfig, "train", dict(
-        data=str(view), run_dir=str(tmp_path / "run"), model="2ts-coldstart-all", num_processes=2,
+        data=str(prepared), run_dir=str(tmp_path / "run"), model="2ts-oos", num_processes=2,
         stage1={"epochs": 1, "batch_size": 256}, stage2={"epochs": 1, "batch_size": 8}, item_dim=8, feature_dim=4,
-        loader="parquet",
-        log_every_s=1000, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    result = train(cfg, spark)
-    stage2 = result.stages[1]
-    # The stage-2 rows are the view's: more than the prepared sequences by one row of t* items per active user.
-    n_rows = len(frame(spark, view, COLDSTART_SEQUENCES))
-    assert stage2["steps_per_epoch"] == -(-n_rows // (8 * 2))
+        loader="parquet", log_every_s=1000, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    replayed, folders = run_folders(spark, prepared, "2ts-oos", cfg.two_time_scale, cfg.max_len)
+    views = prepared / "views" / f"t{T_STAR}-k40"
+    assert folders == {STAGE1_OFFERS: views.parent / f"t{T_STAR}-k40-held-out",
+                       COLDSTART_SEQUENCES: views / f"coldstart-t{T_STAR}"}
+    assert replayed == folders[COLDSTART_SEQUENCES]
+    result = train(cfg.model_copy(update={"data": str(replayed)}), spark, folders=folders)
+    stage1, stage2 = result.stages
+    held = len(frame(spark, folders[STAGE1_OFFERS], STAGE1_OFFERS))
+    assert held == len(frame(spark, prepared, STAGE1_OFFERS)) - len(last_training_events(spark, prepared, 40))
+    assert stage1["steps_per_epoch"] == -(-held // (256 * 2))
+    rows = frame(spark, replayed, COLDSTART_SEQUENCES)
+    assert stage2["steps_per_epoch"] == -(-len(rows) // (8 * 2))
+    active = rows[rows["is_active"]]
+    assert active["item_ids"].map(len).max() == 40  # the active rows: the last 40 items, which stage 1 never saw
     model = load_model(result.model_path)
-    assert isinstance(model, TwoTimeScaleModel) and not model.options.plus
+    assert isinstance(model, TwoTimeScaleModel) and model.options.items == "finetune"
     assert result.metrics["test"]["overall"]["count"] > 0 and 0 < result.metrics["test"]["overall"]["mrr"] < 1
