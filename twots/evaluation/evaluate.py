@@ -34,6 +34,14 @@ from twots.evaluation.replay import Events, History, Warmup, full_batch_for, mod
 SPLITS = ("val", "test")
 
 
+def known_splits(splits) -> list[str]:
+    """`splits` if each is one the evaluation replays, else ValueError naming the others."""
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown splits {unknown}; evaluation replays {SPLITS}")
+    return list(splits)
+
+
 class FullRankingConfig(Section):
     """Full-ranking metrics: which replayed events are also ranked against the whole catalogue, and how."""
 
@@ -47,13 +55,7 @@ class FullRankingConfig(Section):
                                   "(users per chunk = this / (n_items x 6 bytes))")
     full_seed: int = Field(0, description="seed of the full-ranking user sample")
 
-    @field_validator("full_splits")
-    @classmethod
-    def _known_splits(cls, splits: list[str]) -> list[str]:
-        unknown = sorted(set(splits) - set(SPLITS))
-        if unknown:
-            raise ValueError(f"unknown splits {unknown}; evaluation replays {SPLITS}")
-        return splits
+    _full_splits_known = field_validator("full_splits")(known_splits)
 
 
 class ReplaySettings(FullRankingConfig):
@@ -64,13 +66,7 @@ class ReplaySettings(FullRankingConfig):
     batch_users: int = Field(1024, ge=1, description="users scored per call")
     threads: int = Field(1, ge=1, description="torch threads of the replay")
 
-    @field_validator("splits")
-    @classmethod
-    def _known(cls, splits: list[str]) -> list[str]:
-        unknown = sorted(set(splits) - set(SPLITS))
-        if unknown:
-            raise ValueError(f"unknown splits {unknown}; evaluation replays {SPLITS}")
-        return splits
+    _splits_known = field_validator("splits")(known_splits)
 
 
 class EvaluateConfig(ReplaySettings):
@@ -142,9 +138,7 @@ def load_arrays(data_dir: str | Path, spark, splits=SPLITS) -> EvalData:
     """
     import pyarrow.dataset as ds
 
-    unknown = set(splits) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown splits {sorted(unknown)}; evaluation replays {SPLITS}")
+    known_splits(splits)
     warm = read_snapshot(spark, data_dir, SEQUENCES, ("user_id", "is_active", "item_ids"))
     warmup = Warmup(warm["user_id"], warm["is_active"], warm["item_ids"])
     rows = read_snapshot(spark, data_dir, EVAL_CANDIDATES,
