@@ -124,7 +124,7 @@ def test_eval_candidates_cover_val_and_test(frames):
 
 
 def test_side_data_holds_every_items_features_and_the_known_users(spark, small_movielens, manifest, frames, tmp_path):
-    """What the ranks load instead of Spark tables (twots.training.train.write_side_data, read from the tables'
+    """What the ranks load instead of Spark tables (twots.training.launch.write_side_data, read from the tables'
     files): each item's feature ids in its row, -1 padded, and which users have training interactions."""
     from twots.training.launch import write_side_data
 

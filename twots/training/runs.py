@@ -1,6 +1,6 @@
-"""One builder of training runs: the StageJobs that train model kinds (twots.models.kinds), each stage with its
-settings, and stage 1 trained once for every kind built on it. Used by jobs/train.py (through
-twots.training.train), the comparison, the demo and bench/train.py.
+"""What a training launch runs: StageJobs (one stage each, with its StageSettings and the run's RunOptions) and the
+builder of the jobs that train model kinds (twots.models.kinds), stage 1 trained once for every kind built on it.
+twots.training.train, the comparison's tuning and bench/train.py build them; twots.training.launch launches them.
 
 Torch only (the jobs it builds are pickled into the ranks).
 """
