@@ -148,7 +148,7 @@ def test_builders_follow_the_option_and_files_round_trip(tmp_path):
     assert torch.equal(two_ts.items.bias.weight.squeeze(1), b)  # from its stage-1 model, not from the inputs
     assert {name for name, kind in KINDS.items() if kind.takes_item_bias} == {
         "ccf", "2gru", "2ts-singlestage", "2ts", "2ts-plus", "2ts-plus-gw", "2ts-coldstart-all", "2ts-tuned-items",
-        "2ts-singlestage-k"}
+        "2ts-singlestage-k", "2ts-oos"}
 
 
 def test_models_saved_before_the_option_load_unchanged(tmp_path):

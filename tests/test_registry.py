@@ -185,7 +185,7 @@ def last_week(spark, shared_data, small_movielens, tmp_path_factory):
     last_train_ts = train.agg({"ts": "max"}).first()[0]
     output = tmp_path_factory.mktemp("last_week")
     prepare(PrepareConfig(source="movielens", input=str(shared_data / "ml-latest-small"), output=str(output),
-                          threshold=20, last_k=10, negatives=10, eval_negatives=99, seed=7, max_ts=last_train_ts),
+                          t_star=20, last_k=10, negatives=10, eval_negatives=99, seed=7, max_ts=last_train_ts),
             spark)
     return output
 

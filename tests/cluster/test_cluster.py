@@ -138,7 +138,7 @@ def test_prepare_train_on_executors_evaluate_register_validate(spark, small_movi
     result = train(cfg, spark)
     assert [s["stage"] for s in result.stages] == ["stage1", "stage2"]
     assert all(s["world"] == 2 for s in result.stages)
-    cache = list((run_dir / "petastorm-cache").iterdir())
+    cache = list(run_dir.glob("sources/*/petastorm-cache/*"))
     assert cache and (run_dir / "side_data.npz").exists(), "what the ranks read lives under the data folder"
     test_mrr = result.metrics["test"]["overall"]["mrr"]
     assert test_mrr > sum(1 / r for r in range(1, 101)) / 100  # one epoch per stage: better than random among 1 + 99
