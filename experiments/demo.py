@@ -19,8 +19,9 @@ from pydantic import Field
 
 from experiments.reporting import results_table
 from pipelines import PrepareConfig, prepare
+from pipelines.views import run_folders
 from twots.config import Section, load, resolve
-from twots.data.tables import MANIFEST
+from twots.data.tables import MANIFEST, STAGE1_OFFERS
 from twots.mlops.registry import RegistryConfig, connect, release, serve_command
 from twots.models.kinds import KINDS, TRAINABLE
 from twots.spark import get_spark
@@ -48,10 +49,9 @@ def prepare_once(source: str, output: Path, spark) -> Path:
 
 def run(cfg: DemoConfig) -> dict[str, dict]:
 
-    unknown = [m for m in cfg.models if m not in TRAINABLE or KINDS[m].on_view]
+    unknown = [m for m in cfg.models if m not in TRAINABLE]
     if unknown:
-        raise ValueError(f"unknown models {unknown}; the demo trains the kinds on the prepared tables: "
-                         f"{', '.join(m for m in TRAINABLE if not KINDS[m].on_view)}")
+        raise ValueError(f"unknown models {unknown}; the demo trains {', '.join(TRAINABLE)}")
     started = time.perf_counter()
     output = Path(cfg.output)
     spark = get_spark("twots-demo", master="local[2]", conf={"spark.sql.shuffle.partitions": "8",
@@ -59,18 +59,22 @@ def run(cfg: DemoConfig) -> dict[str, dict]:
     spark.sparkContext.setLogLevel("ERROR")
     data = prepare_once(cfg.data, output / "data", spark)
     tracking_uri = f"sqlite:///{(output / 'mlflow.db').resolve()}"
-    results, runs, stage1 = {}, {}, None
+    results, runs, stage1 = {}, {}, {}
     for model in cfg.models:
-        # Stage 1 is the same for every 2TS kind (same data, config and seed give the same weights), so the
-        # kinds after the first build on its stage-1 model instead of training it again.
-        shared = stage1 if KINDS[model].on_stage1 else None
-        print(f"[demo] training {model}" + (f" on the stage-1 model {shared}" if shared else ""), flush=True)
         tcfg = resolve(TrainConfig, "train", {"data": str(data), "model": model, "num_processes": cfg.num_processes,
-                                              "stage1_model": shared, "tracking_uri": tracking_uri})
-        result = train(tcfg, spark)
+                                              "tracking_uri": tracking_uri})
+        # Each kind trains on its views of the prepared folder, as jobs/train.py runs it.
+        replayed, folders = run_folders(spark, data, model, tcfg.two_time_scale, tcfg.max_len)
+        # Stage 1 on the same rows is the same model (same config and seed give the same weights), so a kind whose
+        # stage 1 reads the folder of an earlier kind's builds on that stage-1 model instead of training it again.
+        offers = str(folders.get(STAGE1_OFFERS, data)) if KINDS[model].on_stage1 else None
+        shared = stage1.get(offers)
+        print(f"[demo] training {model}" + (f" on the stage-1 model {shared}" if shared else ""), flush=True)
+        tcfg = tcfg.model_copy(update={"data": str(replayed), "stage1_model": shared})
+        result = train(tcfg, spark, folders=folders)
         results[model], runs[model] = result.metrics["test"], result.run_id
-        if stage1 is None and KINDS[model].on_stage1:
-            stage1 = str(tcfg.run_dir_path() / "stage1.pt")
+        if offers is not None and shared is None:
+            stage1[offers] = str(tcfg.run_dir_path() / "stage1.pt")
     (output / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nTest metrics (MovieLens latest-small, 1 positive + {_eval_negatives(data)} negatives per event):")
     print(results_table({model: {"test": test} for model, test in results.items()}), end="")
