@@ -44,7 +44,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.config import ALL_MODELS, MODEL_NAMES, PAPER_MODELS, CompareConfig
+from experiments.config import ALL_MODELS, MODEL_NAMES, PAPER_MODELS, TRAIN_MODEL, CompareConfig
 from experiments.figures import figures
 from experiments.registering import register_results
 from experiments.reporting import log_model_run, log_t_star, results_table, write_results
@@ -100,8 +100,8 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     base = prepared_data(cfg, spark, out, log)
-    runner = Runner(spark, resolve(TrainConfig, "train", {**train_overrides, "data": str(base)}), out, log,
-                    extra={"sasrec": {"window": cfg.sasrec_window}}, resume=cfg.resume)
+    tcfg = resolve(TrainConfig, "train", {**train_overrides, "model": TRAIN_MODEL, "data": str(base)})
+    runner = Runner(spark, tcfg, out, log, extra={"sasrec": {"window": cfg.sasrec_window}}, resume=cfg.resume)
     experiment_id = tracking.use_tracking(cfg.tracking_uri or tracking.default_tracking_uri(out), out, cfg.experiment)
 
     results, changes, val_mrr, run_ids = {}, {}, {}, {}

@@ -316,26 +316,28 @@ def test_results_table_marks_missing_groups():
 @pytest.mark.mlflow
 @pytest.mark.slow
 def test_ablation_rows_share_stage1_and_pass_their_settings(spark, prepared_clusters, tmp_path, capsys):
-    """Two rows of the ablation: the second keeps the first's stage 1 (one folder, resume), trains 2TS with its
-    setting, and the table compares it with the paper's 2TS; a setting that does not fit a kind fails at start."""
+    """Three rows of the ablation: the second keeps the first's stage 1 (one folder, resume), trains 2TS with its
+    setting, the third 2TS-Plus with a setting 2TS cannot take, and the table compares them with the paper's 2TS; a
+    setting that does not fit a kind fails at start."""
     from experiments.ablation import AblationConfig, run, table
 
     out = tmp_path / "ablation"
     cfg = resolve(AblationConfig, "compare", {
-        "data": str(prepared_clusters), "output": str(out), "rows": "2ts,finetune", "lrs": "[0.03]", "l2s": "[0]",
-        "max_epochs": "2", "t_star": "10",
+        "data": str(prepared_clusters), "output": str(out), "rows": "2ts,finetune,plus-per-group", "lrs": "[0.03]",
+        "l2s": "[0]", "max_epochs": "2", "t_star": "10",
         "train": '{"item_dim": 16, "feature_dim": 4, "stage1": {"batch_size": 256}, "stage2": {"batch_size": 16}, '
                  '"loader": "parquet"}'})
     results = run(cfg, spark)
     lines = capsys.readouterr().out.splitlines()
-    assert [r["key"] for r in results] == ["2ts", "finetune"]
+    assert [r["key"] for r in results] == ["2ts", "finetune", "plus-per-group"]
     assert any("ccf/lr0.03-l20 (finished before, kept)" in line for line in lines), lines
     # The last row's 2TS (its trial folder is the first row's, trained again under another key) fine-tuned its items.
     assert load_model(str(out / "runs" / "runs" / "2ts" / "lr0.03-l20" / "2ts.pt")).options.items == "finetune"
     saved = json.loads((out / "ablation.json").read_text())
-    assert [r["settings"] for r in saved] == [{}, {"items": "finetune"}]
+    assert load_model(str(out / "runs" / "runs" / "2ts-plus" / "lr0.03-l20" / "2ts-plus.pt")).options.mix == "per_group"
+    assert [r["settings"] for r in saved] == [{}, {"items": "finetune"}, {"mix": "per_group"}]
     md = (out / "ablation.md").read_text().splitlines()
-    assert len(md) == 4 and md[2].startswith("| 2ts | - | 2ts |") and "| +0.0% |" in md[2]
+    assert len(md) == 5 and md[2].startswith("| 2ts | - | 2ts |") and "| +0.0% |" in md[2]
     change = saved[1]["result"]["test"]["overall"]["mrr"] / saved[0]["result"]["test"]["overall"]["mrr"] - 1
     assert f"| {change:+.1%} |" in md[3]
     assert table(saved) == (out / "ablation.md").read_text()
