@@ -123,5 +123,5 @@ def test_missing_inputs_fail_before_training(spark, small_movielens, tmp_path):
     with pytest.raises(FileNotFoundError, match="run jobs/prepare.py"):
         train(config(tmp_path / "nowhere", tmp_path / "run"), spark)
     with pytest.raises(FileNotFoundError, match="--stage1-model"):
-        train(config(small_movielens, tmp_path / "run", stage1_model=str(tmp_path / "none.pt")), spark)
+        train(config(small_movielens, tmp_path / "run", model="2ts", stage1_model=str(tmp_path / "none.pt")), spark)
     assert not (tmp_path / "run").exists()

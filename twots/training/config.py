@@ -59,9 +59,9 @@ class TrainConfig(Section):
     """Two-stage 2TS training with TorchDistributor, evaluation and MLflow tracking."""
 
     data: str = Field(description="folder of the prepared Delta tables and manifest.json (prepare's --output)")
-    model: str = Field("2ts", description="model kind: a trainable kind of twots.models.kinds.KINDS (the "
-                                          "full-history and cold-start-all kinds train on a view: jobs/train.py "
-                                          "makes it)")
+    model: str = Field("2ts-oos", description="model kind: a trainable kind of twots.models.kinds.KINDS (the "
+                                              "full-history, cold-start and out-of-sample kinds train on views: "
+                                              "jobs/train.py makes them)")
     run_dir: str | None = Field(None, description="checkpoints and models; default <data>/runs/<model>")
     item_dim: int = Field(48, ge=1, description="dimension of the transductive item embedding x_i")
     feature_dim: int = Field(16, ge=0, description="dimension of the item feature embedding g(f_i)")
