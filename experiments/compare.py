@@ -95,7 +95,6 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
     """Run the whole comparison; returns {model: result} (also results.json and results.md under --output)."""
     import mlflow
 
-
     train_overrides = {k: v for k, v in cfg.train.items() if k != "data"}
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +124,6 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                 report = runner.evaluate(model, model_view, ("val", "test"))
                 val_mrr[name], run_ids[name] = report["metrics"]["val"]["overall"]["mrr"], run.info.run_id
                 if cfg.register_models != "none":
-
                     log_model(model, str(model_view), kind=name, spark=spark)
                 if name in ("2ts", "2ts-plus"):
                     changes[name] = report["changes"]
@@ -139,7 +137,6 @@ def compare(cfg: CompareConfig, spark, log=print) -> dict:
                     f"trained in {row['train_seconds']:.1f}s")
 
         if cfg.register_models != "none":
-
             versions = register_results(mlflow.MlflowClient(), cfg.model_name, cfg.register_models, run_ids, results,
                                         val_mrr, setup.t_star["t_star"], cfg, runner.tcfg, log)
             mlflow.log_dict(versions, "registered.json")
@@ -171,7 +168,6 @@ def training_setup(cfg: CompareConfig, runner, spark, base: Path, out: Path, log
     """t* (prepared, given, or swept on val), each model's rows (K from the 2TS settings or its kind, else the
     prepared one, at most t*; views of `base` where they differ), stage 1 tuned as CCF, and for models whose stage 2
     trains on held-out rows a stage 1 of their own at CCF's setting."""
-
     prepared_t, prepared_k = runner.manifest["config"]["t_star"], runner.manifest["config"]["last_k"]
     settings = runner.tcfg.two_time_scale
     trained = [KINDS[m] for m in cfg.models if KINDS[m].stages]
@@ -205,7 +201,6 @@ def training_setup(cfg: CompareConfig, runner, spark, base: Path, out: Path, log
 
 def tune_stage1(cfg: CompareConfig, runner, folder: Path, out: Path) -> tuple:
     """Stage 1 tuned as CCF on `folder`'s stage1_offers: (best trial, trials, saved model path)."""
-
     best, trials = runner.tune({"ccf": runner.grid("ccf", STAGE1, folder, cfg.grid("ccf"))})["ccf"]
     path = str(out / "models" / "stage1.pt")
     save_model(path, load_epoch(best, best.best_epoch))
@@ -214,7 +209,6 @@ def tune_stage1(cfg: CompareConfig, runner, folder: Path, out: Path) -> tuple:
 
 def held_out_stage1(cfg: CompareConfig, runner, chosen, folder: Path, last_k: int, out: Path) -> tuple:
     """Stage 1 at CCF's chosen setting (`chosen`, its best trial) on a held-out view: an out-of-sample phi."""
-
     spec = TrialSpec("ccf", STAGE1, folder, chosen.lr, chosen.l2, chosen.best_epoch + 1, cfg.patience, None,
                      f"stage1-held-out-k{last_k}/lr{chosen.lr:g}-l2{chosen.l2:g}")
     best, trials = runner.tune({"ccf": [spec]})["ccf"]

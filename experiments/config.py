@@ -98,7 +98,6 @@ class CompareConfig(Section):
         """Checked like the `train` section now, not after prepare."""
         from pydantic import ValidationError
 
-
         try:
             TrainConfig(**{**value, "model": TRAIN_MODEL, "data": "."})
         except ValidationError as err:

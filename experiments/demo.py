@@ -6,8 +6,8 @@ results table.
 Writes the prepared tables under <output>/data (kept between runs: a second demo reuses them), the MLflow store
 at sqlite:///<output>/mlflow.db (artifacts under <output>/data/mlartifacts), checkpoints and models under
 <output>/data/runs/<model> (a kind that trains on views of the tables: under its view, <output>/data/views/...), and
-the test metrics per model to <output>/results.json. The last model is registered,
-validated against @champion and promoted (twots.mlops.registry.release), and the command that serves it is printed.
+the test metrics per model to <output>/results.json. The last model is registered, validated against @champion and
+promoted (twots.mlops.registry.release), and the command that serves it is printed.
 Training settings come from the `train:` section of conf/default.yaml, the gate from `registry:`.
 """
 
@@ -42,7 +42,6 @@ class DemoConfig(Section):
 
 
 def prepare_once(source: str, output: Path, spark) -> Path:
-
     if (output / MANIFEST).exists():
         print(f"[demo] reusing the prepared tables in {output}", flush=True)
         return output
@@ -51,7 +50,6 @@ def prepare_once(source: str, output: Path, spark) -> Path:
 
 
 def run(cfg: DemoConfig) -> dict[str, dict]:
-
     unknown = [m for m in cfg.models if m not in TRAINABLE]
     if unknown:
         raise ValueError(f"unknown models {unknown}; the demo trains {', '.join(TRAINABLE)}")
@@ -70,7 +68,7 @@ def run(cfg: DemoConfig) -> dict[str, dict]:
         replayed, folders = run_folders(spark, data, model, tcfg.two_time_scale, tcfg.max_len)
         # Stage 1 on the same rows is the same model (same config and seed give the same weights), so a kind whose
         # stage 1 reads the folder of an earlier kind's builds on that stage-1 model instead of training it again.
-        offers = str(folders.get(STAGE1_OFFERS, data)) if KINDS[model].on_stage1 else None
+        offers = str(folders[STAGE1_OFFERS]) if KINDS[model].on_stage1 else None
         shared = stage1.get(offers)
         print(f"[demo] training {model}" + (f" on the stage-1 model {shared}" if shared else ""), flush=True)
         tcfg = tcfg.model_copy(update={"data": str(replayed), "stage1_model": shared})

@@ -10,7 +10,6 @@ from twots.evaluation import plots
 def figures(results: dict, changes: dict, n_train, t_star: int, out: Path) -> list[Path]:
     """Fig. 3 (test MRR per activity bucket), Fig. 5 (activity distribution), Fig. 4 (2TS, else 2TS-Plus), and test
     MRR by place in the rollout from the start state, per user group (the replay's diagnostics)."""
-
     paths = [plots.plot_mrr_by_bucket(
         {m: {b: s["mrr"] for b, s in r["test"]["buckets"].items() if s["count"]} for m, r in results.items()},
         t_star, out / "fig3_mrr_by_activity.png"),

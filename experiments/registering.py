@@ -49,7 +49,6 @@ def settings_of(name: str, cfg, tcfg) -> dict:
 def register_results(client, model_name: str, which: str, run_ids: dict[str, str], results: dict[str, dict],
                      val_mrr: dict[str, float], t_star: int, cfg, tcfg, log=print) -> dict[str, str]:
     """Register the chosen models' runs under `model_name`, tagged (version_tags); returns model -> version."""
-
     versions = {}
     for name in chosen(val_mrr, which):
         tags = version_tags(results[name], val_mrr[name], t_star, settings_of(name, cfg, tcfg))

@@ -106,7 +106,6 @@ def log_t_star(info: dict, out: Path) -> None:
     """The sweep curve, t* and t** to the active (parent) MLflow run, and the sweep plot."""
     import mlflow
 
-
     png = plot_t_star_sweep(info["curve"], info["t_star"], out / "t_star_sweep.png",
                                theory=info["theory"]["t_star"])
     mlflow.log_dict(info, "t_star.json")
@@ -118,7 +117,6 @@ def log_t_star(info: dict, out: Path) -> None:
 
 def log_model_run(row: dict) -> None:
     import mlflow
-
 
     stage1 = {f"stage1.{k}": v for k, v in (row["stage1"] or {}).items() if k != "val_mrr"}
     mlflow.log_params({"model": row["model"], "lr": row["lr"], "l2": row["l2"], "epochs": row["epochs"],

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-
 @dataclass
 class TheoryGuide:
     t_star: float                    # t** = Q / Var_m - 1 (not clipped: a negative value means "all active")
@@ -134,7 +133,6 @@ def active_user_sample(spark, data_dir: str, t_star: int, users: int, max_events
     user_id [U], item_ids [U, N] (-1 padded), neg_item_ids [U, N, P], lengths [U]."""
     from pyspark.sql import functions as F
 
-
     activity = read_delta(spark, data_dir, USER_ACTIVITY).where(F.col("n_train") > t_star)
     sample = activity.orderBy(F.rand(seed)).limit(users)
     rows, layout = fixed_shape(full_sequences(read_delta(spark, data_dir, STAGE1_OFFERS), sample, max_events),
@@ -164,7 +162,6 @@ def sweep(candidates: list[int], val_mrr, log=print) -> tuple[int, dict[int, flo
 def choose_t_star(cfg: CompareConfig, runner: Runner, base: Path, stage1_path: str, out: Path, log=print) -> dict:
     """The 'auto' t*: the theoretical guide t** and the val sweep over the candidates (stage 1 shared)."""
     import torch
-
 
     manifest = runner.manifest
     prepared_t, last_k = manifest["config"]["t_star"], manifest["config"]["last_k"]

@@ -93,7 +93,6 @@ class Trial:
 
 def load_epoch(trial: Trial, epoch: int):
     """The model of one epoch's checkpoint (the trainer saves the whole state after every epoch)."""
-
     model = load_model(trial.model_path)
     model.load_state_dict(load_checkpoint(trial.checkpoints[epoch])["model"])
     return model.eval()
@@ -115,7 +114,6 @@ class Runner:
         self._val_checks: dict = {}
 
     def eval_data(self, view: Path):
-
         # Keyed by the tables the arrays come from, resolved through a view's links: a view that only adds a table
         # (cold-start rows) shares its base's arrays instead of holding a second copy.
         key = self._eval_key(view)
@@ -125,12 +123,10 @@ class Runner:
 
     @staticmethod
     def _eval_key(view: Path) -> tuple[str, ...]:
-
         return tuple(os.path.realpath(Path(view) / table) for table in (SEQUENCES, EVAL_CANDIDATES, USER_ACTIVITY))
 
     def val_check(self, view: Path):
         """The ranks' per-epoch val MRR on `view` (its val events pickled once)."""
-
         key = self._eval_key(view)
         if key not in self._val_checks:
             path = self.out / "runs" / "val" / f"{len(self._val_checks)}.pkl"
@@ -210,7 +206,6 @@ class Runner:
         return json.loads(stage.read_text())
 
     def evaluate(self, model, view: Path, splits: tuple[str, ...]) -> dict:
-
         return evaluate_loaded(model, self.eval_data(view), splits)
 
     def grid(self, name: str, plan: StagePlan, view: Path, grid: Grid, previous: str | None = None
@@ -248,7 +243,6 @@ def _sha256(path: str, mtime_ns: int, size: int) -> str:
 def popularity(runner: Runner, view: Path) -> tuple[object, float]:
     """The Popularity model from the training click counts, and the seconds Spark took to count."""
     import torch
-
 
     started = time.perf_counter()
     counts = item_counts(read_delta(runner.spark, view, INTERACTIONS)).toPandas()

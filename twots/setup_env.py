@@ -37,7 +37,6 @@ def delta_jars_cached() -> bool:
 
 
 def warm_ivy_cache() -> None:
-
     spark = get_spark("twots-setup", master="local[1]")
     spark.range(1).count()
     spark.stop()

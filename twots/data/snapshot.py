@@ -77,7 +77,6 @@ def read_snapshot(spark, data_dir: str | Path, table: str, columns: tuple[str, .
     reader in the message of a memory error."""
     import pyarrow.dataset as ds
 
-
     files = snapshot_files(spark, data_dir, table)
     dataset = ds.dataset(files, format="parquet")
     columns = (*columns, *(name for name in optional if name in dataset.schema.names))

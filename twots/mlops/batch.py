@@ -50,7 +50,6 @@ def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
     """
     from pyspark.sql import functions as F
 
-
     read = lambda table: read_table(spark, f"{cfg.data}/{table}")  # noqa: E731
     # The model's own request limits (MLmodel's python_function "config"), so no history exceeds its max_history.
     limits = mlflow.models.get_model_info(cfg.model_uri).flavors["python_function"].get("config") or {}

@@ -66,7 +66,6 @@ def served_code(target: Path) -> Path:
 
 def read_id_maps(spark, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """users (user_id, raw_user_id, is_active) and items (item_id, raw_item_id), dense ids in order."""
-
     read = lambda table: read_table(spark, f"{data_dir}/{table}")  # noqa: E731
     users = (read(USERS).join(read(USER_ACTIVITY).select("user_id", "is_active"), "user_id", "left")
              .select("user_id", "raw_user_id", "is_active").toPandas().sort_values("user_id", ignore_index=True))

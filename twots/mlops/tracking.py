@@ -69,7 +69,6 @@ class Tracker:
         log_evaluation(report, run_dir)
 
     def log_model(self, model_path: str, kind: str, data_dir: str, spark) -> None:
-
         log_model(load_model(model_path), data_dir, kind=kind, spark=spark)
 
 

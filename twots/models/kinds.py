@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from twots.data.tables import COLDSTART_SEQUENCES, FULL_HISTORIES, SEQUENCES, STAGE1_OFFERS, TABLES
+from twots.data.tables import COLDSTART_SEQUENCES, FULL_HISTORIES, SEQUENCES, STAGE1_OFFERS
 from twots.models.baselines import GRU4Rec, Popularity, SASRec, SumPooling
 from twots.models.protocol import SequentialRecommender
 from twots.models.stage1 import Stage1Model
@@ -181,12 +181,6 @@ class Kind:
     @property
     def full_histories(self) -> bool:
         return bool(self.stages) and self.stages[-1].table == FULL_HISTORIES
-
-    @property
-    def on_view(self) -> bool:
-        """Whether its last stage reads rows no prepared folder holds (full histories, cold-start rows): they are
-        built into a view first (pipelines.views.stage_view)."""
-        return bool(self.stages) and self.stages[-1].table not in TABLES
 
     @property
     def takes_item_bias(self) -> bool:
