@@ -59,6 +59,7 @@ from twots.mlops import tracking
 from twots.mlops.packaging import log_model
 from twots.models.kinds import KINDS, STAGE1, save_model
 from twots.training.config import TrainConfig
+from twots.training.train import untrained_parts
 
 __all__ = ["ALL_MODELS", "MODEL_NAMES", "PAPER_MODELS", "CompareConfig", "compare", "results_table"]
 
@@ -195,6 +196,8 @@ def training_setup(cfg: CompareConfig, runner, spark, base: Path, out: Path, log
     log(f"[compare] t* = {t_star} ({chosen['source']}), K = {default_k}; models: {', '.join(cfg.models)}"
         + "".join(f"; {name}: K = {key[0]}" + (", stage 1 without active users' last K" if key[1] else "")
                   for name, key in keys.items() if key != (default_k, False)))
+    for part in (part for name in cfg.models for part in untrained_parts(spark, view, name)):
+        log(f"[compare] warning: {part}")
     return Setup(chosen, view, {name: folders[key][1] for name, key in keys.items()},
                  {name: stage1_of.get(key) for name, key in keys.items()})
 

@@ -63,7 +63,8 @@ def results_table(results: dict[str, dict], t_star: dict | None = None) -> str:
     lines += tuning_lines(results)
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in results.items():
-        cells = [cell(row["test"].get(group, {}).get(key), ".4f") for _, (group, key) in metrics]
+        cells = ["empty" if row["test"].get(group, {}).get("count") == 0 else
+                 cell(row["test"].get(group, {}).get(key), ".4f") for _, (group, key) in metrics]
         lines.append("| " + " | ".join([name, *cells, *(cell(row[key], fmt) for _, key, fmt in training),
                                         *([stage1(row)] if with_stage1 else [])]) + " |")
     return "\n".join(lines) + "\n"

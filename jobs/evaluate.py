@@ -5,6 +5,7 @@
 
 from twots.config import load
 from twots.evaluation.evaluate import EvaluateConfig
+from twots.evaluation.metrics import summary_line
 from twots.mlops.tracking import evaluate_run
 from twots.spark import get_spark
 
@@ -13,9 +14,7 @@ def main() -> None:
     cfg = load(EvaluateConfig, "evaluate", description=__doc__)
     report = evaluate_run(cfg, get_spark("twots-evaluate"))
     for split, summary in report["metrics"].items():
-        overall = summary["overall"]
-        print(f"{split}: MRR {overall['mrr']:.4f}  Recall@10 {overall['recall@10']:.4f}  "
-              f"NDCG@10 {overall['ndcg@10']:.4f}  ({overall['count']} events)")
+        print(f"{split}: {summary_line(summary)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ in one MLflow run.
 
 from pipelines.views import run_folders
 from twots.config import load
+from twots.evaluation.metrics import summary_line
 from twots.mlops.registry import publish
 from twots.spark import get_spark
 from twots.training.config import TrainConfig
@@ -24,7 +25,7 @@ def main() -> None:
     print(f"run {result.run_id}: model {result.model_path}")
     publish("run_id", result.run_id)  # the bundle's register task reads it (a Databricks task value)
     for split, summary in result.metrics.items():
-        print(f"{split}: MRR {summary['overall']['mrr']:.4f}  Recall@10 {summary['overall']['recall@10']:.4f}")
+        print(f"{split}: {summary_line(summary)}")
 
 
 if __name__ == "__main__":

@@ -92,3 +92,30 @@ def coldstart_sequences(seqs: DataFrame, offers: DataFrame, activity: DataFrame,
     """The stage-2 rows of the 2ts-coldstart-all kind: `sequences` (`seqs`) plus early_sequences, so psi and the
     inactive GRU learn from every user's first t* training items, the active users' rows unchanged."""
     return seqs.unionByName(early_sequences(offers, activity, t_star))
+
+
+TRAIN_COUNT_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+NEARLY_EMPTY = 0.01   # a group under 1 % of the users with training events gets a warning
+
+
+def train_count_quantiles(activity: DataFrame) -> dict[str, int]:
+    """Training events per user over the users who have any: {"p10": ..., "p99": ..., "max": ...}, the numbers to
+    choose t* from (a user is active when n_train > t*, so t* = p90 makes about 10 % of them active)."""
+    trained = activity.where(F.col("n_train") > 0)
+    row = trained.agg(F.percentile("n_train", list(TRAIN_COUNT_QUANTILES)).alias("q"), F.max("n_train")).first()
+    values = [int(v) for v in row[0] or [0] * len(TRAIN_COUNT_QUANTILES)]
+    return {**{f"p{round(q * 100)}": v for q, v in zip(TRAIN_COUNT_QUANTILES, values)}, "max": int(row[1] or 0)}
+
+
+def group_warning(t_star: int, n_active: int, n_inactive: int, quantiles: dict[str, int]) -> str | None:
+    """One line when t* leaves the active or the inactive users (of those with training events) empty or under
+    1 %: which group, and the training-count quantiles to choose another t* from. None when both groups hold."""
+    trained = n_active + n_inactive
+    small = [(name, n) for name, n in (("active", n_active), ("inactive", n_inactive)) if n < NEARLY_EMPTY * trained]
+    if not trained or not small:
+        return None
+    counts = ", ".join(f"{k} {v}" for k, v in quantiles.items())
+    groups = " and ".join(f"{n:,} {name}" for name, n in small)
+    return (f"t* = {t_star} leaves {groups} of {trained:,} users with training events (a group under "
+            f"{NEARLY_EMPTY:.0%}): the model parts of that group learn from nothing. Training events per user: "
+            f"{counts}; users with more than t* are active (--t-star).")

@@ -21,7 +21,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from pipelines.activity import sequences, split_column, user_activity
+from pipelines.activity import group_warning, sequences, split_column, train_count_quantiles, user_activity
 from pipelines.config import STEPS, PrepareConfig
 from pipelines.indexing import dense_ids, packed_key, with_global_index
 from pipelines.negatives import eval_candidates, offer_negatives, stage1_offers
@@ -332,6 +332,10 @@ def _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interac
         F.count_if(~F.col("is_active") & (F.col("n_train") > 0)).alias("inactive"),
         F.count_if(F.col("n_train") == 0).alias("new")).first()
     splits = {r["split"]: r["count"] for r in interactions.groupBy("split").count().collect()}
+    quantiles = train_count_quantiles(activity)
+    warnings = [w for w in [group_warning(cfg.t_star, users["active"], users["inactive"], quantiles)] if w]
+    for warning in warnings:
+        print(f"[prepare] warning: {warning}", flush=True)
     return {
         "config": cfg.model_dump(),
         "input_rows": input_rows,
@@ -344,6 +348,8 @@ def _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interac
         "n_active": users["active"],
         "n_inactive": users["inactive"],
         "n_new": users["new"],
+        "n_train_quantiles": quantiles,
+        "warnings": warnings,
         "splits": {s: splits.get(s, 0) for s in ("train", "val", "test")},
         "eval_sample": {"fraction": cfg.eval_sample, "seed": cfg.seed, "unit": "user",
                         "events": run.tables[EVAL_CANDIDATES]["rows"]},

@@ -297,6 +297,10 @@ def test_results_table_marks_missing_groups():
     assert ("| 2ts | 0.5000 | 0.9000 | 0.6000 | 0.5000 | 0.5000 | - | 0.0500 | 0.2000 | 0.1000 | 1.0 | - | 1,234 | "
             "0.01 | 1e-06 | 3 | 0.001 / 0 / 4 |") in table
     assert "the test events of 300 users against all 9,000 items, clicked items kept" in table
+    # A group without test events (t* left it empty) says so; a group the row does not report stays "-".
+    empty = {**row, "test": {**row["test"], "active": {"count": 0, **{name: None for name in metrics}}}}
+    assert "| popularity | 0.5000 | 0.9000 | 0.6000 | empty | 0.5000 | - | 0.0500 |" in results_table(
+        {"popularity": empty})
     assert ("Tuning, every trained model: lr {0.001, 0.01} x l2 {0, 1e-06}, up to 5 epochs, early stopping on val MRR "
             "(patience 1).") in table
     # Another budget for one model is named per model.

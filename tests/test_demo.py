@@ -19,7 +19,7 @@ def test_results_table_has_one_row_per_model_in_order():
     lines = results_table(results).splitlines()
     assert lines[0] == "| model | MRR | Recall@10 | NDCG@10 | MRR active | MRR inactive | MRR new |"
     assert lines[2] == "| 2ts | 0.1234 | 0.2468 | 0.1851 | 0.1234 | 0.1234 | 0.0500 |"
-    assert lines[3] == "| 2ts-plus | 0.2000 | 0.4000 | 0.3000 | 0.2000 | 0.2000 | - |"
+    assert lines[3] == "| 2ts-plus | 0.2000 | 0.4000 | 0.3000 | 0.2000 | 0.2000 | empty |"  # no new users
 
 
 def test_unknown_model_fails_before_any_work(tmp_path):

@@ -63,3 +63,37 @@ def test_missing_ranks_are_reported():
     # Without Spark's distributor: check the driver-side count check itself through a stand-in result.
     with pytest.raises(distributed.RankFailure, match="1 of 2 ranks finished"):
         distributed.check_finished("one_rank_short", one_rank_short(), 2)
+
+
+def abort_rank_one(after_result: bool) -> dict:
+    """Rank 1 dies of SIGABRT: at interpreter exit, after its result was returned, or before the last collective."""
+    import atexit
+    import os
+
+    ctx = distributed.setup(use_gpu=False)
+    if ctx.rank == 1 and not after_result:
+        os.abort()
+    out = {"ranks_finished": distributed.finish(ctx), "rank_sum": ctx.world * (ctx.world - 1) // 2}
+    if ctx.rank == 1:
+        atexit.register(os.abort)
+    return out
+
+
+@pytest.mark.distributed
+def test_rank_dying_after_its_result_costs_one_warning_line(spark, capsys, tmp_path):
+    out = distributed.run(abort_rank_one, True, num_processes=2, local_mode=True, use_gpu=False,
+                          error_dir=tmp_path)
+    assert out == {"ranks_finished": 2, "rank_sum": 1}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: after the result was complete, rank 1 was killed by SIGABRT")
+    assert "Fatal Python error: Aborted" in (tmp_path / "rank-1.fatal").read_text()
+
+
+@pytest.mark.distributed
+def test_rank_dying_before_the_result_fails_the_job_naming_it(spark, tmp_path):
+    with pytest.raises(distributed.RankFailure) as failure:
+        distributed.run(abort_rank_one, False, num_processes=2, local_mode=True, use_gpu=False, error_dir=tmp_path)
+    # The cause comes first; rank 0 then fails in the last collective or is stopped by torchrun.
+    assert str(failure.value).startswith("distributed run of abort_rank_one failed: rank 1 was killed by SIGABRT")
+    assert not (tmp_path / "rank-1.done").exists()

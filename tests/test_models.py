@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from twots.models.items import ItemEncoder
-from twots.models.kinds import load_model, register_model_class, save_model
+from twots.models.kinds import load_model, parts_without_data, register_model_class, save_model
 from twots.models.losses import offer_softmax_loss
 from twots.models.protocol import SequentialRecommender
 from twots.models.stage1 import Stage1Model
@@ -552,3 +552,12 @@ def test_truncated_backpropagation_keeps_the_loss_and_cuts_the_gradient_at_the_w
     n_first, n_all = int((first["item_ids"] >= 0).sum()), int((batch["item_ids"] >= 0).sum())
     (only_first(first) * n_first / n_all).backward()
     assert torch.allclose(cut.psi.grad, only_first.psi.grad, atol=1e-6)
+
+
+def test_parts_without_data_name_what_an_empty_user_group_leaves_untrained():
+    assert parts_without_data("gru4rec", 0, 0) == [] and parts_without_data("2ts", 10, 10) == []
+    (no_active,) = parts_without_data("2ts", 0, 10)
+    assert no_active.startswith("2ts: no active users") and no_active.endswith("no user starts from phi")
+    assert parts_without_data("2gru", 0, 10)[0].endswith("the active GRU gets no training rows")  # no phi to miss
+    assert "psi and the inactive GRU get no training rows" in parts_without_data("2ts", 10, 0)[0]
+    assert parts_without_data("2ts-oos", 10, 0) == []  # active users' first t* items train psi and the inactive GRU

@@ -7,14 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines import PrepareConfig, PrepareError, prepare
+from pipelines.activity import group_warning
 from pipelines.config import STEPS
 from pipelines.negatives import eval_candidates
 from pipelines.pipeline import PRIORITY, concurrently, pool
 from twots.config import ConfigError, load, resolve
 from twots.data.tables import TABLES
+from twots.training.train import untrained_parts
 
 BASE = {"source": "taobao", "input": "x", "output": "y"}
 
@@ -74,6 +77,30 @@ def test_rows_add_up_and_everyone_inactive_works(spark, taobao_twice):
     assert (seqs.neg_item_ids.map(len) == 5 * seqs.item_ids.map(len)).all() and (seqs.prev_item_id == -1).all()
     manifest = json.loads((Path(cfg.output) / "manifest.json").read_text())
     assert manifest["tables"]["users"]["version"] == 1
+
+
+def test_t_star_that_leaves_nobody_active_is_said_with_the_counts_to_choose_from(spark, taobao_twice):
+    cfg, first, _ = taobao_twice
+    activity = spark.read.format("delta").load(f"{cfg.output}/user_activity").toPandas()
+    n_train = activity.n_train[activity.n_train > 0].to_numpy()
+    expected = {f"p{q}": int(np.percentile(n_train, q)) for q in (10, 25, 50, 75, 90, 99)}
+    assert first["n_train_quantiles"] == {**expected, "max": int(n_train.max())}
+    assert first["warnings"] == [group_warning(500, 0, len(n_train), first["n_train_quantiles"])]
+    assert first["warnings"][0].startswith(f"t* = 500 leaves 0 active of {len(n_train):,} users with training events")
+    # Train and compare name what of each kind goes untrained; kinds without user groups have nothing to say.
+    assert [p.split(":")[0] for p in untrained_parts(spark, cfg.output, "2ts")] == ["2ts"]
+    assert "the active GRU gets no training rows; no user starts from phi" in untrained_parts(spark, cfg.output,
+                                                                                               "2ts")[0]
+    assert untrained_parts(spark, cfg.output, "gru4rec") == []
+
+
+def test_group_warning_names_the_empty_or_nearly_empty_group():
+    quantiles = {"p50": 3, "max": 90}
+    assert group_warning(20, 500, 500, quantiles) is None
+    assert group_warning(20, 995, 5, quantiles).startswith("t* = 20 leaves 5 inactive of 1,000 users")
+    both = group_warning(20, 0, 0, quantiles)
+    assert both is None  # no user with training events: nothing to split
+    assert "Training events per user: p50 3, max 90;" in group_warning(2, 1000, 0, quantiles)
 
 
 def test_rerun_gives_identical_tables_as_a_new_version(spark, taobao_twice):

@@ -81,6 +81,22 @@ def rank_metrics(ranks: np.ndarray, prefix: str = "") -> dict:
     }
 
 
+def summary_line(summary: dict) -> str:
+    """One split's summary (summarize) in a line: the overall metrics, then each user group's MRR; a group without
+    events says so rather than showing a number.
+
+    >>> summary_line(summarize(np.array([1.0, 4.0]), n_train=np.array([50, 3]), is_active=np.array([True, False])))
+    'MRR 0.6250  Recall@10 1.0000  NDCG@10 0.7153  (2 events; MRR active 1.0000, inactive 0.2500, new: no events)'
+    """
+    overall = summary["overall"]
+    if not overall["count"]:
+        return "no events"
+    groups = ", ".join(f"{g} {summary[g]['mrr']:.4f}" if summary[g]["count"] else f"{g}: no events"
+                       for g in ("active", "inactive", "new"))
+    return (f"MRR {overall['mrr']:.4f}  Recall@{TOP_K} {overall[f'recall@{TOP_K}']:.4f}  NDCG@{TOP_K} "
+            f"{overall[f'ndcg@{TOP_K}']:.4f}  ({overall['count']:,} events; MRR {groups})")
+
+
 def summarize(ranks, n_train, is_active, is_new=None, full_ranks=None, is_repeat=None, steps=None,
               gate=None) -> dict:
     """Metrics of one set of evaluated interactions, all arrays aligned per interaction.

@@ -222,6 +222,23 @@ KINDS: dict[str, Kind] = _kinds(
 )
 TRAINABLE = tuple(name for name, kind in KINDS.items() if kind.stages)
 
+
+def parts_without_data(name: str, n_active: int, n_inactive: int) -> list[str]:
+    """What of kind `name` gets no training rows when a user group is empty (n_active, n_inactive: users with
+    training events, by the t* of the folder it trains on): the 2TS family's two GRUs and the starts they run from."""
+    kind = KINDS[name]
+    if kind.options is None:
+        return []
+    parts = []
+    if n_active == 0:
+        start = "; no user starts from phi" if kind.options.start == "phi" else ""
+        parts.append(f"{name}: no active users (none has more than t* training events): the active GRU gets no "
+                     f"training rows{start}")
+    if n_inactive == 0 and kind.stages[-1].table != COLDSTART_SEQUENCES:
+        parts.append(f"{name}: no inactive users: psi and the inactive GRU get no training rows, and new users start "
+                     "from the untrained psi")
+    return parts
+
 # ---- saved models ---------------------------------------------------------------------------------------------------
 
 _CLASSES: dict[str, type[SequentialRecommender]] = {k.model_class.__name__: k.model_class for k in KINDS.values()}

@@ -1,11 +1,17 @@
 """Running a train function on N processes, and the collectives the ranks share.
 
-Driver side: `run(fn, ...)` starts `fn` under Spark's TorchDistributor and checks that every rank finished. A rank
-that raises writes its error to `error_dir` (a folder the driver can read: on a cluster, under the shared data folder)
-and the driver raises `RankFailure` with it: TorchDistributor itself only says "View stdout logs" (with
-local_mode=False) or nothing at all (its wrapper drops torchrun's exit code). Every collective gives up after
-`timeout_s` (default 10 minutes, not torch's 30) with `CollectiveTimeout`, so a rank that died or hangs cannot
-keep the others waiting for hours.
+Driver side: `run(fn, ...)` starts `fn` under Spark's TorchDistributor and learns how every rank ended, from what the
+ranks leave in `error_dir` (a folder the driver can read: on a cluster, under the shared data folder), because
+TorchDistributor itself only says "View stdout logs" (with local_mode=False) or nothing at all (its wrapper drops
+torchrun's exit code):
+- `rank-<r>.json`: the error a rank raised;
+- `rank-<r>.done`: the rank's result was complete (`fn` returned; rank 0 also wrote `result.pkl`);
+- `rank-<r>.fatal`, `rank-<r>.sigterm`: Python's tracebacks (faulthandler) when the rank was killed by a fatal signal
+  (SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL) or by SIGTERM (torchrun stops the other ranks when one dies).
+A rank that raised, or ended before its result was complete, fails the run with `RankFailure` naming the first cause;
+a rank that died after the result was complete costs one warning line on stderr, and the result is kept. Every
+collective gives up after `timeout_s` (default 10 minutes, not torch's 30) with `CollectiveTimeout`, so a rank that
+died or hangs cannot keep the others waiting for hours.
 Rank side (no pyspark import, so the same code runs under plain `torchrun` on a GPU box): `setup`, `finish`,
 `broadcast_parameters`, `sync_gradients` and small collectives.
 
@@ -17,8 +23,12 @@ all-reduce. This works the same on gloo and NCCL and with models that have no de
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import pickle
+import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 600
+RESULT_FILE = "result.pkl"
 TIMEOUT_ENV = "TWOTS_COLLECTIVE_TIMEOUT_S"   # set by `run` in each rank, read by `setup`
 
 
@@ -144,7 +155,8 @@ def _all_gather_sparse(ctx: Context, grad: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RankMain:
-    """What each rank runs: `fn` with the collective timeout set, and its error, if any, written to `error_dir`."""
+    """What each rank runs: `fn` with the collective timeout set; how it ended is left in `error_dir` (the module
+    doc)."""
 
     fn: object
     error_dir: str
@@ -153,14 +165,15 @@ class RankMain:
     def __call__(self, *args):
         os.environ[TIMEOUT_ENV] = str(self.timeout_s)
         rank = os.environ.get("RANK", "?")
-        earlier = rank_errors(self.error_dir)
+        earlier = rank_errors(self.error_dir, signals=False)
         if earlier:
             # Spark retries a failed barrier stage (spark.task.maxFailures); a rank that raised will raise again,
             # so a retry stops here. A rank killed from outside (lost executor, OOM killer) left no record: retried.
             raise RankFailure(f"not retried: rank {earlier[0]['rank']} of an earlier attempt raised "
                               f"{earlier[0]['error']}")
+        _record_signals(self.error_dir, rank)
         try:
-            return self.fn(*args)
+            result = self.fn(*args)
         except BaseException as err:
             if _is_timeout(err):
                 err = CollectiveTimeout(f"a collective did not complete within {self.timeout_s:g} s (the collective "
@@ -168,9 +181,32 @@ class RankMain:
                                         f"({type(err).__name__}: {str(err).strip().splitlines()[0]})")
             record = {"rank": rank, "time": time.time(), "error": f"{type(err).__name__}: {err}",
                       "traceback": traceback.format_exc()}
-            Path(self.error_dir).mkdir(parents=True, exist_ok=True)
             Path(self.error_dir, f"rank-{rank}.json").write_text(json.dumps(record))
             raise err from None
+        if rank == "0":
+            _write_atomic(Path(self.error_dir, RESULT_FILE), pickle.dumps(result))
+        _write_atomic(Path(self.error_dir, f"rank-{rank}.done"), str(time.time()).encode())
+        return result
+
+
+_SIGNAL_FILES: list = []   # open for the rank's whole life: faulthandler writes to them from a signal handler
+
+
+def _record_signals(error_dir: str, rank: str) -> None:
+    """Have faulthandler dump every thread's Python traceback to rank-<r>.fatal on a fatal signal and to
+    rank-<r>.sigterm on SIGTERM (then die of it as before)."""
+    Path(error_dir).mkdir(parents=True, exist_ok=True)
+    fatal = open(Path(error_dir, f"rank-{rank}.fatal"), "w")  # noqa: SIM115 - kept open until the process ends
+    term = open(Path(error_dir, f"rank-{rank}.sigterm"), "w")  # noqa: SIM115
+    _SIGNAL_FILES.extend([fatal, term])
+    faulthandler.enable(file=fatal, all_threads=True)
+    faulthandler.register(signal.SIGTERM, file=term, all_threads=True, chain=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _is_timeout(err: BaseException) -> bool:
@@ -178,21 +214,32 @@ def _is_timeout(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("timed out" in text or "timeout" in text)
 
 
-def rank_errors(error_dir: str | Path) -> list[dict]:
-    """The errors the ranks recorded in `error_dir`, the first raised first."""
+# faulthandler's first line of a fatal signal's dump -> the signal
+_FATAL = {"Aborted": "SIGABRT", "Segmentation fault": "SIGSEGV", "Bus error": "SIGBUS",
+          "Floating-point exception": "SIGFPE", "Illegal instruction": "SIGILL"}
+
+
+def rank_errors(error_dir: str | Path, signals: bool = True) -> list[dict]:
+    """The errors the ranks recorded in `error_dir` ({"rank", "time", "error", "traceback"}), the first first: those
+    they raised and, with `signals`, their deaths by a signal."""
     records = [json.loads(p.read_text()) for p in Path(error_dir).glob("rank-*.json")]
+    for path in sorted(Path(error_dir).glob("rank-*.fatal")) + sorted(Path(error_dir).glob("rank-*.sigterm")):
+        dump = path.read_text() if signals else ""
+        if dump.strip():
+            first = dump.strip().splitlines()[0].removeprefix("Fatal Python error: ").strip()
+            name = "SIGTERM" if path.suffix == ".sigterm" else _FATAL.get(first, first)
+            records.append({"rank": path.stem.removeprefix("rank-"), "time": path.stat().st_mtime,
+                            "error": f"killed by {name}", "signal": name, "traceback": dump})
     return sorted(records, key=lambda r: r["time"])
 
 
 def run(fn, *args, num_processes: int, local_mode: bool = True, use_gpu: bool = False,
         error_dir: str | Path | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
-    """Run `fn(*args)` on `num_processes` ranks with TorchDistributor and return a rank's result (rank 0's on a
-    cluster; in local mode every rank writes the same output file and the last one wins: return the same numbers
-    from every rank).
+    """Run `fn(*args)` on `num_processes` ranks with TorchDistributor and return rank 0's result (every rank must
+    return the same numbers).
 
-    `fn` must return a dict holding `ranks_finished` (from `finish`); TorchDistributor does not always notice a
-    crashed rank, so a count short of `num_processes` raises `RankFailure` here. A rank's error reaches the driver
-    through `error_dir` (default: a new temporary folder, which every rank can reach only on one machine).
+    `fn` must return a dict holding `ranks_finished` (from `finish`). The ranks' ends reach the driver through
+    `error_dir` (see the module doc; default: a new temporary folder, which every rank can reach only on one machine).
     """
     import tempfile
 
@@ -200,17 +247,26 @@ def run(fn, *args, num_processes: int, local_mode: bool = True, use_gpu: bool = 
 
     error_dir = Path(error_dir) if error_dir is not None else Path(tempfile.mkdtemp(prefix="twots-rank-errors-"))
     error_dir.mkdir(parents=True, exist_ok=True)
-    for old in error_dir.glob("rank-*.json"):
-        old.unlink()
+    for old in [*error_dir.glob("rank-*"), error_dir / RESULT_FILE]:
+        old.unlink(missing_ok=True)
     distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu)
     try:
-        result = distributor.run(RankMain(fn, str(error_dir), timeout_s), *args)
+        distributor.run(RankMain(fn, str(error_dir), timeout_s), *args)
+        launch_error = ""
     except Exception as err:  # noqa: BLE001 - Spark raises py4j and pyspark errors alike; the ranks' own say more
-        raise RankFailure(f"distributed run of {fn.__name__} failed: "
-                          f"{_describe(rank_errors(error_dir)) or str(err)[:2000]}") from None
+        launch_error = str(err)[:2000]
     errors = rank_errors(error_dir)
+    unfinished = [r for r in range(num_processes) if not (error_dir / f"rank-{r}.done").exists()]
+    if unfinished:
+        found = _describe(errors) or launch_error or (
+            f"rank(s) {', '.join(map(str, unfinished))} ended without a result and without an error record (killed "
+            f"from outside: the OOM killer, a lost executor?)")
+        raise RankFailure(f"distributed run of {fn.__name__} failed: {found}")
     if errors:
-        raise RankFailure(f"distributed run of {fn.__name__} failed: {_describe(errors)}")
+        print("warning: after the result was complete, " + "; ".join(map(_what, errors))
+              + f"; the result is kept (tracebacks in {error_dir})",
+              file=sys.stderr, flush=True)
+    result = pickle.loads((error_dir / RESULT_FILE).read_bytes())
     return check_finished(fn.__name__, result, num_processes)
 
 
@@ -219,10 +275,14 @@ def _describe(errors: list[dict]) -> str:
     if not errors:
         return ""
     first, rest = errors[0], errors[1:]
-    text = f"rank {first['rank']} raised {first['error']}\n{first['traceback']}"
+    text = f"{_what(first)}\n{first['traceback']}"
     if rest:
-        text += "then " + "; ".join(f"rank {e['rank']} raised {e['error']}" for e in rest)
+        text += "then " + "; ".join(map(_what, rest))
     return text
+
+
+def _what(error: dict) -> str:
+    return f"rank {error['rank']} {'was' if 'signal' in error else 'raised'} {error['error']}"
 
 
 def check_finished(name: str, result, num_processes: int):

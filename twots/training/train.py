@@ -11,10 +11,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twots.data.tables import read_manifest
+from pyspark.sql import functions as F
+
+from twots.data.snapshot import read_delta
+from twots.data.tables import USER_ACTIVITY, read_manifest
 from twots.evaluation.evaluate import ReplaySettings, evaluate
 from twots.mlops import tracking
-from twots.models.kinds import KINDS, load_model
+from twots.models.kinds import KINDS, load_model, parts_without_data
 from twots.training.config import TrainConfig
 from twots.training.launch import Launcher
 from twots.training.runs import run_jobs
@@ -43,6 +46,14 @@ def check_stage1_model(cfg: TrainConfig) -> None:
                          f"{str(given).lower()}")
 
 
+def untrained_parts(spark, data: str | Path, model: str) -> list[str]:
+    """parts_without_data of `model` by the user groups of the folder `data` (a view's t* can differ from its
+    manifest's, so the groups are counted in its user_activity)."""
+    groups = read_delta(spark, data, USER_ACTIVITY).agg(
+        F.count_if("is_active"), F.count_if(~F.col("is_active") & (F.col("n_train") > 0))).first()
+    return parts_without_data(model, groups[0], groups[1])
+
+
 def train(cfg: TrainConfig, spark, replay: ReplaySettings | None = None,
           folders: dict[str, Path] | None = None) -> TrainResult:
     """Train, evaluate (`replay`: default the `evaluate:` section of the same config files) and track one run.
@@ -54,6 +65,8 @@ def train(cfg: TrainConfig, spark, replay: ReplaySettings | None = None,
     if not cfg.resume and run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh run never picks up another run's checkpoints
     run_dir.mkdir(parents=True, exist_ok=True)
+    for part in untrained_parts(spark, cfg.data, cfg.model):
+        print(f"[train] warning: {part}", flush=True)
     launcher = Launcher(spark, cfg, run_dir)
     with tracking.pipeline_run(cfg, run_dir, launcher.manifest, spark) as tracker:
         plans = [plan for plan in KINDS[cfg.model].stages if not (plan.name == "stage1" and cfg.stage1_model)]
