@@ -24,6 +24,7 @@ all-reduce. This works the same on gloo and NCCL and with models that have no de
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import os
 import pickle
@@ -183,6 +184,10 @@ class RankMain:
                       "traceback": traceback.format_exc()}
             Path(self.error_dir, f"rank-{rank}.json").write_text(json.dumps(record))
             raise err from None
+        # Readers of Arrow files (petastorm's) hold native threads until they are collected; collected in the
+        # interpreter's teardown they can abort the process with "terminate called without an active exception"
+        # (apache/arrow#34314). Collect them now, while Arrow is whole.
+        gc.collect()
         if rank == "0":
             _write_atomic(Path(self.error_dir, RESULT_FILE), pickle.dumps(result))
         _write_atomic(Path(self.error_dir, f"rank-{rank}.done"), str(time.time()).encode())
