@@ -200,8 +200,8 @@ class SASRec(_ItemModel):
         x = self._tokens(window[:, :int(length.max())])
         *lower, top = self.encoder.layers
         for layer in lower:
-            x = _encoder_layer(layer, x)
-        return self.norm(_encoder_layer(top, x, length).squeeze(1))
+            x = _causal_layer(layer, x)
+        return self.norm(_layer_at(top, x, length))
 
     def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         window = torch.full((user_ids.shape[0], self.window), -1, dtype=torch.long, device=user_ids.device)
@@ -241,25 +241,37 @@ class SASRec(_ItemModel):
         return _sequence_loss(users, self.items, targets, target_negs)
 
 
-def _encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor,
-                   query_at: torch.Tensor | None = None) -> torch.Tensor:
-    """A norm-first `layer` in eval on x [B, T, D] under a causal mask: [B, T, D]; with query_at [B], only each row's
-    token at query_at goes through (its keys and values are every token up to it): [B, 1, D]."""
-    attn, dim = layer.self_attn, x.shape[-1]
-    h = layer.norm1(x)
-    if query_at is None:
-        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-        mask = None
-    else:
-        rows = torch.arange(len(x), device=x.device)
-        x, h_query = x[rows, query_at].unsqueeze(1), h[rows, query_at].unsqueeze(1)
-        q = F.linear(h_query, attn.in_proj_weight[:dim], attn.in_proj_bias[:dim])
-        k, v = F.linear(h, attn.in_proj_weight[dim:], attn.in_proj_bias[dim:]).chunk(2, dim=-1)
-        mask = (torch.arange(h.shape[1], device=x.device) <= query_at.unsqueeze(1))[:, None, None]
+def _causal_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """A norm-first `layer` as in eval (no dropout) on x [B, T, D] under a causal mask: [B, T, D]."""
+    attn = layer.self_attn
+    q, k, v = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
 
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask, is_causal=mask is None)
-    x = x + attn.out_proj(out.transpose(1, 2).flatten(2))
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+    return _feed_forward(layer, x + attn.out_proj(out.transpose(1, 2).flatten(2)))
+
+
+def _layer_at(layer: nn.TransformerEncoderLayer, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """`_causal_layer`'s output at token `at` [B] of each row of x [B, T, D] alone: [B, D].
+
+    No key or value is projected: a query q scores a token h as q . (W_k h + b_k) = (W_k^T q) . h + q . b_k, whose
+    last term is the same for every token and cancels in the softmax, and as the attention weights a_j sum to 1 the
+    output is W_v (sum_j a_j h_j) + b_v."""
+    attn, heads = layer.self_attn, layer.self_attn.num_heads
+    h = layer.norm1(x)
+    rows = torch.arange(len(x), device=x.device)
+    w_q, w_k, w_v = (w.unflatten(0, (heads, -1)) for w in attn.in_proj_weight.chunk(3))  # [H, d, D] each
+    b_q, _, b_v = attn.in_proj_bias.chunk(3)
+    # The query at each row's token, scaled as scaled_dot_product_attention scales it: [B, H, d].
+    q = (torch.einsum("bf,hef->bhe", h[rows, at], w_q) + b_q.view(heads, -1)) * w_q.shape[1] ** -0.5
+    logits = torch.bmm(torch.einsum("bhe,hef->bhf", q, w_k), h.transpose(1, 2))  # [B, H, T]
+    later = torch.arange(x.shape[1], device=x.device) > at.unsqueeze(1)
+    weights = logits.masked_fill(later.unsqueeze(1), float("-inf")).softmax(-1)
+    out = torch.einsum("bhf,hef->bhe", torch.bmm(weights, h), w_v).flatten(1) + b_v
+    return _feed_forward(layer, x[rows, at] + attn.out_proj(out))
+
+
+def _feed_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
     return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
