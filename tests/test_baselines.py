@@ -10,6 +10,7 @@ from twots.evaluation.replay import Events, Warmup, replay
 from twots.models.baselines import Popularity, SASRec
 from twots.models.kinds import KINDS, load_model, save_model
 from twots.models.losses import offer_softmax_loss
+from twots.models.protocol import SequentialRecommender
 from twots.training.trainer import split_parameters
 
 N_ITEMS, CLUSTERS, P = 80, 8, 5
@@ -92,6 +93,68 @@ def test_sasrec_window_keeps_the_last_items_and_cuts_training_rows():
     assert full == pytest.approx(tail, rel=1e-5)
     with pytest.raises(ValueError, match="heads"):
         SASRec(**DIMS, heads=3)
+
+
+class WholeEncoderSASRec(SequentialRecommender):
+    """The reference of SASRec's cached state: the same windows, but every user vector runs the whole encoder
+    (training's `_encode`) over the window, as SASRec scored before its state carried the encoding."""
+
+    def __init__(self, model: SASRec):
+        super().__init__()
+        self.model, self.hparams = model, model.hparams
+
+    def init_state(self, user_ids, is_active):
+        return self.model.init_state(user_ids, is_active)
+
+    def step(self, state, item_ids, is_active):
+        return self.model.step(state, item_ids, is_active)
+
+    def user_vector(self, state):
+        window = state[0]
+        return self.model._encode(window)[torch.arange(len(window)), (window >= 0).sum(1)]
+
+    def item_vectors(self, item_ids):
+        return self.model.item_vectors(item_ids)
+
+
+def shaken_sasrec(seed: int, **extra) -> SASRec:
+    """A SASRec in eval with every weight moved well away from its small initial values."""
+    torch.manual_seed(seed)
+    model = make("sasrec", **extra).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("layers, heads", [(2, 1), (1, 2), (3, 4)])
+def test_sasrec_cached_state_scores_as_the_whole_encoder(layers, heads):
+    model = shaken_sasrec(3, window=4, layers=layers, heads=heads)
+    reference = WholeEncoderSASRec(model)
+    g = torch.Generator().manual_seed(4)
+    items = torch.randint(0, N_ITEMS, (6, 11), generator=g)
+    items[torch.rand(items.shape, generator=g) < 0.3] = -1  # no event, anywhere in a row
+    items[0] = -1  # a user who never clicks: the start token alone
+    items[1, :2] = torch.tensor([3, 9])
+    items[1, 2:] = -1  # a window that never fills
+    inactive = torch.zeros(6, dtype=torch.bool)
+    with torch.no_grad():
+        state = model.init_state(torch.arange(6), inactive)
+        for t in range(items.shape[1] + 1):
+            torch.testing.assert_close(model.score_all(state), reference.score_all(state), rtol=0, atol=1e-5)
+            if t < items.shape[1]:
+                state = model.step(state, items[:, t], inactive)
+        fed = [[i for i in row if i >= 0] for row in items.tolist()]
+        assert max(len(f) for f in fed) > 6  # the windows of most users filled and slid
+        assert state[0].tolist() == [(f[-4:] + [-1] * 4)[:4] for f in fed]
+        # All the items at once, or in two parts, give the state of one step at a time.
+        for parts in ([items], [items[:, :5], items[:, 5:]]):
+            bulk = model.init_state(torch.arange(6), inactive)
+            for part in parts:
+                bulk = model.steps(bulk, part, inactive)
+            assert torch.equal(bulk[0], state[0])
+            torch.testing.assert_close(bulk[1], state[1], rtol=0, atol=1e-5)
+        assert model.user_vector(state).abs().mean() > 0.3  # far from zero: the comparisons above are not vacuous
 
 
 def test_popularity_ranks_by_training_counts():

@@ -11,6 +11,7 @@ import torch
 
 from twots.evaluation.remap import RemappedModel
 from twots.evaluation.replay import Events, Warmup, replay
+from twots.models.baselines import SASRec
 from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
 
 N_USERS, N_ITEMS = 7, 12
@@ -129,6 +130,24 @@ def test_unknown_items_leave_the_state_and_score_minus_infinity(model):
     got = replay(remapped, WARMUP, events)
     assert got.rank[0] == 5.0
     assert got.rank[1] <= 4.0  # a known positive ranks among the known candidates
+
+
+def test_steps_feed_the_model_its_own_items_and_skip_unknown_ones():
+    # SASRec's steps: the last 3 known items of a history, encoded once, whatever the unknown ones between them.
+    torch.manual_seed(6)
+    sasrec = SASRec(N_ITEMS, item_dim=6, feature_dim=2, window=3).eval()
+    own = torch.tensor([4, 2, 9, 0, 11, 7, 1, 3, 10, 5, 6, 8, -1, -1])  # current items 12 and 13 are unknown
+    remapped = RemappedModel(sasrec, np.arange(N_USERS), ACTIVE, own)
+    inactive = torch.zeros(2, dtype=torch.bool)
+    history = torch.tensor([[1, 12, 2, 3, 13, 4, -1], [5, 6, 13, -1, -1, -1, -1]])
+    with torch.no_grad():
+        at_once = remapped.steps(remapped.init_state(torch.arange(2), inactive), history, inactive)
+        one_by_one = remapped.init_state(torch.arange(2), inactive)
+        for t in range(history.shape[1]):
+            one_by_one = remapped.step(one_by_one, history[:, t], inactive)
+    assert at_once[1].tolist() == [[9, 0, 11], [7, 1, -1]]  # the model's ids of current items 2, 3, 4 and 5, 6
+    assert torch.equal(at_once[1], one_by_one[1])
+    torch.testing.assert_close(remapped.user_vector(at_once), remapped.user_vector(one_by_one), rtol=0, atol=1e-5)
 
 
 def test_maps_out_of_range_are_rejected(model):

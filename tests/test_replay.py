@@ -1,11 +1,16 @@
+import json
+
 import numpy as np
 import pytest
 import torch
+from test_baselines import WholeEncoderSASRec
 
 import twots.evaluation.replay
+from twots.evaluation.evaluate import load_arrays
 from twots.evaluation.metrics import ranks_from_scores, summarize
 from twots.evaluation.remap import RemappedModel
 from twots.evaluation.replay import Events, History, Warmup, full_batch_for, replay
+from twots.models.baselines import SASRec
 from twots.models.protocol import SequentialRecommender
 from twots.models.stage1 import Stage1Model
 from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
@@ -193,6 +198,32 @@ def test_full_ranks_match_a_brute_force_over_the_catalogue(exclude_seen):
         plain = replay(model, warm, evs, batch_users=3, full=full, full_batch=5)
         assert np.all(got.full_rank[full] <= plain.full_rank[full])
         assert np.any(got.full_rank[full] < plain.full_rank[full])
+
+
+def test_sasrec_replays_the_scores_of_its_whole_encoder_on_a_small_folder(spark, small_movielens, monkeypatch):
+    """The cached encoding in SASRec's state against the whole encoder rerun for every user vector, on the val and
+    test events of 250 MovieLens users after their warm-up, with a window of 8 that most of them fill and slide."""
+    data = load_arrays(small_movielens, spark)
+    torch.manual_seed(2)
+    model = SASRec(json.loads((small_movielens / "manifest.json").read_text())["n_items"], item_dim=12,
+                   feature_dim=4, window=8)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+
+    def replayed(scorer):
+        """The replay through `scorer`, and every candidate score it computed, in order."""
+        scores, score = [], scorer.score
+        monkeypatch.setattr(scorer, "score", lambda state, items: scores.append(score(state, items)) or scores[-1])
+        return replay(scorer, data.warmup, data.events, batch_users=64), torch.cat(scores)
+
+    (cached, cached_scores), (whole, whole_scores) = replayed(model), replayed(WholeEncoderSASRec(model))
+    assert len(data.events) > 5000 and np.mean(cached.steps > 8) > 0.8  # most events slide a full window
+    torch.testing.assert_close(cached_scores, whole_scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(cached.change, whole.change, rtol=0, atol=1e-5)
+    assert np.mean(cached.rank == whole.rank) > 0.999  # equal scores; a rare near-tie may round the other way
+    for group, norms in whole.norms.items():
+        assert cached.norms[group] == pytest.approx(norms, abs=1e-5)
 
 
 def test_full_ranks_by_hand_with_ties_and_exclusion():

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_baselines import WholeEncoderSASRec
 from test_serving import expected, pick_user
 
 from twots.mlops.packaging import log_model
@@ -112,6 +113,31 @@ def test_ccf_serves_unknown_users_the_mean_phi_not_user_0s(spark, small_movielen
     assert answer["items"][0] != answer["items"][1]
     assert answer["start"].tolist() == ["psi", "phi" if known[0] else "psi"]
     assert np.isfinite(answer["scores"][0]).all()
+
+
+def test_sasrec_serves_the_scores_of_its_whole_encoder(spark, small_movielens, tables, tmp_path):
+    """Histories longer than SASRec's window (8), with unknown and repeated items, served from the encoding in the
+    state: the answers of the whole encoder over the last 8 known items."""
+    data, (users, items) = small_movielens, tables
+    model = untrained("sasrec", data, tmp_path)
+    use_registry(f"sqlite:///{tmp_path}/mlflow.db", None, str(data))
+    with mlflow.start_run():
+        info = log_model(model, str(data), kind="sasrec", spark=spark, limits=ServeConfig(max_k=50, max_history=30))
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    histories = [[5, 17, 230, 5, 41, 8, 99, 120, 17, 64, 3, 77], [230, 41], []]
+    rows = [pick_user(users, True), None, pick_user(users, False)]
+    answer = pyfunc.predict(pd.DataFrame({
+        "user_id": [None if u is None else users.raw_user_id[u] for u in rows],
+        "recent_items": [[items.raw_item_id[i] for i in histories[0][:6]] + ["no-such-item"]
+                         + [items.raw_item_id[i] for i in histories[0][6:]]]
+                        + [[items.raw_item_id[i] for i in h] for h in histories[1:]],
+        "k": [10] * 3, "exclude_clicked": [False] * 3}))
+    assert answer["unknown_items"].tolist() == [["no-such-item"], [], []]
+    for row, (user, history) in enumerate(zip(rows, histories)):
+        ids, scores = expected(WholeEncoderSASRec(model), user, False, history, 10, exclude=False)
+        assert answer["items"][row] == [items.raw_item_id[i] for i in ids], row
+        assert answer["scores"][row] == pytest.approx(scores, rel=1e-5, abs=1e-5)
+    assert answer["items"][0] != answer["items"][1] != answer["items"][2]
 
 
 def test_log_model_refuses_a_model_of_another_kind(spark, small_movielens, tmp_path):

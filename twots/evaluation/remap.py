@@ -50,10 +50,16 @@ class RemappedModel(SequentialRecommender):
         active = (own >= 0) & self.model_active[own.clamp(min=0)]
         return active, *self.model.init_state(own, active)  # own = -1: a user the model has never seen
 
+    def _own_items(self, item_ids: torch.Tensor) -> torch.Tensor:
+        return torch.where(item_ids >= 0, self.item_map[item_ids.clamp(min=0)], -1)
+
     def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         active, *inner = state
-        own = torch.where(item_ids >= 0, self.item_map[item_ids.clamp(min=0)], -1)
-        return active, *self.model.step(tuple(inner), own, active)
+        return active, *self.model.step(tuple(inner), self._own_items(item_ids), active)
+
+    def steps(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        active, *inner = state
+        return active, *self.model.steps(tuple(inner), self._own_items(item_ids), active)
 
     def user_vector(self, state: State) -> torch.Tensor:
         return self.model.user_vector(state[1:])

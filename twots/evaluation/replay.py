@@ -3,7 +3,7 @@
 Users are independent, so round r holds every user's r-th event. For each event: score its candidates with the
 user's current state, rank the positive (metrics.ranks_from_scores), then feed the true item with `step` (online
 adaptation) and record the 2-norm of the user-vector change (the paper's Fig. 4). Users start from `init_state`
-followed by `step` over their warm-up (training) items; users without warm-up items are new.
+followed by `steps` over their warm-up (training) items; users without warm-up items are new.
 
 Diagnostics (docs/model.md): each event's `steps`, its place in its user's rollout from init_state (warm-up items +
 its replay step: the n-th click predicted since the state was phi, psi or h0); the
@@ -311,22 +311,20 @@ def _start_states(model: SequentialRecommender, users: torch.Tensor, is_active: 
 
 def _warm_up(model: SequentialRecommender, state: tuple, warmup: Warmup, warm_row: np.ndarray,
              is_active: torch.Tensor) -> np.ndarray:
-    """Step every user with a warm-up row over its items, in place; returns each user's warm-up length. At column t
-    only users with more than t items step: a prefix of the users once they are sorted by length."""
+    """Feed every user with a warm-up row its items (`steps`), in place; returns each user's warm-up length. Users go
+    longest first, in chunks whose items are cut to the chunk's longest history."""
     device = is_active.device
     warm_users = np.flatnonzero(warm_row >= 0)
     warm_len = (warmup.item_ids[warm_row[warm_users]] >= 0).sum(1)
     by_len = np.argsort(-warm_len, kind="stable")
     warm_users, warm_len = warm_users[by_len], warm_len[by_len]
-    for t in range(int(warm_len.max(initial=0))):
-        stepping = warm_users[:np.searchsorted(-warm_len, -t, side="left")]
-        for a, b in _chunks(len(stepping), STATE_CHUNK):
-            rows = stepping[a:b]
-            idx = torch.from_numpy(rows).to(device)
-            items = torch.from_numpy(warmup.item_ids[warm_row[rows], t]).to(device)
-            new = model.step(tuple(s[idx] for s in state), items, is_active[idx])
-            for s, n in zip(state, new):
-                s[idx] = n
+    for a, b in _chunks(len(warm_users), STATE_CHUNK):
+        rows = warm_users[a:b]
+        idx = torch.from_numpy(rows).to(device)
+        items = torch.from_numpy(warmup.item_ids[warm_row[rows], :warm_len[a]]).to(device)
+        new = model.steps(tuple(s[idx] for s in state), items, is_active[idx])
+        for s, n in zip(state, new):
+            s[idx] = n
     warmed = np.zeros(len(warm_row), dtype=np.int64)
     warmed[warm_users] = warm_len
     return warmed

@@ -167,9 +167,7 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
             ids = flat[offsets[row]:offsets[row + 1]]
             unknown.append([histories[row][j] for j in np.flatnonzero(ids < 0)])
             clicked.append(ids[ids >= 0])
-        steps = torch.from_numpy(pad_lists(clicked))
-        for t in range(steps.shape[1]):  # item -1 (a shorter history) leaves that row's state as it is
-            state = self.model.step(state, steps[:, t], active_t)
+        state = self.model.steps(state, torch.from_numpy(pad_lists(clicked)), active_t)
 
         scores = self.scan(self.model.user_vector(state))
         for row in range(n):

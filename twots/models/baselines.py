@@ -13,6 +13,7 @@ stage 1), and every trainable model's loss is the same offer-set softmax of `two
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from twots.models.items import DEFAULT_FEATURE_DIM, DEFAULT_ITEM_DIM, INIT_STD, ItemEncoder
@@ -152,9 +153,13 @@ class GRU4Rec(_ItemModel):
 class SASRec(_ItemModel):
     """Causal self-attention over [start token, last `window` items]; the output at the last token is the user.
 
-    State = (window [B, window] item ids in time order, padded with -1 at the end). Training rows are cut to their
-    last window + 1 items: the outputs at the start token and the first `window` items predict the next item, the
-    same token positions the replay uses.
+    State = (window [B, window]: item ids in time order, padded with -1 at the end; user [B, D]: the output at the
+    window's last token). The state carries the encoding: `user_vector` reads it, and `step` / `steps` encode the new
+    window once, however many items they feed, running the top layer at the last token alone (`_last_output`). No
+    keys or values are kept: once the window is full, each item moves every token to another absolute position, which
+    changes them all (docs/model.md). Training (`forward`) runs the whole encoder (`_encode`).
+    Training rows are cut to their last window + 1 items: the outputs at the start token and the first `window`
+    items predict the next item, the same token positions the replay uses.
     """
 
     def __init__(self, n_items: int, n_features: int = 0, max_features: int = 0,
@@ -174,31 +179,54 @@ class SASRec(_ItemModel):
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(window + 1),
                              persistent=False)
 
-    def _encode(self, window_items: torch.Tensor) -> torch.Tensor:
-        """[B, W] item ids (-1 padding at the end, W <= window) -> outputs [B, W + 1, D] at every token."""
+    def _tokens(self, window_items: torch.Tensor) -> torch.Tensor:
+        """[B, W] item ids (-1 padding at the end, W <= window) -> the encoder's input [B, W + 1, D]."""
         batch, width = window_items.shape
         x = self.items(window_items.clamp(min=0)) * (window_items >= 0).unsqueeze(-1)
-        tokens = torch.cat([self.start.expand(batch, 1, -1), x], dim=1) + self.position[:width + 1]
+        return torch.cat([self.start.expand(batch, 1, -1), x], dim=1) + self.position[:width + 1]
+
+    def _encode(self, window_items: torch.Tensor) -> torch.Tensor:
+        """[B, W] item ids (-1 padding at the end, W <= window) -> outputs [B, W + 1, D] at every token."""
+        tokens = self._tokens(window_items)
         # Padding comes after every real token, so the causal mask alone keeps it out of real outputs.
-        mask = self.causal[:width + 1, :width + 1]
+        mask = self.causal[:tokens.shape[1], :tokens.shape[1]]
         return self.norm(self.encoder(tokens, mask=mask, is_causal=True))
 
+    def _last_output(self, window: torch.Tensor) -> torch.Tensor:
+        """[B, window] item ids -> [B, D]: `_encode`'s output at each row's last real token as in eval (no dropout),
+        computing only what it depends on: the tokens up to the longest row's last, and in the top layer that token
+        alone."""
+        length = (window >= 0).sum(1)  # the start token is 0, so the last real item sits at its count
+        x = self._tokens(window[:, :int(length.max())])
+        *lower, top = self.encoder.layers
+        for layer in lower:
+            x = _causal_layer(layer, x)
+        return self.norm(_layer_at(top, x, length))
+
     def init_state(self, user_ids: torch.Tensor, is_active: torch.Tensor) -> State:
-        return (torch.full((user_ids.shape[0], self.window), -1, dtype=torch.long, device=user_ids.device),)
+        window = torch.full((user_ids.shape[0], self.window), -1, dtype=torch.long, device=user_ids.device)
+        start = self._last_output(window.new_full((1, self.window), -1))
+        return window, start.expand(len(window), -1).clone()
 
     def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
-        (window,) = state
-        length = (window >= 0).sum(1, keepdim=True)
-        appended = window.scatter(1, length.clamp(max=self.window - 1), item_ids.unsqueeze(-1))
-        shifted = torch.cat([window[:, 1:], item_ids.unsqueeze(-1)], dim=1)
-        new = torch.where(length == self.window, shifted, appended)
-        return (torch.where((item_ids >= 0).unsqueeze(-1), new, window),)
+        return self.steps(state, item_ids.unsqueeze(1), is_active)
+
+    def steps(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        window, user = state
+        items = torch.cat([window, item_ids], dim=1)
+        valid = items >= 0
+        # The newest `window` valid items, in order: each one's count of valid items at or after it says its place.
+        newer = valid.flip(1).cumsum(1).flip(1)
+        kept = newer[:, :1].clamp(max=self.window)
+        keep = valid & (newer <= kept)
+        slot = torch.where(keep, kept - newer, self.window)  # column `window` takes what is not kept
+        new = items.new_full((len(items), self.window + 1), -1).scatter(1, slot, torch.where(keep, items, -1))
+        fed = (item_ids >= 0).any(1, keepdim=True)
+        window = torch.where(fed, new[:, :self.window], window)
+        return window, torch.where(fed, self._last_output(window), user)
 
     def user_vector(self, state: State) -> torch.Tensor:
-        (window,) = state
-        out = self._encode(window)
-        last = (window >= 0).sum(1)  # the start token is 0, so the last real item sits at its count
-        return out[torch.arange(window.shape[0], device=window.device), last]
+        return state[1]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         item_ids, neg_ids = batch["item_ids"], batch["neg_item_ids"]
@@ -212,3 +240,38 @@ class SASRec(_ItemModel):
         users = self._encode(targets[:, :-1])
         return _sequence_loss(users, self.items, targets, target_negs)
 
+
+def _causal_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """A norm-first `layer` as in eval (no dropout) on x [B, T, D] under a causal mask: [B, T, D]."""
+    attn = layer.self_attn
+    q, k, v = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+    return _feed_forward(layer, x + attn.out_proj(out.transpose(1, 2).flatten(2)))
+
+
+def _layer_at(layer: nn.TransformerEncoderLayer, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """`_causal_layer`'s output at token `at` [B] of each row of x [B, T, D] alone: [B, D].
+
+    No key or value is projected: a query q scores a token h as q . (W_k h + b_k) = (W_k^T q) . h + q . b_k, whose
+    last term is the same for every token and cancels in the softmax, and as the attention weights a_j sum to 1 the
+    output is W_v (sum_j a_j h_j) + b_v."""
+    attn, heads = layer.self_attn, layer.self_attn.num_heads
+    h = layer.norm1(x)
+    rows = torch.arange(len(x), device=x.device)
+    w_q, w_k, w_v = (w.unflatten(0, (heads, -1)) for w in attn.in_proj_weight.chunk(3))  # [H, d, D] each
+    b_q, _, b_v = attn.in_proj_bias.chunk(3)
+    # The query at each row's token, scaled as scaled_dot_product_attention scales it: [B, H, d].
+    q = (torch.einsum("bf,hef->bhe", h[rows, at], w_q) + b_q.view(heads, -1)) * w_q.shape[1] ** -0.5
+    logits = torch.bmm(torch.einsum("bhe,hef->bhf", q, w_k), h.transpose(1, 2))  # [B, H, T]
+    later = torch.arange(x.shape[1], device=x.device) > at.unsqueeze(1)
+    weights = logits.masked_fill(later.unsqueeze(1), float("-inf")).softmax(-1)
+    out = torch.einsum("bhf,hef->bhe", torch.bmm(weights, h), w_v).flatten(1) + b_v
+    return _feed_forward(layer, x[rows, at] + attn.out_proj(out))
+
+
+def _feed_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))

@@ -32,6 +32,19 @@ class SequentialRecommender(nn.Module):
     def step(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
         raise NotImplementedError(f"{type(self).__name__} must implement step")
 
+    def steps(self, state: State, item_ids: torch.Tensor, is_active: torch.Tensor) -> State:
+        """The state after `step` over each column of item_ids [B, L] in turn; an item -1 leaves its row as it is.
+        The replay's warm-up and serving feed histories through it, so a model whose step is costly can do the work
+        once (SASRec encodes the final window alone). Here each column steps only its rows with an item."""
+        state = tuple(s.clone() for s in state)
+        for t in range(item_ids.shape[1]):
+            rows = torch.nonzero(item_ids[:, t] >= 0).squeeze(1)
+            if len(rows):
+                new = self.step(tuple(s[rows] for s in state), item_ids[rows, t], is_active[rows])
+                for s, n in zip(state, new):
+                    s[rows] = n
+        return state
+
     def lr_scale(self, name: str) -> float:
         """The factor of the training learning rate for the parameter called `name` (named_parameters); 1 unless a
         model trains some part slower (twots.training.trainer.make_optimizers)."""
