@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from twots.config import ConfigError, resolve
 from twots.mlops.index import SHIPPED, ItemIndex, build_index, chosen_kind, flat_index, omp_threads
+from twots.mlops.pyfunc import ServeConfig
 
 
 def clustered(n: int, dim: int, seed: int) -> tuple[np.ndarray, torch.Tensor]:
@@ -45,6 +47,14 @@ def test_index_returns_minus_one_past_the_catalogue():
     assert (candidates[:, :100] >= 0).all() and (candidates[:, 100:] == -1).all()
 
 
+def test_hnsw_returns_as_many_candidates_as_asked():
+    """HNSW returns no more than the efSearch candidates it keeps: asked for more, it keeps as many as asked."""
+    items, users = clustered(2000, 16, seed=4)
+    index = ItemIndex(build_index(items, "hnsw", hnsw_m=16, hnsw_ef_construction=40), ivf_nprobe=1,
+                      hnsw_ef_search=16)
+    assert (index.candidates(users, 300) >= 0).all()
+
+
 def test_ivf_on_a_small_catalogue_builds_quietly(capfd):
     """Fewer lists than 2 sqrt(n) when n is small, so k-means gets the 39 vectors a list faiss asks for: no warning."""
     items, _ = clustered(2000, 16, seed=3)
@@ -55,8 +65,8 @@ def test_ivf_on_a_small_catalogue_builds_quietly(capfd):
 
 def test_kind_by_catalogue_size():
     assert [chosen_kind("auto", n, 100_000) for n in (99_999, 100_000)] == ["flat", "ivf"]
-    assert [chosen_kind(kind, 10, 100_000) for kind in ("flat", "ivf", "hnsw", "none")] == ["flat", "ivf", "hnsw",
-                                                                                             "none"]
+    assert [chosen_kind(kind, 10, 100_000) for kind in ("flat", "ivf", "hnsw", "scan")] == ["flat", "ivf", "hnsw",
+                                                                                             "scan"]
     assert SHIPPED == ("ivf", "hnsw")
     with pytest.raises(ValueError, match="no shipped index of kind 'flat'"):
         build_index(np.zeros((10, 4), np.float32), "flat", hnsw_m=16, hnsw_ef_construction=40)
@@ -67,3 +77,14 @@ def test_omp_threads_are_set_for_the_block_only():
     with omp_threads(before + 2):
         assert faiss.omp_get_max_threads() == before + 2
     assert faiss.omp_get_max_threads() == before
+
+
+def test_the_settings_are_checked_at_start():
+    """`serve.index` and its settings come from the config files and flags (strings on the command line): a bad
+    value fails naming the key and the accepted values."""
+    assert resolve(ServeConfig, "serve", {"index": "scan", "ivf_nprobe": "64"}).model_dump(
+        include={"index", "ivf_nprobe"}) == {"index": "scan", "ivf_nprobe": 64}
+    with pytest.raises(ConfigError, match=r"serve.index = 'kd-tree' \(from command line\)(?s:.*)one of auto, flat"):
+        resolve(ServeConfig, "serve", {"index": "kd-tree"})
+    with pytest.raises(ConfigError, match=r"serve.ivf_nprobe = '0'(?s:.*)an integer >= 1"):
+        resolve(ServeConfig, "serve", {"ivf_nprobe": "0"})

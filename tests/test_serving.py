@@ -126,8 +126,8 @@ def test_the_champion_ships_and_serves_its_ivf_index(served):
     assert isinstance(served_by.index.index, faiss.IndexIVFScalarQuantizer) and served_by.scan is None
 
 
-@pytest.mark.parametrize("setting", [{}, {"index": "hnsw"}, {"index": "flat"}, {"index": "none", "scan": "bfloat16"},
-                                     {"index": "none", "scan": "int8"}], ids=lambda s: "-".join(s.values()) or "ivf")
+@pytest.mark.parametrize("setting", [{}, {"index": "hnsw"}, {"index": "flat"}, {"index": "scan", "scan": "bfloat16"},
+                                     {"index": "scan", "scan": "int8"}], ids=lambda s: "-".join(s.values()) or "ivf")
 def test_index_and_rough_scans_return_the_exact_top_k(served, setting):
     """The ivf index (the champion), the hnsw one (its own version), the flat one (built at load) and the rough
     scans propose candidates, rescored exactly in float32: for 40 random users with up to 25 clicked items excluded
@@ -136,7 +136,7 @@ def test_index_and_rough_scans_return_the_exact_top_k(served, setting):
     uri = served["hnsw"] if setting.get("index") == "hnsw" else URI
     pyfunc = mlflow.pyfunc.load_model(uri, model_config=setting)
     served_by = pyfunc.unwrap_python_model()
-    if setting.get("index") == "none":
+    if setting.get("index") == "scan":
         assert served_by.index is None and served_by.scan.matrix.dtype == getattr(torch, setting["scan"])
     else:
         assert served_by.scan is None and served_by.index is not None

@@ -8,7 +8,7 @@ own item vectors (twots.mlops.pyfunc). Kinds (`serve.index`):
 - `ivf`: IndexIVFScalarQuantizer, 2 sqrt(n) lists by k-means, 8-bit codes; a query scans the `serve.ivf_nprobe`
   lists nearest to it. Built at log_model and shipped with the model.
 - `hnsw`: IndexHNSWSQ, an HNSW graph over 8-bit codes; built at log_model and shipped.
-- `auto`: flat below `serve.index_flat_below` items, ivf from there; `none`: no index, the scan (twots.mlops.scan).
+- `auto`: flat below `serve.index_flat_below` items, ivf from there; `scan`: no index, the scan of twots.mlops.scan.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import faiss
 import numpy as np
 import torch
 
-IndexKind = Literal["auto", "flat", "ivf", "hnsw", "none"]
+IndexKind = Literal["auto", "flat", "ivf", "hnsw", "scan"]
 SHIPPED = ("ivf", "hnsw")  # built at log_model and shipped as the model's `index` artifact; flat is built at load
+# 2 sqrt(n) lists, of which serve.ivf_nprobe = 128 probed found 0.99 of the exact top 10 at 200k to 1M widened
+# trained items (docs/serving.md). k-means on 40 vectors a list (faiss asks for at least 39), 10 rounds instead of
+# faiss's 25: the build stays minutes at 4.16M items on 2 cores, and 25 rounds found no more of the top 10.
 IVF_LISTS_PER_SQRT = 2
-# k-means on 40 vectors a list (faiss asks for at least 39), 10 rounds instead of faiss's 25: at 4.16M items the
-# build stays a few minutes on 2 cores, and the rescored recall did not move (docs/serving.md).
 IVF_TRAIN_PER_LIST = 40
 IVF_KMEANS_ROUNDS = 10
 
@@ -72,14 +73,16 @@ class ItemIndex:
 
     def __init__(self, index: faiss.Index, *, ivf_nprobe: int, hnsw_ef_search: int):
         self.index = index
+        self.hnsw_ef_search = hnsw_ef_search if isinstance(index, faiss.IndexHNSW) else None
         if isinstance(index, faiss.IndexIVF):
             index.nprobe = ivf_nprobe
-        elif isinstance(index, faiss.IndexHNSW):
-            index.hnsw.efSearch = hnsw_ef_search  # faiss searches with max(efSearch, n) candidates
 
     def candidates(self, users: torch.Tensor, n: int) -> torch.Tensor:
         """[B, n] item ids of the best inner products with users [B, D] by the index; -1 where it found fewer."""
-        _, ids = self.index.search(np.ascontiguousarray(users.numpy(), dtype=np.float32), n)
+        # HNSW keeps efSearch candidates while searching and returns no more than those.
+        params = None if self.hnsw_ef_search is None else faiss.SearchParametersHNSW(
+            efSearch=max(self.hnsw_ef_search, n))
+        _, ids = self.index.search(np.ascontiguousarray(users.numpy(), dtype=np.float32), n, params=params)
         return torch.from_numpy(ids)
 
 

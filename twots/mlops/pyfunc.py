@@ -8,7 +8,7 @@ have training clicks, else the mean phi); a user missing from it, or no user_id,
 (id -1). `start` is "phi" when the model started the user from their own embedding, else "psi" (a start shared
 by users: psi, GRU4Rec's h0, the mean phi, ...). The model steps over the known recent items; a faiss index over the
 item vectors (twots.mlops.index: built at log_model, or at load for the flat one) proposes candidates, which are
-rescored exactly in float32, and the top k raw item ids come back with their scores. With `index: none` one scan of
+rescored exactly in float32, and the top k raw item ids come back with their scores. With `index: scan` one scan of
 the item matrix (twots.mlops.scan) scores the whole catalogue instead. Unknown item ids are skipped and reported in
 `unknown_items`; a malformed request raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server
 answers with HTTP 400 and the message.
@@ -52,7 +52,7 @@ class ServeConfig(Section):
                                                     "from the top k")
     index: IndexKind = Field(
         "auto", description="faiss index whose candidates are rescored exactly for the top k: flat (exact), ivf, "
-        "hnsw; auto: flat below index_flat_below items, else ivf; none: the full-catalogue scan of `scan`")
+        "hnsw; auto: flat below index_flat_below items, else ivf; scan: no index, the full-catalogue scan of `scan`")
     index_flat_below: int = Field(100_000, ge=1, description="auto: catalogues smaller than this get the flat index")
     ivf_nprobe: int = Field(128, ge=1, description="ivf: lists (of 2 sqrt(n_items)) a query scans")
     hnsw_m: int = Field(32, ge=2, description="hnsw: graph neighbours per item")
@@ -61,7 +61,7 @@ class ServeConfig(Section):
     rescore_pool: int = Field(256, ge=1, description="candidates of an index or rough scan rescored exactly in "
                                                      "float32: max(rescore_pool, 4k), plus the excluded clicks")
     scan: ScanKind = Field(
-        "float32", description="index none: the item matrix of the full-catalogue scan: bfloat16 halves its memory "
+        "float32", description="index scan: the item matrix of the full-catalogue scan: bfloat16 halves its memory "
         "and time, int8 quarters its memory; their best candidates are rescored exactly in float32")
     model_uri: str = Field("models:/twots@champion", description="recommend: the model to run")
     tracking_uri: str | None = Field(None, description="recommend: MLflow tracking URI "
@@ -135,14 +135,14 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
             if kind in SHIPPED:
                 if "index" not in context.artifacts:
                     raise MlflowException(f"the model's config asks for index {kind!r} but the model ships no index "
-                                          "artifact; serve it with model_config={'index': 'flat'} or 'none'")
+                                          "artifact; serve it with model_config={'index': 'flat'} or 'scan'")
                 self.index = ItemIndex(faiss.read_index(context.artifacts["index"]), **settings)
                 self.model.item_vectors(torch.zeros(1, dtype=torch.long))  # the encoder's item table, before /ping
             else:
                 vectors = self.model.item_vectors(torch.arange(self.model.hparams["n_items"]))
                 if kind == "flat":
                     self.index = ItemIndex(flat_index(vectors.numpy()), **settings)
-                else:  # none, or auto: a model logged before the index existed records no kind; it keeps its scan
+                else:  # scan, or auto: a model logged before the index existed records no kind; it keeps its scan
                     self.scan = ItemScan(vectors, self.limits.scan)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
