@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
 
+import faiss
 import mlflow
 import numpy as np
 import pandas as pd
@@ -15,7 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from twots.mlops.batch import RecommendConfig, batch_recommend
 from twots.mlops.packaging import log_model
-from twots.mlops.pyfunc import ServeConfig
+from twots.mlops.pyfunc import RecommenderPyfunc, ServeConfig
 from twots.mlops.registry import use_registry
 from twots.mlops.scan import QUANTISE_BLOCK, ItemScan, block_topk
 from twots.mlops.server import local_server
@@ -44,7 +47,9 @@ def random_model(spark, data, tmp_path) -> TwoTimeScaleModel:
 
 @pytest.fixture(scope="module")
 def served(spark, small_movielens, tmp_path_factory):
-    """A random model logged as the pyfunc, registered and set @champion; the tables' id maps as pandas."""
+    """A random model logged as the pyfunc with an ivf index, registered and set @champion, and again with an hnsw
+    index as the next version (`hnsw`: its URI); the tables' id maps as pandas. The ivf index probes every list
+    (ivf_nprobe above its lists), so its answers are the exact ones; bench/serve.py measures the approximate search."""
     data = small_movielens
     read = lambda t: spark.read.format("delta").load(str(data / t)).toPandas()  # noqa: E731
     users = read("users").merge(read("user_activity"), on="user_id").set_index("user_id").sort_index()
@@ -54,12 +59,15 @@ def served(spark, small_movielens, tmp_path_factory):
     client = use_registry(tracking, None, str(data))
     model = random_model(spark, data, root)
     experiment = mlflow.create_experiment("serving-test", artifact_location=(root / "artifacts").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        info = log_model(model, str(data), kind="2ts", spark=spark, registered_model_name=NAME,
-                         limits=ServeConfig(max_k=len(items), max_history=30))
-    client.set_registered_model_alias(NAME, "champion", info.registered_model_version)
+    versions = {}
+    for index in ("ivf", "hnsw"):
+        with mlflow.start_run(experiment_id=experiment):
+            info = log_model(model, str(data), kind="2ts", spark=spark, registered_model_name=NAME,
+                             limits=ServeConfig(max_k=len(items), max_history=30, index=index, ivf_nprobe=1000))
+        versions[index] = info.registered_model_version
+    client.set_registered_model_alias(NAME, "champion", versions["ivf"])
     return dict(data=data, tracking=tracking, model=model, users=users, items=items,
-                pyfunc=mlflow.pyfunc.load_model(URI))
+                pyfunc=mlflow.pyfunc.load_model(URI), hnsw=f"models:/{NAME}/{versions['hnsw']}")
 
 
 def all_scores(model, user: int | None, active: bool, history: list[int], exclude: bool) -> torch.Tensor:
@@ -109,13 +117,29 @@ def test_pyfunc_matches_the_model_for_phi_and_psi_starts(served):
     assert answer["items"][0][:5] != answer["items"][2]
 
 
-@pytest.mark.parametrize("scan", ["bfloat16", "int8"])
-def test_rough_scan_returns_the_exact_top_k(served, scan):
-    """A bfloat16 or int8 scan ranks the catalogue roughly, then rescores its best candidates in float32: the answer
-    is the exact top k (items and float32 scores) for every request here."""
+def test_the_champion_ships_and_serves_its_ivf_index(served):
+    info = mlflow.models.get_model_info(URI)
+    assert info.metadata["index"] == "ivf" and info.metadata["index_build_s"] >= 0
+    assert info.flavors["python_function"]["config"]["index"] == "ivf"
+    assert "faiss-cpu==1.15.1" in Path(mlflow.artifacts.download_artifacts(f"{URI}/requirements.txt")).read_text()
+    served_by = served["pyfunc"].unwrap_python_model()
+    assert isinstance(served_by.index.index, faiss.IndexIVFScalarQuantizer) and served_by.scan is None
+
+
+@pytest.mark.parametrize("setting", [{}, {"index": "hnsw"}, {"index": "flat"}, {"index": "scan", "scan": "bfloat16"},
+                                     {"index": "scan", "scan": "int8"}], ids=lambda s: "-".join(s.values()) or "ivf")
+def test_index_and_rough_scans_return_the_exact_top_k(served, setting):
+    """The ivf index (the champion), the hnsw one (its own version), the flat one (built at load) and the rough
+    scans propose candidates, rescored exactly in float32: for 40 random users with up to 25 clicked items excluded
+    and k up to 300, the answer is the exact top k (items and float32 scores), k items, none of them clicked."""
     users, items, model = served["users"], served["items"], served["model"]
-    pyfunc = mlflow.pyfunc.load_model(URI, model_config={"scan": scan})
-    assert pyfunc.unwrap_python_model().scan.matrix.dtype == getattr(torch, scan)
+    uri = served["hnsw"] if setting.get("index") == "hnsw" else URI
+    pyfunc = mlflow.pyfunc.load_model(uri, model_config=setting)
+    served_by = pyfunc.unwrap_python_model()
+    if setting.get("index") == "scan":
+        assert served_by.index is None and served_by.scan.matrix.dtype == getattr(torch, setting["scan"])
+    else:
+        assert served_by.scan is None and served_by.index is not None
     rng = np.random.default_rng(0)
     picked = rng.choice(users.index.to_numpy(), size=40, replace=False)
     histories = [rng.choice(len(items), size=int(rng.integers(0, 25)), replace=False).tolist() for _ in picked]
@@ -128,11 +152,26 @@ def test_rough_scan_returns_the_exact_top_k(served, scan):
         truth = all_scores(model, int(user), bool(users.is_active[user]), history, exclude=True)
         best = truth.topk(int(request.k[row])).values.tolist()
         got = [dense[raw] for raw in answer["items"][row]]
-        assert len(set(got)) == len(got) == len(best)
+        assert len(set(got)) == len(got) == len(best) and not set(got) & set(history)
         # Exact up to ties: the item at each position has the float32 score of the k-th best there (score() and
         # score_all() may round a near-tie apart, so two tied items can come in either order).
         assert truth[got].tolist() == pytest.approx(best, rel=1e-5, abs=1e-6)
         assert answer["scores"][row] == pytest.approx(best, rel=1e-5, abs=1e-6)
+
+
+def test_a_model_without_its_index_artifact(served):
+    """A model logged before the index (no index in its config) serves by its scan; one whose config names a
+    shipped index it lacks fails at load, saying how to serve it."""
+    local = Path(mlflow.artifacts.download_artifacts(URI)) / "artifacts"
+    artifacts = {name: str(local / f"{name}{suffix}")
+                 for name, suffix in (("model", ".pt"), ("users", ".parquet"), ("items", ".parquet"))}
+    old = RecommenderPyfunc()
+    old.load_context(SimpleNamespace(artifacts=artifacts, model_config={"max_k": 100, "scan": "float32"}))
+    assert old.index is None and old.scan.exact
+    request = pd.DataFrame({"recent_items": [[served["items"].raw_item_id[3]]], "k": [10]})
+    assert old.predict(None, request)["items"][0] == served["pyfunc"].predict(request)["items"][0]
+    with pytest.raises(MlflowException, match="asks for index 'ivf' but the model ships no index artifact"):
+        RecommenderPyfunc().load_context(SimpleNamespace(artifacts=artifacts, model_config={"index": "ivf"}))
 
 
 @pytest.mark.parametrize("dim", [24, 64, 100])

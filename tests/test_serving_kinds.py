@@ -70,6 +70,8 @@ def test_every_kind_serves_like_its_replay(spark, small_movielens, tables, kind,
         info = log_model(model, str(data), kind=kind, spark=spark, limits=ServeConfig(max_k=50, max_history=30))
     pyfunc = mlflow.pyfunc.load_model(info.model_uri)
     assert pyfunc.metadata.metadata["kind"] == kind
+    # A catalogue this small gets the exact flat index (serve.index auto), built at load over the scoring vectors.
+    assert pyfunc.metadata.metadata["index"] == "flat" and pyfunc.unwrap_python_model().index is not None
     assert mlflow.get_run(run.info.run_id).data.tags["model_kind"] == kind
 
     active = pick_user(users, True)

@@ -1,5 +1,5 @@
-"""Packaging the served model: the raw-id maps, the pyfunc's code (only the modules it imports), the pinned
-requirements and the signature, logged to the active MLflow run by `log_model`."""
+"""Packaging the served model: the raw-id maps, the faiss index, the pyfunc's code (only the modules it imports), the
+pinned requirements and the signature, logged to the active MLflow run by `log_model`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import ast
 import hashlib
 import shutil
 import tempfile
+import time
 from importlib.metadata import version
 from pathlib import Path
 
+import faiss
 import mlflow
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ import torch
 from twots.config import resolve
 from twots.data.delta import read_table
 from twots.data.tables import ITEMS, USER_ACTIVITY, USERS
+from twots.mlops.index import SHIPPED, build_index, chosen_kind
 from twots.mlops.pyfunc import SIGNATURE, RecommenderPyfunc, ServeConfig
 from twots.models.kinds import KINDS, save_model
 from twots.spark import get_spark
@@ -25,7 +28,10 @@ from twots.spark import get_spark
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SERVED_MODULE = "twots.mlops.pyfunc"
 # What the pyfunc imports besides twots, pinned to this environment's versions.
-REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pydantic", "PyYAML")
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pydantic", "PyYAML", "faiss-cpu")
+# The `serve:` settings a logged model carries in its config (the rest are the batch job's or build-time ones).
+SERVED_SETTINGS = {"max_k", "max_history", "exclude_clicked", "index", "ivf_nprobe", "hnsw_ef_search", "rescore_pool",
+                   "scan"}
 
 
 def twots_imports(module: str) -> list[str]:
@@ -98,32 +104,49 @@ def log_model(model: torch.nn.Module, data_dir: str, *, kind: str, spark=None, n
     The raw-id maps come from `data_dir`'s `users`, `user_activity` and `items` Delta tables; `limits` defaults to
     the `serve:` section of conf/default.yaml.
     """
+    if spark is None:
+        spark = get_spark()
+    users, items = read_id_maps(spark, data_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        served = served_model(model, users, items, Path(tmp), kind=kind, data=str(data_dir), limits=limits)
+        mlflow.set_tag("model_kind", kind)
+        return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name, **served)
+
+
+def served_model(model: torch.nn.Module, users: pd.DataFrame, items: pd.DataFrame, folder: Path, *, kind: str,
+                 data: str, limits: ServeConfig | None = None) -> dict:
+    """The keyword arguments of `mlflow.pyfunc.log_model` / `save_model` for `model` of kind `kind` with the id maps
+    of read_id_maps (from the tables in `data`): its artifacts written under `folder` (the faiss index built here
+    when `limits.index` chooses a shipped kind), code, signature, config and metadata (the index's kind and build
+    seconds) and pinned requirements."""
     if kind not in KINDS or not isinstance(model, KINDS[kind].model_class):
         expected = f"a {KINDS[kind].model_class.__name__}" if kind in KINDS else f"one of {list(KINDS)}"
         raise ValueError(f"log_model: kind {kind!r} needs {expected}, got a {type(model).__name__}")
-    if spark is None:
-        spark = get_spark()
     limits = limits or resolve(ServeConfig, "serve", {})
-    users, items = read_id_maps(spark, data_dir)
     for key, frame in (("n_users", users), ("n_items", items)):
         if key in model.hparams and model.hparams[key] != len(frame):  # the baselines have no user table
-            raise ValueError(f"the model has {key}={model.hparams[key]} but {data_dir} holds {len(frame)}")
-    mlflow.set_tag("model_kind", kind)
-    with tempfile.TemporaryDirectory() as tmp:
-        code = served_code(Path(tmp) / "code")
-        paths = {"model": f"{tmp}/model.pt", "users": f"{tmp}/users.parquet", "items": f"{tmp}/items.parquet"}
-        save_model(paths["model"], model)
-        users.to_parquet(paths["users"], index=False)
-        items.to_parquet(paths["items"], index=False)
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=RecommenderPyfunc(),
-            artifacts=paths,
-            code_paths=[str(code)],
-            signature=SIGNATURE,
-            model_config=limits.model_dump(include={"max_k", "max_history", "exclude_clicked", "scan"}),
-            registered_model_name=registered_model_name,
-            metadata={"kind": kind, "data": str(data_dir), "n_users": len(users), "n_items": len(items),
-                      "id_maps": id_maps_fingerprint(users, items)},
-            pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
-        )
+            raise ValueError(f"the model has {key}={model.hparams[key]} but {data} holds {len(frame)}")
+    index = chosen_kind(limits.index, len(items), limits.index_flat_below)
+    paths = {"model": f"{folder}/model.pt", "users": f"{folder}/users.parquet", "items": f"{folder}/items.parquet"}
+    save_model(paths["model"], model)
+    users.to_parquet(paths["users"], index=False)
+    items.to_parquet(paths["items"], index=False)
+    metadata = {"kind": kind, "data": data, "n_users": len(users), "n_items": len(items),
+                "id_maps": id_maps_fingerprint(users, items), "index": index}
+    if index in SHIPPED:
+        started = time.perf_counter()
+        with torch.no_grad():
+            vectors = model.item_vectors(torch.arange(len(items))).float().cpu().numpy()
+        built = build_index(vectors, index, hnsw_m=limits.hnsw_m, hnsw_ef_construction=limits.hnsw_ef_construction)
+        paths["index"] = f"{folder}/index.faiss"
+        faiss.write_index(built, paths["index"])
+        metadata["index_build_s"] = round(time.perf_counter() - started, 1)
+    return dict(
+        python_model=RecommenderPyfunc(),
+        artifacts=paths,
+        code_paths=[str(served_code(folder / "code"))],
+        signature=SIGNATURE,
+        model_config={**limits.model_dump(include=SERVED_SETTINGS), "index": index},
+        metadata=metadata,
+        pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
+    )

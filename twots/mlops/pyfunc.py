@@ -6,10 +6,12 @@ twots.models.protocol.SequentialRecommender alone. A user of the users table sta
 them (their dense id and activity flag: 2TS from phi when active, else psi; CCF from their own phi when they
 have training clicks, else the mean phi); a user missing from it, or no user_id, starts as the model's new users
 (id -1). `start` is "phi" when the model started the user from their own embedding, else "psi" (a start shared
-by users: psi, GRU4Rec's h0, the mean phi, ...). The model steps over the known recent items, then scores the
-whole catalogue with one scan of the item matrix computed once at load (twots.mlops.scan), and returns the top k
-raw item ids with their scores. Unknown item ids are skipped and reported in `unknown_items`; a malformed request raises
-MlflowException(INVALID_PARAMETER_VALUE), which the scoring server answers with HTTP 400 and the message.
+by users: psi, GRU4Rec's h0, the mean phi, ...). The model steps over the known recent items; a faiss index over the
+item vectors (twots.mlops.index: built at log_model, or at load for the flat one) proposes candidates, which are
+rescored exactly in float32, and the top k raw item ids come back with their scores. With `index: scan` one scan of
+the item matrix (twots.mlops.scan) scores the whole catalogue instead. Unknown item ids are skipped and reported in
+`unknown_items`; a malformed request raises MlflowException(INVALID_PARAMETER_VALUE), which the scoring server
+answers with HTTP 400 and the message.
 
 This module and what it imports is all the logged model carries as code (twots.mlops.packaging); the batch job
 (twots.mlops.batch) runs it as a Spark UDF.
@@ -17,6 +19,9 @@ This module and what it imports is all the logged model carries as code (twots.m
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
+import faiss
 import mlflow
 import numpy as np
 import pandas as pd
@@ -27,6 +32,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 from pydantic import Field
 
 from twots.config import Section
+from twots.mlops.index import SHIPPED, IndexKind, ItemIndex, flat_index, omp_threads
 from twots.mlops.scan import ItemScan, ScanKind, block_topk
 from twots.models.items import pad_lists
 from twots.models.kinds import load_model
@@ -34,7 +40,7 @@ from twots.models.kinds import load_model
 # A batch of requests is scored in chunks of at most this many (request, item) scores: 128 MiB of float32,
 # so a batch job's Arrow batch over a 4M-item catalogue still fits in memory (8 requests per chunk).
 SCORES_PER_CHUNK = 1 << 25
-RESCORE_POOL = 256  # candidates of a rough scan (bfloat16, int8) rescored in float32, at least
+RESCORE_PER_K = 4  # candidates rescored exactly per item asked for, at least serve.rescore_pool
 
 
 class ServeConfig(Section):
@@ -44,9 +50,19 @@ class ServeConfig(Section):
     max_history: int = Field(500, ge=0, description="most recent_items a request may send")
     exclude_clicked: bool = Field(True, description="default for requests that do not say: drop recent_items "
                                                     "from the top k")
+    index: IndexKind = Field(
+        "auto", description="faiss index whose candidates are rescored exactly for the top k: flat (exact), ivf, "
+        "hnsw; auto: flat below index_flat_below items, else ivf; scan: no index, the full-catalogue scan of `scan`")
+    index_flat_below: int = Field(100_000, ge=1, description="auto: catalogues smaller than this get the flat index")
+    ivf_nprobe: int = Field(128, ge=1, description="ivf: lists (of 2 sqrt(n_items)) a query scans")
+    hnsw_m: int = Field(32, ge=2, description="hnsw: graph neighbours per item")
+    hnsw_ef_construction: int = Field(100, ge=1, description="hnsw: candidates kept while building the graph")
+    hnsw_ef_search: int = Field(1024, ge=1, description="hnsw: candidates kept while searching")
+    rescore_pool: int = Field(256, ge=1, description="candidates of an index or rough scan rescored exactly in "
+                                                     "float32: max(rescore_pool, 4k), plus the excluded clicks")
     scan: ScanKind = Field(
-        "float32", description="item matrix of the full-catalogue scan: bfloat16 halves its memory and time, int8 "
-        "quarters its memory; their best max(256, 4k) candidates are rescored exactly in float32")
+        "float32", description="index scan: the item matrix of the full-catalogue scan: bfloat16 halves its memory "
+        "and time, int8 quarters its memory; their best candidates are rescored exactly in float32")
     model_uri: str = Field("models:/twots@champion", description="recommend: the model to run")
     tracking_uri: str | None = Field(None, description="recommend: MLflow tracking URI "
                                                        "(default sqlite:///<data>/mlflow.db)")
@@ -98,7 +114,8 @@ def _as_history(row: int, value) -> list[str]:
 
 
 class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
-    """Artifacts: `model` (a twots.models.kinds.save_model file), `users` and `items` (raw-id maps as Parquet)."""
+    """Artifacts: `model` (a twots.models.kinds.save_model file), `users` and `items` (raw-id maps as Parquet), and
+    `index` (a faiss index file) when the config's index is ivf or hnsw."""
 
     def load_context(self, context):
         self.model = load_model(context.artifacts["model"]).eval()
@@ -111,14 +128,31 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         for index in (self.user_index, self.item_index):
             index.get_indexer(index[:1])  # builds the hash table now, not in the first request (4.16M ids: seconds)
         self.limits = ServeConfig(**(context.model_config or {}))
+        kind, settings = self.limits.index, dict(ivf_nprobe=self.limits.ivf_nprobe,
+                                                 hnsw_ef_search=self.limits.hnsw_ef_search)
+        self.index, self.scan = None, None
         with torch.no_grad():
-            self.scan = ItemScan(self.model.item_vectors(torch.arange(self.model.hparams["n_items"])),
-                                 self.limits.scan)
+            if kind in SHIPPED:
+                if "index" not in context.artifacts:
+                    raise MlflowException(f"the model's config asks for index {kind!r} but the model ships no index "
+                                          "artifact; serve it with model_config={'index': 'flat'} or 'scan'")
+                self.index = ItemIndex(faiss.read_index(context.artifacts["index"]), **settings)
+                self.model.item_vectors(torch.zeros(1, dtype=torch.long))  # the encoder's item table, before /ping
+            else:
+                vectors = self.model.item_vectors(torch.arange(self.model.hparams["n_items"]))
+                if kind == "flat":
+                    self.index = ItemIndex(flat_index(vectors.numpy()), **settings)
+                else:  # scan, or auto: a model logged before the index existed records no kind; it keeps its scan
+                    self.scan = ItemScan(vectors, self.limits.scan)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         requests = list(zip(*self._parse(model_input)))
-        rows = max(1, SCORES_PER_CHUNK // len(self.raw_items))
-        with torch.no_grad():
+        # Only a scan holds a score per (request, item); an index's candidates are few.
+        rows = len(requests) if self.scan is None else max(1, SCORES_PER_CHUNK // len(self.raw_items))
+        # One faiss thread in the calling thread: a request's one query is searched on one thread anyway, and a
+        # batch's queries spread over every core would compete with the server's other request threads or Spark's
+        # other tasks, which already keep the cores busy.
+        with torch.no_grad(), omp_threads(1) if self.index is not None else nullcontext():
             return pd.concat([self._recommend(*zip(*requests[start:start + rows]))
                               for start in range(0, len(requests), rows)], ignore_index=True)
 
@@ -140,14 +174,25 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
                                    f"max_history={self.limits.max_history}")
         return users, [int(k) for k in ks], [bool(e) for e in excludes], histories
 
-    def _top(self, state, scores, k: int):
-        """The k best (scores, ids) per row; a rough scan's best candidates are rescored in float32 first."""
-        if self.scan.exact:
-            return block_topk(scores, k)
-        pool = min(scores.shape[1], max(RESCORE_POOL, 4 * k))
-        rough, candidates = block_topk(scores, pool)
-        exact = self.model.score(state, candidates)
-        top_scores, at = exact.masked_fill(torch.isneginf(rough), float("-inf")).topk(k, dim=1)
+    def _top(self, state, users: torch.Tensor, excluded: list[np.ndarray], k: int):
+        """The k best (scores, ids) of users [B, D] with each row's excluded item ids left out: the exact scan's
+        top k, or the best candidates of the index or of a rough scan rescored exactly in float32."""
+        n_items = len(self.raw_items)
+        pool = min(n_items, max(self.limits.rescore_pool, RESCORE_PER_K * k))
+        if self.index is not None:
+            candidates = self.index.candidates(users, min(n_items, pool + max(map(len, excluded))))
+            drop = torch.stack([(row < 0) | torch.isin(row, torch.from_numpy(items))
+                                for row, items in zip(candidates, excluded)])
+        else:
+            scores = self.scan(users)
+            for row, items in enumerate(excluded):
+                scores[row, torch.from_numpy(items)] = float("-inf")
+            if self.scan.exact:
+                return block_topk(scores, k)
+            rough, candidates = block_topk(scores, pool)
+            drop = torch.isneginf(rough)
+        exact = self.model.score(state, candidates.clamp(min=0)).masked_fill(drop, float("-inf"))
+        top_scores, at = exact.topk(k, dim=1)
         return top_scores, candidates.gather(1, at)
 
     def _recommend(self, users, ks, excludes, histories) -> pd.DataFrame:
@@ -169,11 +214,8 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
             clicked.append(ids[ids >= 0])
         state = self.model.steps(state, torch.from_numpy(pad_lists(clicked)), active_t)
 
-        scores = self.scan(self.model.user_vector(state))
-        for row in range(n):
-            if excludes[row] and len(clicked[row]):
-                scores[row, torch.from_numpy(clicked[row])] = float("-inf")
-        top_scores, top_ids = self._top(state, scores, max(ks))
+        excluded = [ids if exclude else ids[:0] for ids, exclude in zip(clicked, excludes)]
+        top_scores, top_ids = self._top(state, self.model.user_vector(state), excluded, max(ks))
         out_items, out_scores = [], []
         for row in range(n):
             s, i = top_scores[row, :ks[row]].numpy(), top_ids[row, :ks[row]].numpy()

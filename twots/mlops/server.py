@@ -13,14 +13,15 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def local_server(model_uri: str, *, tracking_uri: str, workers: int = 1, timeout_s: float = 180):
+def local_server(model_uri: str, *, tracking_uri: str | None = None, workers: int = 1, timeout_s: float = 180):
     """Run `mlflow models serve -m model_uri --env-manager local` on 127.0.0.1 and a free port until the block
-    ends; yields the base URL once /ping answers. Fails with the server's output if it exits or never answers."""
+    ends; yields the base URL once /ping answers. Fails with the server's output if it exits or never answers.
+    `tracking_uri` finds a models:/ or runs:/ URI; a model folder needs none."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # The server execs `uvicorn` by name: this interpreter's bin folder must be on PATH.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+    env = {**os.environ, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}),
            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
     log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(
