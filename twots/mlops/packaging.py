@@ -1,5 +1,5 @@
 """Packaging the served model: the raw-id maps, the pyfunc's code (only the modules it imports), the pinned
-requirements and the signature, logged to the active MLflow run by `log_model`."""
+requirements, the signature and an input example, logged to the active MLflow run by `log_model`."""
 
 from __future__ import annotations
 
@@ -115,12 +115,16 @@ def log_model(model: torch.nn.Module, data_dir: str, *, kind: str, spark=None, n
         save_model(paths["model"], model)
         users.to_parquet(paths["users"], index=False)
         items.to_parquet(paths["items"], index=False)
+        # A request as a client sends it: MLflow keeps it with the model and, once logged, checks that it serves.
+        example = pd.DataFrame({"user_id": users["raw_user_id"].head(1), "k": [min(10, len(items))],
+                                "recent_items": [items["raw_item_id"].head(2).tolist()]})
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=RecommenderPyfunc(),
             artifacts=paths,
             code_paths=[str(code)],
             signature=SIGNATURE,
+            input_example=example,
             model_config=limits.model_dump(include={"max_k", "max_history", "exclude_clicked", "scan"}),
             registered_model_name=registered_model_name,
             metadata={"kind": kind, "data": str(data_dir), "n_users": len(users), "n_items": len(items),
