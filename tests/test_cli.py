@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, run_job_here
 
 from twots.cli import HARMLESS_WARNINGS, UserError, run_job
-from twots.config import load
+from twots.config import LOG_LEVEL_ENV, load
 from twots.training.config import TrainConfig
 
 NO_RUN = "0" * 32
@@ -96,9 +96,15 @@ def folders(tmp_path_factory) -> dict[str, str]:
             "modelless_run": run.info.run_id}
 
 
+def isolated(monkeypatch) -> None:
+    """What load() sets in the environment (warning filters, Spark's log level) is undone after the test."""
+    monkeypatch.setenv("PYTHONWARNINGS", "")
+    monkeypatch.setenv(LOG_LEVEL_ENV, "WARN")
+
+
 def failure(monkeypatch, capsys, job: str, argv: list[str], folders: dict[str, str]) -> list[str]:
     """The job's stderr lines; it must exit with status 2."""
-    monkeypatch.setenv("PYTHONWARNINGS", "")  # load() adds the harmless warnings' filters: not to this process's
+    isolated(monkeypatch)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exited:
         run_job_here(monkeypatch, job, *[arg.format(**folders) for arg in argv])
@@ -132,7 +138,7 @@ def test_an_expected_failure_spark_finds_is_one_line(spark, folders, monkeypatch
 def test_an_unexpected_error_keeps_its_traceback(spark, folders, monkeypatch):
     """A manifest without the keys prepare writes is no failure a user is told about in a line: train's KeyError
     leaves run_job as it was raised, for the interpreter to print with its traceback."""
-    monkeypatch.setenv("PYTHONWARNINGS", "")
+    isolated(monkeypatch)
     with pytest.raises(KeyError, match="t_star"):
         run_job_here(monkeypatch, "train", "--data", folders["fake"])
     with pytest.raises(ZeroDivisionError):
@@ -140,14 +146,14 @@ def test_an_unexpected_error_keeps_its_traceback(spark, folders, monkeypatch):
 
 
 def test_a_user_error_is_kept_on_one_line():
-    err = UserError("the input cannot be read:\n  [PATH_NOT_FOUND]", "/x/\nratings*", "give --input\n a file")
-    assert str(err) == "the input cannot be read: [PATH_NOT_FOUND] (/x/ ratings*): give --input a file"
+    err = UserError("the input cannot be read:\n  [PATH_NOT_FOUND]\n", "/x  y/\nratings*", "give --input\n a file")
+    assert str(err) == "the input cannot be read: [PATH_NOT_FOUND] (/x  y/ ratings*): give --input a file"
 
 
 def test_the_harmless_warnings_are_silenced_in_the_processes_a_job_starts(monkeypatch):
     """The filters load() puts in PYTHONWARNINGS hold in a child process (a training rank) from its start, for the
     module and category named only; --verbose leaves them out."""
-    monkeypatch.setenv("PYTHONWARNINGS", "")
+    isolated(monkeypatch)
     load(TrainConfig, "train", ["--data", "x", "--verbose"])
     assert os.environ["PYTHONWARNINGS"] == ""
     load(TrainConfig, "train", ["--data", "x"])

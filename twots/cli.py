@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 class UserError(Exception):
     """An expected failure the user can fix: what is wrong, where (a path, a run id, a flag) and what to do.
-    Each part is kept on one line."""
+    Each part is kept on one line (a multi-line cause, such as Spark's, is joined)."""
 
     def __init__(self, what: str, where: str, todo: str):
-        self.what, self.where, self.todo = (" ".join(str(part).split()) for part in (what, where, todo))
+        self.what, self.where, self.todo = (re.sub(r"\s*\n\s*", " ", str(part).strip()) for part in (what, where, todo))
         super().__init__(f"{self.what} ({self.where}): {self.todo}")
 
 
