@@ -51,10 +51,11 @@ from experiments.reporting import log_model_run, log_t_star, results_table, writ
 from experiments.t_star import choose_t_star
 from experiments.tuning import Runner, TrialSpec, fit, load_epoch, own_stage_trials
 from pipelines import PrepareConfig, prepare
+from pipelines.readers import check_input
 from pipelines.views import training_folders
 from twots.config import resolve
 from twots.data.snapshot import read_delta
-from twots.data.tables import STAGE1_OFFERS, USER_ACTIVITY
+from twots.data.tables import STAGE1_OFFERS, USER_ACTIVITY, read_manifest
 from twots.mlops import tracking
 from twots.mlops.packaging import log_model
 from twots.models.kinds import KINDS, STAGE1, save_model
@@ -62,6 +63,14 @@ from twots.training.config import TrainConfig
 from twots.training.train import untrained_parts
 
 __all__ = ["ALL_MODELS", "MODEL_NAMES", "PAPER_MODELS", "CompareConfig", "compare", "results_table"]
+
+
+def check_inputs(cfg: CompareConfig) -> None:
+    """Before Spark starts: --data is a prepared folder, or --input exists."""
+    if cfg.data is not None:
+        read_manifest(cfg.data)
+    else:
+        check_input(cfg.input)
 
 
 def prepared_data(cfg: CompareConfig, spark, out: Path, log=print) -> Path:

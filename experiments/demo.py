@@ -22,6 +22,7 @@ from pydantic import Field
 from experiments.reporting import results_table
 from pipelines import PrepareConfig, prepare
 from pipelines.views import run_folders
+from twots.cli import run_job
 from twots.config import Section, load, resolve
 from twots.data.tables import MANIFEST, STAGE1_OFFERS
 from twots.mlops.registry import RegistryConfig, connect, release, serve_command
@@ -92,4 +93,4 @@ def _eval_negatives(data: Path) -> int:
 
 
 if __name__ == "__main__":
-    run(load(DemoConfig, "demo", description=__doc__))
+    run_job(lambda: run(load(DemoConfig, "demo", description=__doc__)))

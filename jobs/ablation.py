@@ -6,15 +6,18 @@ tuned on compare's grid on the same data and stage 1 (experiments.ablation).
 """
 
 from experiments.ablation import AblationConfig, run
+from experiments.compare import check_inputs
+from twots.cli import run_job
 from twots.config import load
 from twots.spark import get_spark
 
 
 def main() -> None:
     cfg = load(AblationConfig, "compare", description=__doc__)
+    check_inputs(cfg)
     run(cfg, get_spark("twots-ablation"))
     print(f"[ablation] table: {cfg.output}/ablation.md")
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -6,13 +6,15 @@
     bin/spark-submit jobs/compare.py --data /data/twots --output cmp --resume true   # keep the grid points cmp has
 """
 
-from experiments.compare import CompareConfig, compare
+from experiments.compare import CompareConfig, check_inputs, compare
+from twots.cli import run_job
 from twots.config import load
 from twots.spark import get_spark
 
 
 def main() -> None:
     cfg = load(CompareConfig, "compare", description=__doc__)
+    check_inputs(cfg)
     results = compare(cfg, get_spark("twots-compare"))
     for name, row in results.items():
         print(f"{name:>16}: test MRR {row['test']['overall']['mrr']:.4f}  "
@@ -20,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

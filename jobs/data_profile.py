@@ -12,17 +12,17 @@ import json
 from pathlib import Path
 
 from pipelines.config import ProfileConfig
-from pipelines.profile import ProfileError, log_to_mlflow, profile, summary, write_json
+from pipelines.profile import log_to_mlflow, profile, summary, write_json
+from pipelines.readers import check_input
+from twots.cli import run_job
 from twots.config import load
 from twots.spark import get_spark
 
 
 def main() -> None:
     cfg = load(ProfileConfig, "profile", description=__doc__)
-    try:
-        result = profile(cfg, get_spark("twots-profile"))
-    except ProfileError as err:
-        raise SystemExit(f"profile failed: {err}") from None
+    check_input(cfg.input)
+    result = profile(cfg, get_spark("twots-profile"))
     print(summary(result), flush=True)
     if cfg.output:
         write_json(result, cfg.output)
@@ -36,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

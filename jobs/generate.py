@@ -4,24 +4,21 @@
 """
 
 import json
-import sys
 
 from pipelines.config import GenerateConfig
 from pipelines.generate import generate
-from pipelines.pipeline import PrepareError, check_output
+from pipelines.pipeline import check_output
+from twots.cli import run_job
 from twots.config import load
 from twots.spark import get_spark
 
 
 def main() -> None:
     cfg = load(GenerateConfig, "generate", description=__doc__)
-    try:
-        check_output(cfg.output)
-    except PrepareError as err:
-        sys.exit(f"generate failed: {err}")
+    check_output(cfg.output)
     report = generate(cfg, get_spark("twots-generate"))
     print(json.dumps({k: v for k, v in report.items() if k != "config"}), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

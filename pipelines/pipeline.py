@@ -26,6 +26,7 @@ from pipelines.config import STEPS, PrepareConfig
 from pipelines.indexing import dense_ids, packed_key, with_global_index
 from pipelines.negatives import eval_candidates, offer_negatives, stage1_offers
 from pipelines.readers import read_source
+from twots.cli import UserError
 from twots.data.delta import read_table, write_table
 from twots.data.tables import (
     EVAL_CANDIDATES,
@@ -56,7 +57,7 @@ def pool(step: str) -> str | None:
     return f"{PRIORITY.index(step):02d}-{step}" if step in PRIORITY else None
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError):
     """The input or config cannot give valid tables; the message names the key or the cause."""
 
 
@@ -69,7 +70,8 @@ def check_output(output: str) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise PrepareError(f"output {output!r} is not writable: {err}") from None
+        raise PrepareError(f"the output folder is not writable: {err.strerror}", output,
+                           "give --output a folder this user can write") from None
     return path
 
 
@@ -98,7 +100,8 @@ def mark_duplicates(parsed: DataFrame) -> DataFrame:
 
 
 class _Run:
-    """Timings and table facts of one prepare run, printed as progress."""
+    """Timings and table facts of one prepare run, printed as progress: a line when a step is done, and while it
+    runs, one every 30 s (twots.spark.progress)."""
 
     def __init__(self, output: Path, spark: SparkSession):
         self.output, self.spark = output, spark
@@ -109,7 +112,6 @@ class _Run:
     @contextmanager
     def step(self, name: str):
         start = time.perf_counter()
-        print(f"[prepare] {name} ...", flush=True)
         sc = self.spark.sparkContext
         # Local properties belong to the calling thread (PySpark's pinned threads), so concurrent steps keep theirs.
         sc.setJobGroup(f"prepare-{name}", f"prepare: {name}")  # the Spark UI groups stages by step
@@ -202,7 +204,7 @@ def prepare(cfg: PrepareConfig, spark: SparkSession) -> dict:
     with run.step("manifest"):
         written = run.tables[INTERACTIONS]["rows"] + run.tables[REJECTS]["rows"]
         if written != input_rows or run.tables[INTERACTIONS]["rows"] != accepted:
-            raise PrepareError(f"row check failed: {input_rows} input rows, but interactions "
+            raise RuntimeError(f"row check failed: {input_rows} input rows, but interactions "
                                f"{run.tables[INTERACTIONS]['rows']} + rejects {run.tables[REJECTS]['rows']}")
         manifest = _manifest(cfg, run, input_rows, accepted, rejected, items, activity, interactions)
         write_json(output / "manifest.json", manifest)
@@ -263,12 +265,13 @@ def concurrently(steps: dict[str, Callable]) -> dict:
 
 def _check_sizes(cfg: PrepareConfig, accepted: int, n_items: int, rejected: dict) -> None:
     if accepted == 0:
-        raise PrepareError(f"no accepted interactions in {cfg.input!r} (rejected by reason: {rejected})")
+        raise PrepareError("no accepted interactions in the input", cfg.input,
+                           f"check --input and --source {cfg.source} (lines rejected, by reason: {rejected or 'none'})")
     for key in ("negatives", "eval_negatives"):
         value = getattr(cfg, key)
         if value > n_items - 1:
             raise PrepareError(f"prepare.{key}={value} is larger than the {n_items - 1} items available as "
-                               f"negatives ({n_items} items in the accepted data)")
+                               f"negatives", cfg.input, f"give --{key.replace('_', '-')} at most {n_items - 1}")
 
 
 def _raw_items(good: DataFrame) -> DataFrame:

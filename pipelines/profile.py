@@ -40,6 +40,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import PrepareConfig, ProfileConfig
 from pipelines.readers import read_source
+from twots.cli import UserError
 from twots.data.delta import read_table
 
 SESSION_GAP_S = 1800
@@ -50,7 +51,7 @@ _DISTRIBUTIONS = ("events_per_user", "sessions_per_user", "events_per_session", 
 _BUCKETS = ("active", "inactive", "new")
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError):
     """The input cannot be profiled (nothing readable, no events); the message names the cause."""
 
 
@@ -190,7 +191,8 @@ def sample_profile(events: DataFrame, size: int, samples: int, seed: int = 0) ->
     at least `size`), plus `samples_of`."""
     n_users = events.select("user").distinct().count()
     if n_users < size:
-        raise ProfileError(f"cannot draw samples of {size} users from {n_users} users")
+        raise ProfileError(f"cannot draw samples of {size} users from {n_users} users", "--sample-users",
+                           f"give --sample-users at most {n_users}")
     per_sample = list(statistics(sample_groups(events, size, samples, seed), F.col("sample")).values())
     return {**mean_profile(per_sample), "samples_of": {"users": size, "samples": samples, "seed": seed}}
 
@@ -212,14 +214,15 @@ def profile(cfg: ProfileConfig, spark: SparkSession) -> dict:
     """The profile of cfg.input (raw log of cfg.source, or a prepared folder when cfg.source is unset)."""
     if cfg.source is None:
         if not is_prepared(cfg.input):
-            raise ProfileError(f"{cfg.input!r} is not a prepared output folder (no interactions Delta table); "
+            raise ProfileError("not a prepared output folder, it has no interactions Delta table", cfg.input,
                                "give --source for a raw log")
         events, rejected = prepared_events(spark, cfg.input), 0
     else:
         events, rejected = raw_events(spark, cfg.source, cfg.input)
     events = events.localCheckpoint()
     if events.isEmpty():
-        raise ProfileError(f"no accepted events in {cfg.input!r} ({rejected} rejected lines)")
+        raise ProfileError(f"no accepted events in the input, {rejected} lines rejected", cfg.input,
+                           "check --input and --source")
     out = {"input": cfg.input, "source": cfg.source or "prepared", "rejected_lines": rejected,
            "session_gap_s": cfg.session_gap, **statistics(events, session_gap=cfg.session_gap)}
     if cfg.source is None:

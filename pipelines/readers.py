@@ -9,11 +9,15 @@ instead of failing the job under ANSI mode.
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import urlparse
+
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import BEHAVIORS, PrepareConfig
+from twots.cli import UserError
 
 # An item without any feature (e.g. a movie missing from movies.csv) gets this one, so g(f_i) is always defined.
 NO_FEATURE = "<none>"
@@ -23,8 +27,18 @@ MOVIELENS_COLUMNS = ["userId", "movieId", "rating", "timestamp"]
 LASTFM_COLUMNS = ["userid", "timestamp", "artid", "artname", "traid", "traname"]
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """The input cannot be read at all (missing path, missing side file, missing columns)."""
+
+
+READABLE = "give --input an existing file, folder of part files or glob"
+
+
+def check_input(path: str) -> None:
+    """Before Spark starts: a local input path (no URI scheme, no glob) must exist. Spark checks the others when
+    it reads them (read_lines)."""
+    if not urlparse(path).scheme and not any(c in path for c in "*?[{") and not Path(path).exists():
+        raise InputError("no such file or folder", path, READABLE)
 
 
 def read_lines(spark: SparkSession, path: str) -> DataFrame:
@@ -36,7 +50,7 @@ def read_lines(spark: SparkSession, path: str) -> DataFrame:
         df = spark.read.text(path)
     except AnalysisException as err:
         reason = err.getMessage() if hasattr(err, "getMessage") else err
-        raise InputError(f"input {path!r} cannot be read: {reason}") from None
+        raise InputError(f"the input cannot be read: {reason}", path, READABLE) from None
     return df.select(
         F.col("value").alias("raw"),  # without a line end: the text source ends lines at \n, \r\n and \r
         F.col("_metadata.file_path").alias("source_file"),
@@ -144,10 +158,12 @@ def _movie_genres(spark: SparkSession, folder: str) -> DataFrame:
     try:
         movies = spark.read.csv(path, header=True, quote='"', escape='"')
     except AnalysisException:
-        raise InputError(f"movielens input needs movies.csv beside ratings.csv: nothing matches {path!r}") from None
+        raise InputError("movielens input needs movies.csv beside ratings.csv", path,
+                         "add MovieLens' movies.csv (movieId,title,genres) to the --input folder") from None
     missing = {"movieId", "genres"} - set(movies.columns)
     if missing:
-        raise InputError(f"{path}: missing columns {sorted(missing)} (have {movies.columns})")
+        raise InputError(f"movies.csv lacks the columns {sorted(missing)}", path,
+                         f"give it a header with movieId and genres (it has {movies.columns})")
     genres = F.filter(F.split(F.trim("genres"), r"\|"), lambda g: g != "")
     return (movies.select(F.trim("movieId").alias("_item"), genres.alias("_genres"))
             .where(F.size("_genres") > 0)

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from pydantic import Field
 
+from twots.cli import UserError
 from twots.config import CONF_DIR, ConfigError, Section, flat, load, resolve
 
 
@@ -215,5 +216,8 @@ def test_manifests_written_before_t_star_was_named_so_read_the_same(tmp_path):
 
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {"source": "taobao", "threshold": 80}}))
     assert read_manifest(tmp_path)["config"] == {"source": "taobao", "t_star": 80}
-    with pytest.raises(FileNotFoundError, match="run jobs/prepare.py"):
+    with pytest.raises(UserError, match="no such folder .*: run jobs/prepare.py"):
         read_manifest(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a prepared folder, it has no manifest.json .*: run jobs/prepare.py"):
+        read_manifest(tmp_path / "empty")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from experiments.t_star import fit_user_embeddings
+from twots.cli import UserError
 from twots.models.kinds import KINDS, BuildInputs, ModelDims, build_stage1, load_model, save_model
 from twots.models.stage1 import Stage1Model
 from twots.models.two_time_scale import TwoTimeScaleModel, TwoTimeScaleOptions
@@ -168,7 +169,7 @@ def test_a_stage1_model_with_another_item_bias_is_refused_before_training(tmp_pa
     (data / "manifest.json").write_text(json.dumps({"n_users": N_USERS}))
     save_model(tmp_path / "stage1.pt", stage1(True))
     cfg = TrainConfig(data=str(data), model="2ts", stage1_model=str(tmp_path / "stage1.pt"))
-    with pytest.raises(ValueError, match="has item_bias=True, the run item_bias=False.*--item-bias true"):
+    with pytest.raises(UserError, match="has item_bias=True, the run item_bias=False.*--item-bias true"):
         train(cfg, spark=None)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import run_job_here
 
+from twots.cli import UserError
 from twots.config import ConfigError, resolve
 from twots.models.kinds import load_model
 from twots.models.two_time_scale import TwoTimeScaleModel
@@ -120,8 +121,8 @@ def test_bad_config_names_the_key(tmp_path):
 
 
 def test_missing_inputs_fail_before_training(spark, small_movielens, tmp_path):
-    with pytest.raises(FileNotFoundError, match="run jobs/prepare.py"):
+    with pytest.raises(UserError, match="no such folder .*: run jobs/prepare.py"):
         train(config(tmp_path / "nowhere", tmp_path / "run"), spark)
-    with pytest.raises(FileNotFoundError, match="--stage1-model"):
+    with pytest.raises(UserError, match="no such file .--stage1-model"):
         train(config(small_movielens, tmp_path / "run", model="2ts", stage1_model=str(tmp_path / "none.pt")), spark)
     assert not (tmp_path / "run").exists()

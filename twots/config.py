@@ -10,8 +10,9 @@ the same data gets the same settings whichever way it is named. Any bad value fa
 with a message naming the key, the value given, where it came from and the accepted form.
 
 List and mapping flags take YAML flow style, as the files do (`--overrides '{ccf: {lrs: [0.003]}}'`, `--models
-'[ccf, 2ts]'`), or, for lists, comma-separated values (`--models ccf,2ts`). Every job also takes `--verbose`
-(Spark's INFO log; the `spark.log_level` key of the YAML files sets it too).
+'[ccf, 2ts]'`), or, for lists, comma-separated values (`--models ccf,2ts`). Every job also takes `--verbose`:
+Spark's INFO log (the `spark.log_level` key of the YAML files sets it too) and the third-party warnings and log
+lines a job silences otherwise (twots.cli.quiet).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
+
+from twots.cli import quiet
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 BIN_DIR = CONF_DIR.parent / "bin"  # the venv's commands for any shell: bin/spark-submit, bin/python, bin/mlflow
@@ -304,7 +307,8 @@ def parser_for(model: type[Section], description: str) -> argparse.ArgumentParse
     `--section.key` flags."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="extra YAML file, same layout as conf/default.yaml")
-    parser.add_argument("--verbose", action="store_true", default=None, help="Spark's INFO log (default: WARN)")
+    parser.add_argument("--verbose", action="store_true", default=None,
+                        help="Spark's INFO log (default: WARN) and the third-party warnings silenced by default")
     nested = subsections(model)
     for name, field in model.model_fields.items():
         if name in nested:
@@ -324,7 +328,8 @@ def _add_flag(parser, key: str, field: FieldInfo) -> None:
 def load(model: type[M], section: str, argv: list[str] | None = None, *, description: str = "",
          conf_dir: Path = CONF_DIR) -> M:
     """Parse argv and the YAML layers into a validated config, or exit(2) naming the bad key. Says which config
-    files it applied and sets the Spark log level (`--verbose`, `spark.log_level`) for the session to come."""
+    files it applied, sets the Spark log level (`--verbose`, `spark.log_level`) for the session to come and, without
+    `--verbose`, silences the harmless third-party output (twots.cli.quiet)."""
     parser = parser_for(model, description or model.__doc__ or section)
     cli = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
     try:
@@ -334,6 +339,8 @@ def load(model: type[M], section: str, argv: list[str] | None = None, *, descrip
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
     set_log_level("INFO" if cli.get("verbose") else spark.log_level)
+    if not cli.get("verbose"):
+        quiet()
     cfg._config_file = cli.get("config")
     keys = [f"{name}.{inner}" for name, inner_model in subsections(model).items() for inner in inner_model.model_fields]
     flags = " ".join(_flag(k) for k in [*model.model_fields, *keys] if layers.origin.get(k) == "command line")

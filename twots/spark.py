@@ -1,9 +1,12 @@
 """One way to get a SparkSession with Delta, locally or on Databricks.
 
 On Databricks (DATABRICKS_RUNTIME_VERSION is set) Delta is built in and the session exists: we add nothing.
-Locally, `make setup` writes the Delta settings into the venv's `pyspark/conf/spark-defaults.conf`, so that
-`spark-submit jobs/x.py` resolves the Delta JARs before the JVM starts; the same settings are applied here too,
-so a plain `python jobs/x.py` from any pyspark install works. Ivy caches the JARs in ~/.ivy2.5.2 between runs.
+Locally, `make setup` resolves the Delta JARs once into a folder of Spark's (`delta_jars_dir`) and writes the Delta
+settings, `spark.jars` naming those files among them, into the venv's `pyspark/conf/spark-defaults.conf`, which
+`spark-submit jobs/x.py` reads before the JVM starts; the driver hands the JARs to the executors, wherever they run.
+The same settings are applied here too, so a plain `python jobs/x.py` works as well. Where `make setup` did not
+resolve them (any other pyspark install), the JARs are `spark.jars.packages`, which Ivy resolves, and reports on,
+at each start.
 
 Spark logs at WARN: `make setup` writes LOG4J2 (the level read from $TWOTS_SPARK_LOG_LEVEL, default warn) beside
 spark-defaults.conf, so the JVM is quiet from its first line, and every session gets `setLogLevel` of that
@@ -18,16 +21,33 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from twots.config import LOG_LEVEL_ENV
 
 DELTA_PACKAGE = "io.delta:delta-spark_2.13:4.0.1"
 
 DELTA_CONF = {
-    "spark.jars.packages": DELTA_PACKAGE,
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+
+
+def delta_jars_dir() -> Path:
+    """Where twots.setup_env puts DELTA_PACKAGE's JARs: a folder of the Spark this process starts ($SPARK_HOME, else
+    pyspark's own), one per package version."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    return Path(_find_spark_home()) / "delta-jars" / DELTA_PACKAGE.replace(":", "_")
+
+
+def delta_conf() -> dict[str, str]:
+    """DELTA_CONF and the Delta JARs: the files in delta_jars_dir(), else the package for Ivy to resolve."""
+    folder = delta_jars_dir()
+    if folder.is_dir():
+        return {**DELTA_CONF, "spark.jars": ",".join(str(jar) for jar in sorted(folder.glob("*.jar")))}
+    return {**DELTA_CONF, "spark.jars.packages": DELTA_PACKAGE}
+
 
 LOCAL_CONF = {
     "spark.ui.showConsoleProgress": "false",
@@ -41,8 +61,9 @@ LOCAL_CONF = {
 
 # Spark's conf/log4j2.properties.template with the root level from the environment, and the warnings every run of
 # ours prints silenced: no native Hadoop, a loopback address, "no metadata directory" (a stack trace per globbed
-# input path), "no partition defined for window" (prepare's global orders are deliberate), long plan strings, and
-# "pool ... has not been configured" (prepare's scheduler pools are made on first use, as meant).
+# input path), "no partition defined for window" (prepare's global orders are deliberate), long plan strings,
+# "pool ... has not been configured" (prepare's scheduler pools are made on first use, as meant), and of the block
+# manager's warnings the one that a block computed twice (prepare's concurrent steps share cached rows) is kept once.
 QUIET = ("org.apache.hadoop.util.NativeCodeLoader", "org.apache.spark.util.Utils",
          "org.apache.spark.sql.execution.streaming.FileStreamSink", "org.apache.spark.sql.execution.window.WindowExec",
          "org.apache.spark.sql.catalyst.util.SparkStringUtils", "org.apache.spark.scheduler.FairSchedulableBuilder")
@@ -54,6 +75,11 @@ appender.console.name = console
 appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
+logger.blocks.name = org.apache.spark.storage.BlockManager
+logger.blocks.filter.twice.type = RegexFilter
+logger.blocks.filter.twice.regex = Block [^ ]+ already exists on this machine; not re-adding it
+logger.blocks.filter.twice.onMatch = DENY
+logger.blocks.filter.twice.onMismatch = NEUTRAL
 """ + "".join(f"logger.quiet{i}.name = {name}\nlogger.quiet{i}.level = error\n" for i, name in enumerate(QUIET))
 
 
@@ -71,7 +97,7 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
-    for key, value in {**DELTA_CONF, **LOCAL_CONF, **(conf or {})}.items():
+    for key, value in {**delta_conf(), **LOCAL_CONF, **(conf or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(os.environ.get(LOG_LEVEL_ENV, "WARN").upper())
@@ -79,7 +105,7 @@ def get_spark(app_name: str = "twots", master: str | None = None, conf: dict[str
 
 
 @contextmanager
-def progress(spark, label: str, every_s: float = 15.0, log=print, group: str | None = None) -> Iterator[None]:
+def progress(spark, label: str, every_s: float = 30.0, log=print, group: str | None = None) -> Iterator[None]:
     """While the block runs, every `every_s` seconds: the tasks done of the Spark stages running now, of the jobs of
     job group `group` when given (other work may run at the same time). Spark's own console progress bar is off: it
     redraws many times a second and interleaves with our lines."""

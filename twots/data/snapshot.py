@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twots.cli import UserError
 from twots.data.tables import PAD_ITEM
 from twots.spark import memory_guard
 
@@ -20,7 +21,8 @@ def read_delta(spark, data_dir: str | Path, table: str):
     """Table `table` of a prepared folder as a Spark DataFrame; a missing one names the job that writes it."""
     path = Path(data_dir) / table
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {data_dir} the output of jobs/prepare.py?")
+        raise UserError(f"no {table} table", str(path), f"is {data_dir} the output of jobs/prepare.py? rerun it "
+                        f"with --output {data_dir}")
     return spark.read.format("delta").load(str(path))
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from twots.cli import UserError
+
 INTERACTIONS = "interactions"
 USERS = "users"
 ITEMS = "items"
@@ -50,7 +52,8 @@ def read_manifest(data_dir: str | Path) -> dict:
     was called `t_star` in the config record it as `threshold`: read the same."""
     path = Path(data_dir) / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run jobs/prepare.py with --output {data_dir} first")
+        what = "not a prepared folder, it has no manifest.json" if Path(data_dir).is_dir() else "no such folder"
+        raise UserError(what, str(data_dir), f"run jobs/prepare.py with --output {data_dir} first")
     manifest = json.loads(path.read_text())
     config = manifest.get("config", {})
     if "threshold" in config and "t_star" not in config:

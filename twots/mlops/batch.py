@@ -8,6 +8,7 @@ from pydantic import Field
 from twots.data.delta import read_table, write_table
 from twots.data.tables import INTERACTIONS, ITEMS, USERS
 from twots.mlops.pyfunc import ServeConfig
+from twots.mlops.registry import model_info
 
 
 class RecommendConfig(ServeConfig):
@@ -52,7 +53,7 @@ def batch_recommend(spark, cfg: RecommendConfig) -> tuple[int, int]:
 
     read = lambda table: read_table(spark, f"{cfg.data}/{table}")  # noqa: E731
     # The model's own request limits (MLmodel's python_function "config"), so no history exceeds its max_history.
-    limits = mlflow.models.get_model_info(cfg.model_uri).flavors["python_function"].get("config") or {}
+    limits = model_info(cfg.model_uri).flavors["python_function"].get("config") or {}
     max_history = limits.get("max_history", cfg.max_history)
     requests = recent_histories(read(INTERACTIONS), read(USERS), read(ITEMS), max_history)
     if cfg.users:

@@ -1,5 +1,5 @@
 """Packaging the served model: the raw-id maps, the faiss index, the pyfunc's code (only the modules it imports), the
-pinned requirements and the signature, logged to the active MLflow run by `log_model`."""
+pinned requirements, the signature and an input example, logged to the active MLflow run by `log_model`."""
 
 from __future__ import annotations
 
@@ -110,7 +110,11 @@ def log_model(model: torch.nn.Module, data_dir: str, *, kind: str, spark=None, n
     with tempfile.TemporaryDirectory() as tmp:
         served = served_model(model, users, items, Path(tmp), kind=kind, data=str(data_dir), limits=limits)
         mlflow.set_tag("model_kind", kind)
-        return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name, **served)
+        # A request as a client sends it: MLflow keeps it with the model and, once logged, checks that it serves.
+        example = pd.DataFrame({"user_id": users["raw_user_id"].head(1), "k": [min(10, len(items))],
+                                "recent_items": [items["raw_item_id"].head(2).tolist()]})
+        return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name, input_example=example,
+                                       **served)
 
 
 def served_model(model: torch.nn.Module, users: pd.DataFrame, items: pd.DataFrame, folder: Path, *, kind: str,

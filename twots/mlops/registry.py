@@ -24,12 +24,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import Field
 
+from twots.cli import UserError
 from twots.config import BIN_DIR, Section
 from twots.data.tables import EVAL_CANDIDATES
 from twots.evaluation.evaluate import SPLITS, EvalData, evaluate_loaded, load_arrays
 from twots.evaluation.remap import RemappedModel
 from twots.mlops.packaging import id_maps_fingerprint, read_id_maps
-from twots.mlops.tracking import default_tracking_uri, table_versions
+from twots.mlops.tracking import default_tracking_uri, logged_model_uri, table_versions, training_run
 from twots.spark import on_databricks
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -82,10 +83,10 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 def register(client: MlflowClient, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
     """The version of `run_id`'s `model` under `name`, registering it on the first call. The version is tagged
     with the run's model kind (`model_kind`, set by twots.mlops.packaging.log_model) and `tags`."""
+    kind = training_run(client, run_id).data.tags.get(KIND, "")
     existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     version = (str(min(int(v.version) for v in existing)) if existing
-               else str(mlflow.register_model(f"runs:/{run_id}/model", name).version))
-    kind = client.get_run(run_id).data.tags.get(KIND, "")
+               else str(mlflow.register_model(logged_model_uri(client, run_id, "model"), name).version))
     for key, value in {KIND: kind, **(tags or {})}.items():
         client.set_model_version_tag(name, version, key, str(value))
     return version
@@ -99,8 +100,21 @@ def kind_of(client: MlflowClient, name: str, version: str) -> str:
 def latest_version(client: MlflowClient, name: str) -> str:
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
-        raise RuntimeError(f"no version of {name} is registered; run register first")
+        raise UserError(f"no version of {name} is registered", mlflow.get_registry_uri(),
+                        "register a training run first: jobs/register.py --run-id <id>")
     return str(max(int(v.version) for v in versions))
+
+
+def model_info(uri: str):
+    """MLflow's ModelInfo of the registered model `uri` (models:/<name>@<alias>, models:/<name>/<version>); a
+    UserError when the registry has no such model, version or alias."""
+    try:
+        return mlflow.models.get_model_info(uri)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise UserError("no such registered model", f"{uri} in {mlflow.get_registry_uri()}",
+                        "register a training run (jobs/register.py), then validate and promote it") from None
 
 
 def replayed_splits(split: str) -> tuple[str, ...]:

@@ -15,7 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
+from twots.cli import UserError
 from twots.config import flat
 from twots.evaluation.evaluate import EvaluateConfig, evaluate
 from twots.evaluation.metrics import flatten
@@ -50,6 +53,30 @@ def table_versions(spark, data_dir: str | Path, tables) -> dict[str, int]:
     return versions
 
 
+def training_run(client: MlflowClient, run_id: str):
+    """The MLflow run `run_id` of the store `client` talks to; a UserError when that store has no such run."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise UserError("no such MLflow run", f"run {run_id} in {mlflow.get_tracking_uri()}",
+                        "give the run id jobs/train.py printed ('run <id>: model ...') and the same --data or "
+                        "--tracking-uri") from None
+
+
+def logged_model_uri(client: MlflowClient, run_id: str, name: str) -> str:
+    """`models:/<model id>` of the model called `name` that run `run_id` logged (the last one, when a resumed run
+    logged it again): MLflow 3 keeps a model's files under its model id, not under the run's artifacts."""
+    outputs = training_run(client, run_id).outputs
+    models = [client.get_logged_model(output.model_id) for output in (outputs.model_outputs if outputs else [])]
+    named = sorted((m for m in models if m.name == name), key=lambda m: m.creation_timestamp)
+    if not named:
+        raise UserError(f"the run logged no model named {name!r}", f"run {run_id}",
+                        "give the run of a jobs/train.py that finished (it logs the model last)")
+    return f"models:/{named[-1].model_id}"
+
+
 class Tracker:
     def __init__(self, run_id: str):
         self.run_id = run_id
@@ -72,12 +99,17 @@ class Tracker:
         log_model(load_model(model_path), data_dir, kind=kind, spark=spark)
 
 
-def evaluate_run(cfg: EvaluateConfig, spark) -> dict:
-    """Evaluate the model logged in MLflow run `cfg.run_id` (jobs/evaluate.py) and log the metrics and Fig. 4 to that
-    run."""
+def run_model(cfg: EvaluateConfig):
+    """The model logged in MLflow run `cfg.run_id`, loaded from its store (no Spark needed)."""
     mlflow.set_tracking_uri(cfg.tracking_uri or default_tracking_uri(cfg.data))
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{cfg.run_id}/{cfg.model_name}")
-    report = evaluate(pyfunc.unwrap_python_model().model, cfg.data, spark, cfg)
+    return mlflow.pyfunc.load_model(logged_model_uri(MlflowClient(), cfg.run_id, cfg.model_name)
+                                    ).unwrap_python_model().model
+
+
+def evaluate_run(cfg: EvaluateConfig, model, spark) -> dict:
+    """Evaluate `model`, the model of MLflow run `cfg.run_id` (run_model; jobs/evaluate.py), and log the metrics and
+    Fig. 4 to that run."""
+    report = evaluate(model, cfg.data, spark, cfg)
     with mlflow.start_run(run_id=cfg.run_id), tempfile.TemporaryDirectory() as tmp:
         log_evaluation(report, Path(tmp))
     return report

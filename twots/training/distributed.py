@@ -134,6 +134,7 @@ def sync_gradients(ctx: Context, params: list[torch.nn.Parameter]) -> None:
             p.grad = _all_gather_sparse(ctx, p.grad)
 
 
+@torch.sparse.check_sparse_tensor_invariants(enable=False)  # said explicitly: torch warns while it is implicit
 def _all_gather_sparse(ctx: Context, grad: torch.Tensor) -> torch.Tensor:
     """Mean of a row-sparse gradient over ranks: gather every rank's (rows, values), pad to the longest."""
     grad = grad.coalesce()
@@ -254,6 +255,8 @@ def run(fn, *args, num_processes: int, local_mode: bool = True, use_gpu: bool = 
     error_dir.mkdir(parents=True, exist_ok=True)
     for old in [*error_dir.glob("rank-*"), error_dir / RESULT_FILE]:
         old.unlink(missing_ok=True)
+    if local_mode and num_processes > 1:  # what torchrun would set, without its banner saying so
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu)
     try:
         distributor.run(RankMain(fn, str(error_dir), timeout_s), *args)

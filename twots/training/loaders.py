@@ -17,7 +17,6 @@ Spark or petastorm is imported at module level: the rank side must run where onl
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,9 +147,6 @@ def petastorm_source(spark, df, table: str, cache_dir: Path, world: int) -> Peta
 class _PetastormLoader:
     def __init__(self, source: PetastormSource, rank: int, world: int, batch_size: int, seed: int):
         self.source, self.rank, self.world, self.batch_size, self.seed = source, rank, world, batch_size, seed
-        # petastorm 0.13 runs on pyarrow's legacy dataset API and warns about it on every file it opens.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
         self.shares = row_group_shares(source.converter.file_urls, world)
         self.steps_per_epoch = steps_per_epoch(self.shares, batch_size)
 
@@ -162,14 +158,13 @@ class _PetastormLoader:
         # num_epochs=None: shards are uneven, so a short shard wraps around instead of ending early. (Rows still in
         # the shuffling queue when the epoch's last batch is drawn are the one exception to reading the whole shard.)
         # `seed` orders the row groups of this rank and epoch; `shard_seed` (the same on every rank and epoch,
-        # else petastorm shards with `seed`) splits the row groups into disjoint shards.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="shard_seed was deprecated")
-            context = self.source.converter.make_torch_dataloader(
-                batch_size=self.batch_size, num_epochs=None, workers_count=self.source.reader_threads,
-                shuffling_queue_capacity=4 * self.batch_size, data_loader_fn=BatchedDataLoader,
-                cur_shard=self.rank, shard_count=self.world, shard_seed=epoch_seed(self.seed, 0, 0), seed=s,
-                shuffle_row_groups=True)
+        # else petastorm shards with `seed`) splits the row groups into disjoint shards. petastorm calls it
+        # deprecated, but `seed` cannot do both (twots.cli.HARMLESS_WARNINGS).
+        context = self.source.converter.make_torch_dataloader(
+            batch_size=self.batch_size, num_epochs=None, workers_count=self.source.reader_threads,
+            shuffling_queue_capacity=4 * self.batch_size, data_loader_fn=BatchedDataLoader,
+            cur_shard=self.rank, shard_count=self.world, shard_seed=epoch_seed(self.seed, 0, 0), seed=s,
+            shuffle_row_groups=True)
         with context as loader:
             batches = iter(loader)
             for _ in range(self.steps_per_epoch):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
+from twots.cli import UserError
 from twots.data.snapshot import read_delta
 from twots.data.tables import USER_ACTIVITY, read_manifest
 from twots.evaluation.evaluate import ReplaySettings, evaluate
@@ -35,15 +36,15 @@ def check_stage1_model(cfg: TrainConfig) -> None:
     """A given stage-1 model must exist, fit a kind built on stage 1 and carry the run's item_bias."""
     if cfg.stage1_model is None:
         return
+    where = f"--stage1-model {cfg.stage1_model}"
     if not Path(cfg.stage1_model).exists():
-        raise FileNotFoundError(f"--stage1-model {cfg.stage1_model}: no such file")
+        raise UserError("no such file", where, "give the stage1.pt of an earlier run (<data>/runs/<model>/)")
     if not KINDS[cfg.model].on_stage1:
-        raise ValueError(f"--stage1-model: model {cfg.model!r} has no stage 1 to skip")
+        raise UserError(f"model {cfg.model!r} has no stage 1 to skip", where, "train it without --stage1-model")
     given = load_model(cfg.stage1_model).hparams.get("item_bias", False)
     if given != cfg.item_bias:
-        raise ValueError(f"--stage1-model {cfg.stage1_model} has item_bias={given}, the run item_bias="
-                         f"{cfg.item_bias}: stage 2 takes b_i from its stage-1 model; set --item-bias "
-                         f"{str(given).lower()}")
+        raise UserError(f"the stage-1 model has item_bias={given}, the run item_bias={cfg.item_bias}", where,
+                        f"stage 2 takes b_i from its stage-1 model; set --item-bias {str(given).lower()}")
 
 
 def untrained_parts(spark, data: str | Path, model: str) -> list[str]:
