@@ -168,3 +168,12 @@ def test_the_harmless_warnings_are_silenced_in_the_processes_a_job_starts(monkey
     shown = subprocess.run([sys.executable, "-c", issue], capture_output=True, text=True, check=True).stderr
     assert shown.splitlines() == ["x.py:1: UserWarning: another warning", "x.py:1: FutureWarning: legacy dataset",
                                   "x.py:1: RuntimeWarning: The given NumPy array is not writable"]
+
+
+def test_too_few_rows_for_a_batch_fail_before_the_ranks_start(spark, small_movielens, monkeypatch, capsys):
+    argv = ["--data", str(small_movielens), "--model", "ccf", "--stage1.batch-size", "1000000", "--evaluate", "false"]
+    (line,) = failure(monkeypatch, capsys, "train", argv, {})
+    assert line.startswith("error: stage1's ") and "training rows (per rank: [" in line
+    assert line.endswith("are fewer than one batch per rank (--stage1.batch-size 1000000): lower it, or train on "
+                         "fewer than 2 processes")
+    assert not list(small_movielens.glob("runs/ccf/rank-errors/rank-*")), "no rank started"

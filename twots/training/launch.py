@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twots.cli import UserError
 from twots.data.snapshot import read_snapshot
 from twots.data.tables import FULL_HISTORIES, ITEMS, SEQUENCES, STAGE1_OFFERS, USER_ACTIVITY, read_manifest
 from twots.training import distributed, loaders
@@ -49,6 +50,18 @@ def make_source(spark, cfg: TrainConfig, data: str | Path, table: str, cache_dir
     return loaders.export_parquet(df, layout, cache_dir / "parquet" / folder)
 
 
+def check_batches(job: StageJob, world: int) -> None:
+    """A stage whose rows hold less than one batch per rank fails here, before any rank starts."""
+    shares, batch = job.source.shares(world), job.settings.batch_size
+    try:
+        loaders.steps_per_epoch(shares, batch)
+    except ValueError:
+        section = "stage1" if job.source.layout.columns == loaders.STAGE1_COLUMNS else "stage2"
+        raise UserError(f"{job.name}'s {sum(shares):,} training rows (per rank: {shares}) are fewer than one batch "
+                        f"per rank", f"--{section}.batch-size {batch}",
+                        f"lower it, or train on fewer than {world} processes") from None
+
+
 class Launcher:
     """The driver's side of training launches on one prepared folder (see the module doc). `extra` are per-kind
     constructor arguments (twots.models.kinds.BuildInputs); sources are cached under `work_dir/sources`."""
@@ -71,6 +84,8 @@ class Launcher:
     def run(self, jobs: list[StageJob], error_dir: Path, train: Callable = run_stages) -> list[dict]:
         """Train `jobs` in one launch (`train` on every rank: run_stages, or a function that calls it); one result
         per job, the same on every rank."""
+        for job in jobs:
+            check_batches(job, self.cfg.num_processes)
         return distributed.run(train, jobs, num_processes=self.cfg.num_processes, local_mode=self.cfg.local_mode,
                                use_gpu=self.cfg.use_gpu, error_dir=error_dir,
                                timeout_s=self.cfg.collective_timeout_s)["stages"]

@@ -130,6 +130,9 @@ class PetastormSource:
     def open(self, rank: int, world: int, batch_size: int, seed: int) -> Loader:
         return _PetastormLoader(self, rank, world, batch_size, seed)
 
+    def shares(self, world: int) -> list[int]:
+        return row_group_shares(self.converter.file_urls, world)
+
 
 def petastorm_source(spark, df, table: str, cache_dir: Path, world: int) -> PetastormSource:
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
@@ -147,7 +150,7 @@ def petastorm_source(spark, df, table: str, cache_dir: Path, world: int) -> Peta
 class _PetastormLoader:
     def __init__(self, source: PetastormSource, rank: int, world: int, batch_size: int, seed: int):
         self.source, self.rank, self.world, self.batch_size, self.seed = source, rank, world, batch_size, seed
-        self.shares = row_group_shares(source.converter.file_urls, world)
+        self.shares = source.shares(world)
         self.steps_per_epoch = steps_per_epoch(self.shares, batch_size)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -185,6 +188,9 @@ class ParquetSource:
 
     def open(self, rank: int, world: int, batch_size: int, seed: int) -> Loader:
         return _ParquetLoader(self, rank, world, batch_size, seed)
+
+    def shares(self, world: int) -> list[int]:
+        return even_shares(self.layout.rows, world)
 
 
 def export_parquet(df, table: str, path: Path) -> ParquetSource:
@@ -226,7 +232,7 @@ class _ParquetLoader:
         self.columns = {k: torch.from_numpy(np.array(v)) for k, v in
                         read_columns(source.path, source.layout.columns).items()}
         self.rows = len(self.columns["user_id"])
-        self.shares = even_shares(self.rows, world)
+        self.shares = source.shares(world)
         self.steps_per_epoch = steps_per_epoch(self.shares, batch_size)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
