@@ -229,8 +229,9 @@ def rank_errors(error_dir: str | Path, signals: bool = True) -> list[dict]:
     """The errors the ranks recorded in `error_dir` ({"rank", "time", "error", "traceback"}), the first first: those
     they raised and, with `signals`, their deaths by a signal."""
     records = [json.loads(p.read_text()) for p in Path(error_dir).glob("rank-*.json")]
-    for path in sorted(Path(error_dir).glob("rank-*.fatal")) + sorted(Path(error_dir).glob("rank-*.sigterm")):
-        dump = path.read_text() if signals else ""
+    dumps = sorted(Path(error_dir).glob("rank-*.fatal")) + sorted(Path(error_dir).glob("rank-*.sigterm"))
+    for path in dumps if signals else []:
+        dump = path.read_text()
         if dump.strip():
             first = dump.strip().splitlines()[0].removeprefix("Fatal Python error: ").strip()
             name = "SIGTERM" if path.suffix == ".sigterm" else _FATAL.get(first, first)
